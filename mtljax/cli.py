@@ -1,0 +1,76 @@
+"""The ``mtljax`` command.
+
+    mtljax train [--config=configs/x.py[:arg]] [--config.train.steps=200 ...] [--workdir=DIR]
+    mtljax eval  [--config=...] [--workdir=DIR]      # evaluate the newest checkpoint of a run
+
+Configuration mistakes end with one line ``error: config.<key>: ...`` and exit status 2, before
+anything is compiled or written; a non-finite loss ends with exit status 1 and keeps the last good
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+COMMANDS = ("train", "eval")
+
+
+def default_config_path() -> str:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(here, "configs", "default.py")
+    return path if os.path.exists(path) else os.path.join("configs", "default.py")
+
+
+FLAGS = flags.FlagValues()
+config_flags.DEFINE_config_file("config", default_config_path(), "Experiment config file[:arg].",
+                                flag_values=FLAGS, lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (overrides config.workdir).", flag_values=FLAGS)
+
+
+def _usage() -> str:
+    return "usage: mtljax {" + ",".join(COMMANDS) + "} [--config=FILE[:ARG]] [--config.KEY=VALUE ...] [--workdir=DIR]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help") or argv[1] not in COMMANDS:
+        print(_usage(), file=sys.stderr)
+        return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
+    command = argv[1]
+    try:
+        FLAGS(argv[:1] + argv[2:])
+        config = FLAGS.config
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    from mtljax.config import ConfigError
+    from mtljax.train import loop
+
+    if FLAGS.workdir:
+        with config.unlocked():
+            config.workdir = FLAGS.workdir
+    try:
+        if command == "train":
+            loop.train(config)
+        else:
+            loop.evaluate_workdir(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except loop.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,171 @@
+"""The base experiment config and its validation.
+
+``base_config()`` is the default experiment (HPS ViT on multi-digits); files in ``configs/`` start from
+it and change what they need. ``validate(config)`` checks everything that can be checked without
+compiling anything and raises :class:`ConfigError` with one line naming the offending key.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections as mlc
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported as one line naming the config key."""
+
+
+def base_config() -> mlc.ConfigDict:
+    c = mlc.ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/default"
+
+    c.data = mlc.ConfigDict()
+    c.data.name = "multi_digits"
+    c.data.batch_size = 128  # global batch
+    c.data.eval_batch_size = 256
+    c.data.tasks = ()  # subset of the dataset's tasks; empty = all
+    c.data.prefetch = 2
+    c.data.data_dir = ""  # for tfds datasets
+    c.data.seed = 0  # seed of generated datasets (the training order uses config.seed)
+    # multi_digits
+    c.data.num_train = 20_000
+    c.data.num_test = 4_000
+    c.data.image_size = 16
+    c.data.jitter = 3
+    c.data.test_fraction = 0.3
+
+    c.model = mlc.ConfigDict()
+    c.model.name = "hps"
+    c.model.backbone = "vit"
+    c.model.dtype = "float32"
+    c.model.param_dtype = "float32"
+    c.model.dropout = 0.0
+    c.model.head_hidden = 0
+    c.model.vit = mlc.ConfigDict(
+        dict(variant="custom", patch_size=4, pool="gap", width=64, depth=4, num_heads=4, mlp_dim=128)
+    )
+    c.model.mlp = mlc.ConfigDict(dict(hidden=(256, 256)))
+
+    c.optim = mlc.ConfigDict()
+    c.optim.name = "adamw"
+    c.optim.learning_rate = 1e-3
+    c.optim.schedule = "cosine"  # cosine | constant
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.grad_clip = 1.0  # global norm; 0 disables
+    c.optim.task_weights = mlc.ConfigDict()  # {task: weight}; missing tasks weigh 1
+
+    c.train = mlc.ConfigDict()
+    c.train.steps = 1500
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.eval_max_examples = 0  # 0 = the whole split
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 3
+    c.train.progress = True
+
+    c.mesh = mlc.ConfigDict()
+    c.mesh.shape = mlc.ConfigDict({"data": -1, "expert": 1, "model": 1})
+    c.mesh.rules = ()  # [[logical, mesh_axis], ...]; empty = mtljax.parallel.rules.DEFAULT_RULES
+
+    c.baselines = mlc.ConfigDict()
+    c.baselines.train = False  # train one single-task model per task first, then report Δm
+    c.baselines.file = ""  # JSON {task: {metric: value}} of single-task results
+    return c
+
+
+def _positive(config, key: str):
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
+
+
+def validate(config, num_devices: int | None = None) -> None:
+    """Check a config before anything is built or compiled. Raises ConfigError (one line)."""
+    from mtljax.data import DATASETS
+    from mtljax.models import BACKBONES, DTYPES, MODELS
+    from mtljax.models.vit import VARIANTS
+    from mtljax.parallel.mesh import resolve_shape
+    from mtljax.train.optimizer import OPTIMIZERS, SCHEDULES
+
+    for key in ("data.batch_size", "data.eval_batch_size", "train.steps", "train.log_every",
+                "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"):
+        _positive(config, key)
+    if config.data.name not in DATASETS:
+        raise ConfigError(f"config.data.name: unknown dataset {config.data.name!r}; choose from {sorted(DATASETS)}")
+    m = config.model
+    if m.name not in MODELS:
+        raise ConfigError(f"config.model.name: unknown model {m.name!r}; choose from {list(MODELS)}")
+    if m.backbone not in BACKBONES:
+        raise ConfigError(f"config.model.backbone: unknown backbone {m.backbone!r}; choose from {list(BACKBONES)}")
+    for key in ("dtype", "param_dtype"):
+        if m[key] not in DTYPES:
+            raise ConfigError(f"config.model.{key}: unknown dtype {m[key]!r}; choose from {sorted(DTYPES)}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
+    if m.backbone == "vit":
+        v = m.vit
+        if v.variant != "custom" and v.variant not in VARIANTS:
+            raise ConfigError(f"config.model.vit.variant: unknown {v.variant!r}; choose from {sorted(VARIANTS)} or 'custom'")
+        keys = ["patch_size"] + (["width", "depth", "num_heads", "mlp_dim"] if v.variant == "custom" else [])
+        for key in keys:
+            _positive(config, f"model.vit.{key}")
+        if v.variant == "custom" and v.width % v.num_heads:
+            raise ConfigError(f"config.model.vit.width={v.width} is not divisible by config.model.vit.num_heads={v.num_heads}")
+        if v.pool not in ("gap", "cls"):
+            raise ConfigError(f"config.model.vit.pool must be 'gap' or 'cls', got {v.pool!r}")
+    else:
+        if not m.mlp.hidden or any((not isinstance(h, int)) or h <= 0 for h in m.mlp.hidden):
+            raise ConfigError(f"config.model.mlp.hidden must be positive integers, got {tuple(m.mlp.hidden)}")
+    o = config.optim
+    if o.name not in OPTIMIZERS:
+        raise ConfigError(f"config.optim.name: unknown optimizer {o.name!r}; choose from {sorted(OPTIMIZERS)}")
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"config.optim.schedule: unknown schedule {o.schedule!r}; choose from {sorted(SCHEDULES)}")
+    if not o.learning_rate > 0:
+        raise ConfigError(f"config.optim.learning_rate must be > 0, got {o.learning_rate}")
+    for name, w in o.task_weights.items():
+        if not w >= 0:
+            raise ConfigError(f"config.optim.task_weights.{name} must be >= 0, got {w}")
+
+    import jax
+
+    from mtljax.parallel.rules import rules_from_config
+
+    n = jax.device_count() if num_devices is None else num_devices
+    try:
+        sizes = resolve_shape(dict(config.mesh.shape), n)
+        rules = rules_from_config(config.mesh.rules)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    shards = 1
+    batch_axes = dict(rules).get("act_batch")
+    for a in (batch_axes,) if isinstance(batch_axes, str) else (batch_axes or ()):
+        shards *= sizes.get(a, 1)
+    for key in ("batch_size", "eval_batch_size"):
+        if config.data[key] % shards:
+            raise ConfigError(
+                f"config.data.{key}={config.data[key]} is not divisible by the {shards} batch shards "
+                f"of config.mesh.shape={sizes}"
+            )
+    check_workdir(config.workdir)
+
+
+def check_workdir(workdir: str) -> None:
+    if not workdir:
+        raise ConfigError("config.workdir is empty")
+    path = os.path.abspath(workdir)
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"config.workdir={workdir!r} is not writable ({probe} is not a writable directory)")

@@ -1,0 +1,67 @@
+"""Multi-digits: two overlapping handwritten digits per image, MultiMNIST-style, bundled data only.
+
+Source digits are scikit-learn's bundled 8×8 handwritten digits (1,797 images, values 0–16; no
+download). The source images are split once, by a fixed seed, into disjoint train and test pools
+(``test_fraction`` of them for test), so no source digit appears in both splits. Each example places
+one digit from its split's pool at the left of an ``image_size × image_size`` canvas and another at
+the right, each at a random offset (rows anywhere, columns within ``jitter`` pixels of their side);
+they overlap in the middle and the canvas keeps the brighter pixel. Tasks: ``left`` and ``right``
+digit class (10-way each). Pixels are scaled to [0, 1]; inputs are ``float32[H, W, 1]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtljax.data.base import ArraySource, Dataset
+from mtljax.tasks import Task
+
+DIGIT = 8  # side of a source digit
+
+
+def load_digit_pools(test_fraction: float, seed: int = 0):
+    """The bundled digits split into disjoint (train, test) pools of (images, labels)."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = raw.images.astype(np.float32) / 16.0
+    labels = raw.target.astype(np.int32)
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_test = int(round(len(images) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return (images[train], labels[train]), (images[test], labels[test])
+
+
+def compose(images, labels, num: int, image_size: int, jitter: int, rng: np.random.Generator):
+    """``num`` two-digit canvases from a pool; returns (inputs, left labels, right labels)."""
+    if image_size < DIGIT + jitter:
+        raise ValueError(f"image_size {image_size} is too small for {DIGIT}px digits and jitter {jitter}")
+    left_id = rng.integers(0, len(images), num)
+    right_id = rng.integers(0, len(images), num)
+    rows_l = rng.integers(0, image_size - DIGIT + 1, num)
+    rows_r = rng.integers(0, image_size - DIGIT + 1, num)
+    cols_l = rng.integers(0, jitter + 1, num)
+    cols_r = image_size - DIGIT - rng.integers(0, jitter + 1, num)
+    canvas = np.zeros((num, image_size, image_size), np.float32)
+    ar = np.arange(DIGIT)
+    n = np.arange(num)[:, None, None]
+    for ids, rows, cols in ((left_id, rows_l, cols_l), (right_id, rows_r, cols_r)):
+        r = rows[:, None, None] + ar[None, :, None]
+        c = cols[:, None, None] + ar[None, None, :]
+        canvas[n, r, c] = np.maximum(canvas[n, r, c], images[ids])
+    return canvas[..., None], labels[left_id], labels[right_id]
+
+
+def build(cfg) -> Dataset:
+    """Config keys (``config.data``): num_train, num_test, image_size, jitter, test_fraction, seed."""
+    (tr_img, tr_lab), (te_img, te_lab) = load_digit_pools(cfg.test_fraction, seed=0)
+    rng = np.random.default_rng(cfg.seed)
+    splits = {}
+    for split, (img, lab, num) in {
+        "train": (tr_img, tr_lab, cfg.num_train),
+        "test": (te_img, te_lab, cfg.num_test),
+    }.items():
+        x, left, right = compose(img, lab, num, cfg.image_size, cfg.jitter, rng)
+        splits[split] = ArraySource(x, {"left": left, "right": right})
+    tasks = (Task("left", "multiclass", num_classes=10), Task("right", "multiclass", num_classes=10))
+    return Dataset("multi_digits", tasks, (cfg.image_size, cfg.image_size, 1), splits)

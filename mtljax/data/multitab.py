@@ -1,0 +1,66 @@
+"""MultiTab-Bench: synthetic multi-task regression with controlled task correlation and complexity.
+
+Following Sinodinos et al. (2025, "MultiTab"): inputs ``x ~ N(0, I_D)``. Task vectors ``w_t`` (rows of
+``W``, ``T × D``) have unit norm and pairwise cosine ``ρ``: with ``P`` the ``T × T`` matrix with ones on
+the diagonal and ``ρ`` elsewhere, ``P = Q Λ Qᵀ`` and ``U`` ``T`` orthonormal rows in ``R^D``,
+``W = Q √Λ U`` gives ``W Wᵀ = P``. ``P`` is positive semi-definite only for ``ρ ≥ −1/(T−1)`` and ``U``
+needs ``T ≤ D``; both are checked. Targets: ``y_t = Σ_{k=1..d_t} (w_t·x)^k + N(0, σ_t²)`` where ``d_t``
+is task ``t``'s complexity (polynomial degree). The test split draws fresh ``x`` (the reference code
+copies its training set into its test set; we do not).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mtljax.data.base import ArraySource, Dataset
+from mtljax.tasks import Task
+
+
+def task_vectors(num_tasks: int, num_features: int, rho: float, rng: np.random.Generator) -> np.ndarray:
+    """``T × D`` matrix of unit vectors with pairwise cosine ``rho``."""
+    if num_tasks > num_features:
+        raise ValueError(
+            f"config.data.num_tasks={num_tasks} exceeds config.data.num_features={num_features}"
+        )
+    if num_tasks > 1 and rho < -1.0 / (num_tasks - 1) - 1e-12:
+        raise ValueError(
+            f"config.data.rho={rho} is below -1/(T-1) = {-1.0 / (num_tasks - 1):.4f}: "
+            "no unit vectors have that pairwise cosine"
+        )
+    if rho > 1:
+        raise ValueError(f"config.data.rho={rho} must be <= 1")
+    p = np.full((num_tasks, num_tasks), rho) + (1.0 - rho) * np.eye(num_tasks)
+    lam, q = np.linalg.eigh(p)
+    u, _ = np.linalg.qr(rng.standard_normal((num_features, num_tasks)))  # D × T, orthonormal columns
+    return q @ np.diag(np.sqrt(np.maximum(lam, 0.0))) @ u.T
+
+
+def targets(x: np.ndarray, w: np.ndarray, degrees, noise, rng: np.random.Generator) -> np.ndarray:
+    z = x @ w.T  # N × T
+    y = np.zeros_like(z)
+    for t, d in enumerate(degrees):
+        y[:, t] = sum(z[:, t] ** k for k in range(1, d + 1))
+    return y + rng.standard_normal(z.shape) * np.asarray(noise)[None, :]
+
+
+def build(cfg) -> Dataset:
+    """Config keys: num_tasks, num_features, rho, degrees, noise (scalar or per task), num_train,
+    num_test, seed."""
+    T, D = int(cfg.num_tasks), int(cfg.num_features)
+    degrees = list(cfg.degrees)
+    if len(degrees) != T or min(degrees) < 1:
+        raise ValueError(f"config.data.degrees must list {T} degrees >= 1, got {degrees}")
+    noise = np.broadcast_to(np.asarray(cfg.noise, np.float64), (T,))
+    rng = np.random.default_rng(cfg.seed)
+    w = task_vectors(T, D, float(cfg.rho), rng)
+    names = [f"t{t}" for t in range(T)]
+    splits = {}
+    for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
+        x = rng.standard_normal((n, D))
+        y = targets(x, w, degrees, noise, rng)
+        splits[split] = ArraySource(
+            x.astype(np.float32), {name: y[:, t].astype(np.float32) for t, name in enumerate(names)}
+        )
+    tasks = tuple(Task(name, "regression") for name in names)
+    return Dataset("multitab", tasks, (D,), splits, info={"task_vectors": w, "degrees": degrees})

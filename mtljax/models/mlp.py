@@ -1,0 +1,33 @@
+"""MLP backbone for tabular inputs ``[B, D]``: Dense · GELU (· LayerNorm · dropout) per hidden layer."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mtljax.models.layers import Dtype, dense, layer_norm
+
+
+class MLP(nn.Module):
+    hidden: Sequence[int]
+    dropout: float = 0.0
+    use_layer_norm: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = x.reshape(x.shape[0], -1).astype(self.dtype)
+        axes_in = "features"
+        for i, width in enumerate(self.hidden):
+            x = dense(width, (axes_in, "hidden"), name=f"fc{i}", **kw)(x)
+            x = nn.gelu(x)
+            if self.use_layer_norm:
+                x = layer_norm(name=f"ln{i}", axis="hidden", **kw)(x)
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = nn.with_logical_constraint(x, ("act_batch", "hidden"))
+            axes_in = "hidden"
+        return x, None
