@@ -25,10 +25,30 @@ def default_config_path() -> str:
     return path if os.path.exists(path) else os.path.join("configs", "default.py")
 
 
-FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", default_config_path(), "Experiment config file[:arg].",
-                                flag_values=FLAGS, lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (overrides config.workdir).", flag_values=FLAGS)
+def _parse(argv: list[str]) -> flags.FlagValues:
+    """Flags of one invocation (config_flags reads the overrides from ``sys.argv`` when defined)."""
+    values = flags.FlagValues()
+    saved, sys.argv = sys.argv, argv
+    try:
+        config_flags.DEFINE_config_file("config", default_config_path(), "Experiment config file[:arg].",
+                                        flag_values=values, lock_config=True)
+        flags.DEFINE_string("workdir", None, "Run directory (overrides config.workdir).", flag_values=values)
+        values(argv)
+        try:
+            values.config.get("workdir")  # loads the file and applies the overrides
+        except OSError as e:
+            detail = str(e).strip().splitlines()[-1].strip()
+            raise ValueError(f"--config={values['config'].config_filename}: cannot load the config ({detail})") from None
+    finally:
+        sys.argv = saved
+    return values
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
+    if isinstance(e, (KeyError, AttributeError)):
+        return "unknown config key: " + text.replace("'", "")
+    return text.strip("'\"") or type(e).__name__
 
 
 def _usage() -> str:
@@ -42,18 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
     command = argv[1]
     try:
-        FLAGS(argv[:1] + argv[2:])
-        config = FLAGS.config
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        parsed = _parse(argv[:1] + argv[2:])
+        config = parsed.config
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
 
     from mtljax.config import ConfigError
     from mtljax.train import loop
 
-    if FLAGS.workdir:
+    if parsed.workdir:
         with config.unlocked():
-            config.workdir = FLAGS.workdir
+            config.workdir = parsed.workdir
     try:
         if command == "train":
             loop.train(config)

@@ -50,7 +50,7 @@ def base_config() -> mlc.ConfigDict:
 
     c.optim = mlc.ConfigDict()
     c.optim.name = "adamw"
-    c.optim.learning_rate = 1e-3
+    c.optim.learning_rate = 3e-3
     c.optim.schedule = "cosine"  # cosine | constant
     c.optim.warmup_steps = 100
     c.optim.weight_decay = 1e-4

@@ -1,0 +1,111 @@
+"""Bad configs fail fast with one line naming the key; a failed start touches no existing run."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mtljax.config import ConfigError, base_config
+from mtljax.train.loop import train
+
+
+def tiny_config(workdir):
+    c = base_config()
+    c.workdir = str(workdir)
+    c.data.num_train, c.data.num_test, c.data.batch_size, c.data.eval_batch_size = 256, 64, 32, 64
+    c.model.vit.update(width=16, depth=1, num_heads=2, mlp_dim=32)
+    c.train.update(steps=4, log_every=2, eval_every=4, checkpoint_every=2, progress=False)
+    return c
+
+
+CASES = [
+    ("data.name", "imagenet", "config.data.name"),
+    ("model.name", "bert", "config.model.name"),
+    ("model.backbone", "resnet", "config.model.backbone"),
+    ("model.vit.variant", "XXL", "config.model.vit.variant"),
+    ("model.vit.patch_size", 5, "config.model.vit.patch_size"),
+    ("model.vit.num_heads", 3, "config.model.vit.width"),
+    ("model.dtype", "float8", "config.model.dtype"),
+    ("optim.name", "lion9", "config.optim.name"),
+    ("optim.learning_rate", -1.0, "config.optim.learning_rate"),
+    ("data.tasks", ("left", "middle"), "config.data"),
+    ("data.batch_size", 0, "config.data.batch_size"),
+    ("data.batch_size", 30, "config.data.batch_size"),
+    ("train.steps", -5, "config.train.steps"),
+    ("train.checkpoint_every", 0, "config.train.checkpoint_every"),
+    ("mesh.shape", {"data": 3, "model": 2}, "config.mesh.shape"),
+    ("mesh.shape", {"data": -1, "model": 3}, "config.mesh.shape"),
+]
+
+
+def _set(c, key, value):
+    *parents, leaf = key.split(".")
+    node = c
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+@pytest.mark.parametrize("key,value,named", CASES, ids=[f"{k}={v}" for k, v, _ in CASES])
+def test_bad_value_names_its_key(tmp_path, key, value, named):
+    c = tiny_config(tmp_path / "run")
+    _set(c, key, value)
+    with pytest.raises(ConfigError) as err:
+        train(c)
+    msg = str(err.value)
+    assert named in msg and "\n" not in msg
+    assert not (tmp_path / "run").exists()  # nothing was written
+
+
+def test_unknown_task_weight(tmp_path):
+    c = tiny_config(tmp_path / "run")
+    c.optim.task_weights = {"middle": 2.0}
+    with pytest.raises(ConfigError, match="config.optim.task_weights.middle"):
+        train(c)
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="config.workdir"):
+        train(tiny_config(blocker / "run"))
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            h.update(os.path.join(dirpath, f).encode())
+            h.update(open(os.path.join(dirpath, f), "rb").read())
+    return h.hexdigest()
+
+
+def test_failed_restart_keeps_checkpoints(tmp_path):
+    c = tiny_config(tmp_path / "run")
+    train(c, log=lambda s: None)
+    before = _digest(tmp_path / "run" / "checkpoints")
+    changed = tiny_config(tmp_path / "run")
+    changed.model.vit.width = 32
+    with pytest.raises(ConfigError, match="config.model differs"):
+        train(changed)
+    bad = tiny_config(tmp_path / "run")
+    bad.data.batch_size = 12
+    with pytest.raises(ConfigError):
+        train(bad)
+    assert _digest(tmp_path / "run" / "checkpoints") == before
+
+
+def test_cli_prints_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtljax.cli", "train", "--config.data.name=nope", f"--workdir={tmp_path / 'w'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        proc.stderr.strip().splitlines()[-1]
+    ] and proc.stderr.strip().startswith("error: config.data.name: unknown dataset 'nope'")
+    proc = subprocess.run([sys.executable, "-m", "mtljax.cli", "train", "--config.train.stepz=3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "stepz" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
