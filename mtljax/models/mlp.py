@@ -29,5 +29,5 @@ class MLP(nn.Module):
                 x = layer_norm(name=f"ln{i}", axis="hidden", **kw)(x)
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
             x = nn.with_logical_constraint(x, ("act_batch", "hidden"))
-            axes_in = "hidden"
+            axes_in = "hidden_in"  # a kernel may not name the same logical axis twice
         return x, None

@@ -28,6 +28,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("tokens", None),
     ("features", None),
     ("hidden", None),
+    ("hidden_in", None),
 )
 
 
