@@ -160,6 +160,8 @@ def validate(config, num_devices: int | None = None) -> None:
 def check_workdir(workdir: str) -> None:
     if not workdir:
         raise ConfigError("config.workdir is empty")
+    if "://" in workdir:  # remote storage (gs://...): checked by orbax when it writes
+        return
     path = os.path.abspath(workdir)
     probe = path
     while not os.path.exists(probe):
