@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Callable
 
@@ -167,6 +168,7 @@ def train(config, *, log: Callable[[str], None] = print) -> dict:
 def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log):
     c, tasks = exp.config.train, exp.tasks
     bar = tqdm.tqdm(total=c.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 10.0,
                     disable=not c.progress or jax.process_index() != 0)
     acc, pending, results, t0 = None, None, None, time.perf_counter()
 
@@ -208,6 +210,7 @@ def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, 
             if baselines:
                 record["delta_m"] = mt.delta_m(tasks, results, baselines)
             writer.write(step, "eval", record)
+            t0 = time.perf_counter()  # steps/s counts training only
         if step % c.checkpoint_every == 0 or step == c.steps:
             ckpt.save(step, state, it.get_state(), force=True)
             t0 = time.perf_counter()
