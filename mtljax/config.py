@@ -58,6 +58,11 @@ def base_config() -> mlc.ConfigDict:
     c.optim.b2 = 0.999
     c.optim.grad_clip = 1.0  # global norm; 0 disables
     c.optim.task_weights = mlc.ConfigDict()  # {task: weight}; missing tasks weigh 1
+    c.optim.method = "equal"  # multi-task method: see mtljax.optim.METHODS
+    c.optim.method_kwargs = mlc.ConfigDict()  # the method's hyperparameters, e.g. {'c': 0.4}
+    c.optim.level = "param"  # param | gramian | rep (where per-task gradients are taken)
+    c.optim.chunk_size = 0  # tasks per batched pullback; 0 = all at once
+    c.optim.head_grads = "task"  # task | weighted
 
     c.train = mlc.ConfigDict()
     c.train.steps = 1500
@@ -130,6 +135,17 @@ def validate(config, num_devices: int | None = None) -> None:
         raise ConfigError(f"config.optim.schedule: unknown schedule {o.schedule!r}; choose from {sorted(SCHEDULES)}")
     if not o.learning_rate > 0:
         raise ConfigError(f"config.optim.learning_rate must be > 0, got {o.learning_rate}")
+    from mtljax.optim import METHODS
+    from mtljax.train.step import HEAD_GRADS, LEVELS
+
+    if o.method not in METHODS:
+        raise ConfigError(f"config.optim.method: unknown method {o.method!r}; choose from {sorted(METHODS)}")
+    if o.level not in LEVELS:
+        raise ConfigError(f"config.optim.level: unknown level {o.level!r}; choose from {list(LEVELS)}")
+    if o.head_grads not in HEAD_GRADS:
+        raise ConfigError(f"config.optim.head_grads: unknown value {o.head_grads!r}; choose from {list(HEAD_GRADS)}")
+    if not isinstance(o.chunk_size, int) or o.chunk_size < 0:
+        raise ConfigError(f"config.optim.chunk_size must be an integer >= 0, got {o.chunk_size!r}")
     for name, w in o.task_weights.items():
         if not w >= 0:
             raise ConfigError(f"config.optim.task_weights.{name} must be >= 0, got {w}")

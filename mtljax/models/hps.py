@@ -5,8 +5,9 @@ that task's head runs. ``aux`` is a dict with ``losses`` (auxiliary losses the t
 objective; none for HPS, MoE models put load-balancing losses there) and ``metrics`` (diagnostics).
 
 The model also exposes its two halves, so that optimizers can work at the representation level:
-``encode`` (inputs -> shared representation dict with ``pooled`` and ``tokens``) and ``decode``
-(representation -> per-task outputs).
+``encode`` (inputs -> ``(rep, aux)``, the shared representation dict with ``pooled`` and ``tokens``)
+and ``decode`` (representation -> per-task outputs). Task-specific parameters live under
+``heads_<task>``; everything else is shared (:func:`split_params`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class MultiTaskModel(nn.Module):
 
     def encode(self, inputs, *, train: bool = False):
         pooled, tokens = self.backbone(inputs, train=train)
-        return {"pooled": pooled, "tokens": tokens}
+        return {"pooled": pooled, "tokens": tokens}, {"losses": {}, "metrics": {}}
 
     def decode(self, rep, *, task: str | None = None):
         names = [t.name for t in self.tasks] if task is None else [task]
@@ -56,5 +57,15 @@ class MultiTaskModel(nn.Module):
         return out
 
     def __call__(self, inputs, *, task: str | None = None, train: bool = False):
-        rep = self.encode(inputs, train=train)
-        return self.decode(rep, task=task), {"losses": {}, "metrics": {}}
+        rep, aux = self.encode(inputs, train=train)
+        return self.decode(rep, task=task), aux
+
+
+HEAD_PREFIX = "heads_"
+
+
+def split_params(params):
+    """``(shared, task_specific)`` top-level parameter dicts (heads are ``heads_<task>``)."""
+    shared = {k: v for k, v in params.items() if not k.startswith(HEAD_PREFIX)}
+    specific = {k: v for k, v in params.items() if k.startswith(HEAD_PREFIX)}
+    return shared, specific

@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -24,6 +25,9 @@ from mtljax.config import ConfigError, validate
 from mtljax.data import base as data_base
 from mtljax.data import build_dataset
 from mtljax.models import build_model
+from mtljax.models.hps import split_params
+from mtljax.optim import get_method
+from mtljax.optim.jacobian import sharded_gramian
 from mtljax.parallel import distributed
 from mtljax.parallel.mesh import make_mesh
 from mtljax.parallel.rules import batch_sharding, rules_from_config
@@ -63,9 +67,33 @@ class Experiment:
                 raise ConfigError(f"config.optim.task_weights.{name}: no such task; tasks are {[t.name for t in self.tasks]}")
         self.model = build_model(config.model, self.tasks, dataset.input_shape)
         self.tx = build_optimizer(config.optim, config.train.steps)
+        try:
+            self.method = get_method(config.optim.method, **dict(config.optim.method_kwargs))
+        except ValueError as e:
+            raise ConfigError(str(e).splitlines()[0]) from None
+        if self.method.needs == "jacobian" and config.optim.level != "param":
+            raise ConfigError(f"config.optim.level={config.optim.level!r}: method {self.method.name!r} needs "
+                              "the per-task gradients themselves; use level 'param'")
+        self.mtl_init = lambda: self.method.init(len(self.tasks))
         self.mesh = make_mesh(dict(config.mesh.shape))
         self.rules = rules_from_config(config.mesh.rules)
         self.batch_sharding = batch_sharding(self.mesh, self.rules)
+
+
+def _make_step(exp: Experiment, state_shardings):
+    """The train step for ``config.optim`` (method, level, chunking) on this experiment's mesh."""
+    o = exp.config.optim
+    _, aux = jax.eval_shape(lambda x: exp.model.init_with_output(jax.random.PRNGKey(0), x)[0],
+                            jnp.zeros((1, *exp.dataset.input_shape)))
+    gramian_fn = None
+    if exp.mesh.size > 1:
+        shared, _ = split_params(state_shardings.params)
+        specs = jax.tree.map(lambda s: s.spec, shared)
+        gramian_fn = lambda js: sharded_gramian(js, exp.mesh, specs)  # noqa: E731
+    return st.make_train_step(
+        exp.model, exp.tasks, exp.tx, dict(o.task_weights), method=exp.method, level=o.level,
+        chunk_size=o.chunk_size or None, head_grads=o.head_grads, has_aux_losses=bool(aux["losses"]),
+        gramian_fn=gramian_fn)
 
 
 def _check_model_fits(config, dataset):
@@ -139,7 +167,7 @@ def train(config, *, log: Callable[[str], None] = print) -> dict:
     with jax.set_mesh(exp.mesh):
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.keep_checkpoints)
         state, state_shardings, abstract = create_state(
-            exp.model, exp.tx, exp.dataset.input_shape, config.seed, exp.mesh, exp.rules)
+            exp.model, exp.tx, exp.dataset.input_shape, config.seed, exp.mesh, exp.rules, exp.mtl_init)
         train_ds = data_base.train_dataset(
             exp.dataset.splits["train"], exp.tasks, config.data.batch_size, config.seed,
             indices=exp.dataset.info.get("train_indices"),
@@ -154,8 +182,8 @@ def train(config, *, log: Callable[[str], None] = print) -> dict:
         writer = MetricWriter(workdir)
         if start:
             _prune_metrics(writer.path, start)
-        train_step = st.jit_train_step(st.make_train_step(exp.model, exp.tasks, exp.tx, dict(config.optim.task_weights)),
-                                       exp.mesh, state_shardings, exp.batch_sharding)
+        train_step = st.jit_train_step(_make_step(exp, state_shardings), exp.mesh, state_shardings,
+                                       exp.batch_sharding)
         eval_step = st.jit_eval_step(st.make_eval_step(exp.model, exp.tasks), exp.mesh,
                                      state_shardings.params, exp.batch_sharding)
         results = _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log)
@@ -255,7 +283,8 @@ def evaluate_workdir(config, *, log: Callable[[str], None] = print) -> dict:
             raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints")
         from mtljax.train.state import abstract_state
 
-        abstract, shardings = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules)
+        abstract, shardings = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules,
+                                             exp.mtl_init)
         state, _ = ckpt.restore(step, abstract)
         eval_step = st.jit_eval_step(st.make_eval_step(exp.model, exp.tasks), exp.mesh,
                                      shardings.params, exp.batch_sharding)

@@ -1,7 +1,8 @@
 """The jit-compiled train and eval steps.
 
-The step computes every task's masked loss, combines them with the task weights
-(``Σ_t w_t L_t + Σ aux losses``), differentiates, and applies the optax update. If the loss or the
+The step computes every task's masked loss, turns the per-task information its multi-task method
+needs (losses, the Gramian of task gradients, or the gradients themselves) into one gradient, and
+applies the optax update. If the loss or the
 gradient is not finite the step returns the *old* state unchanged (and says so in its metrics), so a
 bad step can never reach a checkpoint; the loop stops the run and names the step and task.
 
@@ -18,6 +19,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mtljax.models.hps import split_params
+from mtljax.optim.base import Method, combine, gramian_of
+from mtljax.optim.jacobian import gramian_from_vjp, jacobian_from_vjp
+from mtljax.optim.weightings import equal
 from mtljax.tasks import Task
 from mtljax.train.state import TrainState
 
@@ -35,28 +40,130 @@ def batch_stats(tasks: Sequence[Task], outputs, batch):
     return {t.name: t.stats(outputs[t.name], batch["targets"][t.name], batch["masks"][t.name]) for t in tasks}
 
 
+LEVELS = ("param", "gramian", "rep")
+HEAD_GRADS = ("task", "weighted")
+
+
 def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformation,
-                    task_weights: Mapping[str, float] | None = None):
-    weights = jnp.asarray([float((task_weights or {}).get(t.name, 1.0)) for t in tasks], jnp.float32)
+                    task_weights: Mapping[str, float] | None = None, *, method: Method | None = None,
+                    level: str = "param", chunk_size: int | None = None, head_grads: str = "task",
+                    has_aux_losses: bool = False, gramian_fn=None):
+    """The train step for any multi-task method (default: equal weighting).
+
+    * ``method.needs == "losses"``: one VJP of the loss vector with cotangent ``w`` (all parameters).
+    * ``level="param"``: per-task gradients of the shared parameters (``J``, stacked) from one pullback;
+      Gramian methods get ``G = J Jᵀ`` (``gramian_fn`` may assemble it on a mesh) and the update
+      ``Jᵀ w``; Jacobian methods (GradDrop) get ``J``.
+    * ``level="gramian"``: only ``G`` is formed (``chunk_size`` rows at a time); the update is one more
+      pullback with cotangent ``w``.
+    * ``level="rep"``: the Gramian of the gradients w.r.t. the shared representation (MGDA-UB style);
+      the update flows back through the encoder with cotangent ``J_Zᵀ w``.
+
+    Heads (``heads_<task>`` parameters) get their own task's gradient (``head_grads="task"``, as in
+    MGDA and TorchJD) or the ``w``-weighted one (``"weighted"``). Static ``task_weights`` scale the
+    losses before any method sees them. Auxiliary losses (MoE balancing) are added with weight 1.
+    """
+    method = method or equal()
+    if level not in LEVELS:
+        raise ValueError(f"config.optim.level: unknown level {level!r}; choose from {LEVELS}")
+    if head_grads not in HEAD_GRADS:
+        raise ValueError(f"config.optim.head_grads: unknown value {head_grads!r}; choose from {HEAD_GRADS}")
+    if method.needs == "jacobian" and level != "param":
+        raise ValueError(f"config.optim.level={level!r}: method {method.name!r} needs the full per-task "
+                         "gradients; use level 'param'")
+    num = len(tasks)
+    scale = jnp.asarray([float((task_weights or {}).get(t.name, 1.0)) for t in tasks], jnp.float32)
+
+    def with_aux(vec, aux):
+        if not has_aux_losses:
+            return vec
+        return jnp.concatenate([vec, sum(aux["losses"].values(), jnp.zeros((), jnp.float32))[None]])
+
+    def cot(w):
+        return jnp.concatenate([w, jnp.ones((1,), w.dtype)]) if has_aux_losses else w
+
+    def loss_vector(params, batch, rng):
+        losses, outputs, aux = task_losses(model, tasks, params, batch, train=True, rng=rng)
+        return with_aux(scale * losses, aux), (outputs, aux)
+
+    def head_update(jac_heads, w):
+        coef = w if head_grads == "weighted" else jnp.ones_like(w)
+        return combine(jac_heads, coef)
+
+    def grads_losses(state, batch, k_drop, k_method):
+        vec, vjp_fn, (outputs, aux) = jax.vjp(lambda p: loss_vector(p, batch, k_drop), state.params, has_aux=True)
+        w, mstate = method.weights(jax.lax.stop_gradient(vec[:num]), state.mtl_state, k_method)
+        return vjp_fn(cot(w))[0], vec, w, mstate, outputs, aux
+
+    def grads_param(state, batch, k_drop, k_method):
+        shared, heads = split_params(state.params)
+        f = lambda s, h: loss_vector({**s, **h}, batch, k_drop)  # noqa: E731
+        vec, vjp_fn, (outputs, aux) = jax.vjp(f, shared, heads, has_aux=True)
+        losses = vec[:num]
+        if level == "gramian":
+            gram = gramian_from_vjp(lambda c: (vjp_fn(c)[0],), vec.shape[0], chunk_size=chunk_size)[:num, :num]
+            w, mstate = method.weights(losses, state.mtl_state, k_method, gramian=gram)
+            g_shared = vjp_fn(cot(w))[0]
+            g_heads = vjp_fn(cot(w if head_grads == "weighted" else jnp.ones_like(w)))[1]
+            return {**g_shared, **g_heads}, vec, w, mstate, outputs, aux
+        jac_s, jac_h = jacobian_from_vjp(vjp_fn, vec.shape[0], chunk_size=chunk_size)
+        task_rows = lambda j: jax.tree.map(lambda x: x[:num], j)  # noqa: E731
+        js, jh = task_rows(jac_s), task_rows(jac_h)
+        if method.needs == "jacobian":
+            g_shared, mstate = method.aggregate(js, losses, state.mtl_state, k_method)
+            w = jnp.ones((num,), jnp.float32)
+        else:
+            gram = gramian_fn(js) if gramian_fn is not None else gramian_of(js)
+            w, mstate = method.weights(losses, state.mtl_state, k_method, gramian=gram)
+            g_shared = combine(js, w)
+        if has_aux_losses:
+            g_shared = jax.tree.map(lambda g, j: g + j[num], g_shared, jac_s)
+        return {**g_shared, **head_update(jh, w)}, vec, w, mstate, outputs, aux
+
+    def grads_rep(state, batch, k_drop, k_method):
+        shared, heads = split_params(state.params)
+        rngs = {"dropout": k_drop}
+
+        def enc(s):
+            rep, aux = model.apply({"params": {**s, **heads}}, batch["inputs"], train=True, rngs=rngs,
+                                   method=model.encode)
+            return (rep, sum(aux["losses"].values(), jnp.zeros((), jnp.float32))), aux
+
+        def dec(rep, h):
+            outputs = model.apply({"params": {**shared, **h}}, rep, method=model.decode)
+            losses = jnp.stack([t.loss(outputs[t.name], batch["targets"][t.name], batch["masks"][t.name])
+                                for t in tasks])
+            return scale * losses, outputs
+
+        (rep, aux_total), vjp_enc, aux = jax.vjp(enc, shared, has_aux=True)
+        losses, vjp_dec, outputs = jax.vjp(dec, rep, heads, has_aux=True)
+        gram = gramian_from_vjp(vjp_dec, num, chunk_size=chunk_size, select=lambda g: g)
+        w, mstate = method.weights(losses, state.mtl_state, k_method, gramian=gram)
+        d_rep = vjp_dec(w)[0]
+        g_shared = vjp_enc((d_rep, jnp.ones_like(aux_total)))[0]
+        g_heads = vjp_dec(w if head_grads == "weighted" else jnp.ones_like(w))[1]
+        return {**g_shared, **g_heads}, with_aux(losses, aux), w, mstate, outputs, aux
 
     def train_step(state: TrainState, batch):
-        rng = jax.random.fold_in(state.rng, state.step)
-
-        def objective(params):
-            losses, outputs, aux = task_losses(model, tasks, params, batch, train=True, rng=rng)
-            aux_total = sum(aux["losses"].values(), jnp.zeros((), jnp.float32))
-            return jnp.dot(weights, losses) + aux_total, (losses, outputs, aux)
-
-        (total, (losses, outputs, aux)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        k_drop, k_method = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        if method.needs == "losses":
+            compute = grads_losses
+        else:
+            compute = grads_rep if level == "rep" else grads_param
+        grads, vec, w, mstate, outputs, aux = compute(state, batch, k_drop, k_method)
+        losses = vec[:num] / scale_safe
+        total = jnp.dot(scale, losses) + (vec[num] if has_aux_losses else 0.0)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state)
+                            opt_state=opt_state, mtl_state=mstate)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(losses))
+        finite = finite & jnp.all(jnp.isfinite(w))
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
         metrics = {
             "loss": total,
             "task_losses": losses,
+            "task_weights": w,
             "grad_norm": grad_norm,
             "finite": finite,
             "stats": batch_stats(tasks, outputs, batch),
@@ -64,6 +171,7 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
         }
         return new, metrics
 
+    scale_safe = jnp.where(scale > 0, scale, 1.0)
     return train_step
 
 

@@ -1,0 +1,53 @@
+"""Multi-task optimization methods by name (``config.optim.method``).
+
+Each method lives in its own file with its paper and equation in the docstring, and is built by a
+constructor returning a :class:`~mtljax.optim.base.Method`; :func:`~mtljax.optim.base.as_optax` turns
+any of them into an optax transform over stacked per-task gradients.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from mtljax.optim.base import Method, as_optax, combine, gramian_of
+
+# name -> (module, constructor)
+METHODS: dict[str, tuple[str, str]] = {
+    # loss weightings (need the losses only)
+    "equal": ("mtljax.optim.weightings", "equal"),
+    "uw": ("mtljax.optim.uw", "uncertainty_weighting"),
+    "dwa": ("mtljax.optim.dwa", "dwa"),
+    "rlw": ("mtljax.optim.rlw", "random_loss_weighting"),
+    "gls": ("mtljax.optim.gls", "geometric_loss"),
+    "famo": ("mtljax.optim.famo", "famo"),
+    "db_mtl": ("mtljax.optim.db_mtl", "db_mtl"),
+    "stch": ("mtljax.optim.stch", "smooth_tchebycheff"),
+    "gradnorm": ("mtljax.optim.gradnorm", "gradnorm"),
+    # gradient aggregators
+    "mgda": ("mtljax.optim.mgda", "mgda"),
+    "pcgrad": ("mtljax.optim.pcgrad", "pcgrad"),
+    "gradvac": ("mtljax.optim.gradvac", "gradvac"),
+    "cagrad": ("mtljax.optim.cagrad", "cagrad"),
+    "imtl_g": ("mtljax.optim.imtl", "imtl_g"),
+    "nash_mtl": ("mtljax.optim.nash_mtl", "nash_mtl"),
+    "aligned_mtl": ("mtljax.optim.aligned_mtl", "aligned_mtl"),
+    "upgrad": ("mtljax.optim.upgrad", "upgrad"),
+    "dualproj": ("mtljax.optim.dualproj", "dualproj"),
+    "config": ("mtljax.optim.conflict_free", "config"),
+    "fairgrad": ("mtljax.optim.fairgrad", "fairgrad"),
+    "graddrop": ("mtljax.optim.graddrop", "graddrop"),
+}
+
+
+def get_method(name: str, **kwargs) -> Method:
+    """Build the method called ``name`` with its keyword arguments."""
+    if name not in METHODS:
+        raise ValueError(f"config.optim.method: unknown method {name!r}; choose from {sorted(METHODS)}")
+    module, ctor = METHODS[name]
+    try:
+        return getattr(importlib.import_module(module), ctor)(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"config.optim.method_kwargs for {name!r}: {e}") from None
+
+
+__all__ = ["METHODS", "Method", "as_optax", "combine", "get_method", "gramian_of"]
