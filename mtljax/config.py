@@ -63,6 +63,9 @@ def base_config() -> mlc.ConfigDict:
     c.optim.level = "param"  # param | gramian | rep (where per-task gradients are taken)
     c.optim.chunk_size = 0  # tasks per batched pullback; 0 = all at once
     c.optim.head_grads = "task"  # task | weighted
+    c.optim.sam = "none"  # none | sam (Foret et al.) | flat (task-based flat regions, Phan et al.)
+    c.optim.sam_rho = 0.05
+    c.optim.sam_adaptive = False  # ASAM-style perturbation for sam='flat'
 
     c.train = mlc.ConfigDict()
     c.train.steps = 1500
@@ -144,6 +147,14 @@ def validate(config, num_devices: int | None = None) -> None:
         raise ConfigError(f"config.optim.level: unknown level {o.level!r}; choose from {list(LEVELS)}")
     if o.head_grads not in HEAD_GRADS:
         raise ConfigError(f"config.optim.head_grads: unknown value {o.head_grads!r}; choose from {list(HEAD_GRADS)}")
+    from mtljax.train.step import SAM_MODES
+
+    if o.sam not in SAM_MODES:
+        raise ConfigError(f"config.optim.sam: unknown mode {o.sam!r}; choose from {list(SAM_MODES)}")
+    if o.sam != "none" and not o.sam_rho > 0:
+        raise ConfigError(f"config.optim.sam_rho must be > 0 when config.optim.sam={o.sam!r}, got {o.sam_rho}")
+    if o.sam == "flat" and o.level != "param":
+        raise ConfigError(f"config.optim.level={o.level!r}: config.optim.sam='flat' needs level 'param'")
     if not isinstance(o.chunk_size, int) or o.chunk_size < 0:
         raise ConfigError(f"config.optim.chunk_size must be an integer >= 0, got {o.chunk_size!r}")
     for name, w in o.task_weights.items():

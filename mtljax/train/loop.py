@@ -93,7 +93,7 @@ def _make_step(exp: Experiment, state_shardings):
     return st.make_train_step(
         exp.model, exp.tasks, exp.tx, dict(o.task_weights), method=exp.method, level=o.level,
         chunk_size=o.chunk_size or None, head_grads=o.head_grads, has_aux_losses=bool(aux["losses"]),
-        gramian_fn=gramian_fn)
+        gramian_fn=gramian_fn, sam=o.sam, sam_rho=o.sam_rho, sam_adaptive=o.sam_adaptive)
 
 
 def _check_model_fits(config, dataset):

@@ -1,7 +1,8 @@
 """The parameter optimizer from ``config.optim``: gradient clipping, then Adam(W)/SGD on a schedule.
 
-Multi-task gradient methods (weightings, aggregators, SAM) are optax transforms too and are chained
-in front of this one.
+With ``config.optim.sam='sam'`` the whole optimizer is wrapped in ``optax.contrib.sam`` (opaque mode:
+the train step passes it the multi-task gradient function). Multi-task methods act before it, in the
+train step.
 """
 
 from __future__ import annotations
@@ -39,5 +40,9 @@ def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     else:
         raise ValueError(f"config.optim.name: unknown optimizer {cfg.name!r}; choose from {OPTIMIZERS}")
     if cfg.grad_clip:
-        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+    if cfg.get("sam", "none") == "sam":
+        # Foret et al. (2021): one normalised ascent step of size rho, then the real step at θ + e.
+        adversary = optax.chain(optax.contrib.normalize(), optax.sgd(cfg.sam_rho))
+        opt = optax.contrib.sam(opt, adversary, sync_period=2, opaque_mode=True)
     return opt

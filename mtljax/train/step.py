@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mtljax.models.hps import split_params
 from mtljax.optim.base import Method, combine, gramian_of
+from mtljax.optim.flat_sam import perturbed_task_gradients
 from mtljax.optim.jacobian import gramian_from_vjp, jacobian_from_vjp
 from mtljax.optim.weightings import equal
 from mtljax.tasks import Task
@@ -42,12 +43,14 @@ def batch_stats(tasks: Sequence[Task], outputs, batch):
 
 LEVELS = ("param", "gramian", "rep")
 HEAD_GRADS = ("task", "weighted")
+SAM_MODES = ("none", "sam", "flat")
 
 
 def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformation,
                     task_weights: Mapping[str, float] | None = None, *, method: Method | None = None,
                     level: str = "param", chunk_size: int | None = None, head_grads: str = "task",
-                    has_aux_losses: bool = False, gramian_fn=None):
+                    has_aux_losses: bool = False, gramian_fn=None, sam: str = "none", sam_rho: float = 0.05,
+                    sam_adaptive: bool = False):
     """The train step for any multi-task method (default: equal weighting).
 
     * ``method.needs == "losses"``: one VJP of the loss vector with cotangent ``w`` (all parameters).
@@ -62,12 +65,22 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
     Heads (``heads_<task>`` parameters) get their own task's gradient (``head_grads="task"``, as in
     MGDA and TorchJD) or the ``w``-weighted one (``"weighted"``). Static ``task_weights`` scale the
     losses before any method sees them. Auxiliary losses (MoE balancing) are added with weight 1.
+
+    ``sam="flat"``: task-based flat-region SAM around the method (``mtljax.optim.flat_sam``; needs
+    ``level="param"``). ``sam="sam"``: plain SAM, ``tx`` must then be ``optax.contrib.sam`` in opaque
+    mode (``build_optimizer`` does that); the step hands it the multi-task gradient function.
     """
     method = method or equal()
     if level not in LEVELS:
         raise ValueError(f"config.optim.level: unknown level {level!r}; choose from {LEVELS}")
     if head_grads not in HEAD_GRADS:
         raise ValueError(f"config.optim.head_grads: unknown value {head_grads!r}; choose from {HEAD_GRADS}")
+    if sam not in SAM_MODES:
+        raise ValueError(f"config.optim.sam: unknown mode {sam!r}; choose from {SAM_MODES}")
+    if sam != "none" and not sam_rho > 0:
+        raise ValueError(f"config.optim.sam_rho must be > 0 for SAM, got {sam_rho}")
+    if sam == "flat" and level != "param":
+        raise ValueError(f"config.optim.level={level!r}: flat-region SAM needs per-task gradients; use 'param'")
     if method.needs == "jacobian" and level != "param":
         raise ValueError(f"config.optim.level={level!r}: method {method.name!r} needs the full per-task "
                          "gradients; use level 'param'")
@@ -109,16 +122,32 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
         jac_s, jac_h = jacobian_from_vjp(vjp_fn, vec.shape[0], chunk_size=chunk_size)
         task_rows = lambda j: jax.tree.map(lambda x: x[:num], j)  # noqa: E731
         js, jh = task_rows(jac_s), task_rows(jac_h)
-        if method.needs == "jacobian":
-            g_shared, mstate = method.aggregate(js, losses, state.mtl_state, k_method)
-            w = jnp.ones((num,), jnp.float32)
-        else:
-            gram = gramian_fn(js) if gramian_fn is not None else gramian_of(js)
-            w, mstate = method.weights(losses, state.mtl_state, k_method, gramian=gram)
-            g_shared = combine(js, w)
+        g_shared, w, mstate = aggregate_rows(js, losses, state.mtl_state, k_method)
+        g_heads = head_update(jh, w)
+        if sam == "flat":
+            sam_s, sam_h = perturbed_task_gradients(lambda s, h: f(s, h)[0], shared, heads, js, jh,
+                                                    rho=sam_rho, adaptive=sam_adaptive)
+            if method.needs == "losses":
+                g_shared = combine(sam_s, w)
+            else:
+                diff = jax.tree.map(jnp.subtract, sam_s, js)
+                g_flat, _, _ = aggregate_rows(diff, losses, state.mtl_state, jax.random.fold_in(k_method, 1))
+                g_shared = jax.tree.map(jnp.add, g_shared, g_flat)
+            g_heads = head_update(sam_h, w)
         if has_aux_losses:
             g_shared = jax.tree.map(lambda g, j: g + j[num], g_shared, jac_s)
-        return {**g_shared, **head_update(jh, w)}, vec, w, mstate, outputs, aux
+        return {**g_shared, **g_heads}, vec, w, mstate, outputs, aux
+
+    def aggregate_rows(rows, losses, mstate, key):
+        """One update from stacked per-task gradient rows: ``(update, weights, new method state)``."""
+        if method.needs == "jacobian":
+            update, mstate = method.aggregate(rows, losses, mstate, key)
+            return update, jnp.ones((num,), jnp.float32), mstate
+        gram = None
+        if method.needs == "gramian":
+            gram = gramian_fn(rows) if gramian_fn is not None else gramian_of(rows)
+        w, mstate = method.weights(losses, mstate, key, gramian=gram)
+        return combine(rows, w), w, mstate
 
     def grads_rep(state, batch, k_drop, k_method):
         shared, heads = split_params(state.params)
@@ -146,14 +175,18 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
 
     def train_step(state: TrainState, batch):
         k_drop, k_method = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        if method.needs == "losses":
+        if method.needs == "losses" and sam != "flat":
             compute = grads_losses
         else:
             compute = grads_rep if level == "rep" else grads_param
         grads, vec, w, mstate, outputs, aux = compute(state, batch, k_drop, k_method)
         losses = vec[:num] / scale_safe
         total = jnp.dot(scale, losses) + (vec[num] if has_aux_losses else 0.0)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if sam == "sam":
+            grad_fn = lambda p, _: compute(state.replace(params=p), batch, k_drop, k_method)[0]  # noqa: E731
+            updates, opt_state = tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
+        else:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, mtl_state=mstate)
         grad_norm = optax.global_norm(grads)
