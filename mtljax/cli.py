@@ -2,6 +2,7 @@
 
     mtljax train [--config=configs/x.py[:arg]] [--config.train.steps=200 ...] [--workdir=DIR]
     mtljax eval  [--config=...] [--workdir=DIR]      # evaluate the newest checkpoint of a run
+    mtljax compare [--config=...] --methods=equal,pcgrad,upgrad@rep,... [--seeds=3] [--outdir=DIR]
 
 Configuration mistakes end with one line ``error: config.<key>: ...`` and exit status 2, before
 anything is compiled or written; a non-finite loss ends with exit status 1 and keeps the last good
@@ -16,7 +17,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval")
+COMMANDS = ("train", "eval", "compare")
 
 
 def default_config_path() -> str:
@@ -33,6 +34,11 @@ def _parse(argv: list[str]) -> flags.FlagValues:
         config_flags.DEFINE_config_file("config", default_config_path(), "Experiment config file[:arg].",
                                         flag_values=values, lock_config=True)
         flags.DEFINE_string("workdir", None, "Run directory (overrides config.workdir).", flag_values=values)
+        flags.DEFINE_string("methods", "equal", "compare: comma-separated method specs name[@level][+flat], or 'all'.",
+                            flag_values=values)
+        flags.DEFINE_integer("seeds", 3, "compare: number of seeds.", flag_values=values)
+        flags.DEFINE_string("outdir", None, "compare: output directory (default <workdir>/compare).",
+                            flag_values=values)
         values(argv)
         try:
             values.config.get("workdir")  # loads the file and applies the overrides
@@ -77,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             loop.train(config)
-        else:
+        elif command == "eval":
             loop.evaluate_workdir(config)
+        else:
+            from mtljax.train.compare import compare, parse_methods
+
+            outdir = parsed.outdir or os.path.join(config.workdir, "compare")
+            compare(config, parse_methods(parsed.methods), parsed.seeds, outdir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -153,7 +153,8 @@ def _summarise_train(tasks, acc):
     out = {"loss": acc["loss"] / acc["n"], "grad_norm": acc["grad_norm"] / acc["n"]}
     finals = mt.finalize(tasks, acc["stats"])
     for i, t in enumerate(tasks):
-        out[t.name] = {"loss": acc["task_losses"][i] / acc["n"], **finals[t.name]}
+        out[t.name] = {"loss": acc["task_losses"][i] / acc["n"], "weight": acc["task_weights"][i] / acc["n"],
+                       **finals[t.name]}
     return out
 
 
@@ -212,7 +213,7 @@ def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, 
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} in {what}; run stopped, last good checkpoint: "
                 f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}")
-        stats = {k: m[k] for k in ("loss", "task_losses", "grad_norm")}
+        stats = {k: m[k] for k in ("loss", "task_losses", "task_weights", "grad_norm")}
         stats["stats"], stats["n"] = m["stats"], 1
         acc = stats if acc is None else jax.tree.map(np.add, acc, stats)
 
