@@ -66,6 +66,8 @@ def base_config() -> mlc.ConfigDict:
     c.optim.sam = "none"  # none | sam (Foret et al.) | flat (task-based flat regions, Phan et al.)
     c.optim.sam_rho = 0.05
     c.optim.sam_adaptive = False  # ASAM-style perturbation for sam='flat'
+    c.optim.rep_mtl = False  # add the Rep-MTL saliency regulariser (Wang et al., 2025)
+    c.optim.rep_mtl_kwargs = mlc.ConfigDict(dict(lambda_entropy=0.9, lambda_align=0.9, temperature=0.1))
 
     c.train = mlc.ConfigDict()
     c.train.steps = 1500
@@ -155,6 +157,11 @@ def validate(config, num_devices: int | None = None) -> None:
         raise ConfigError(f"config.optim.sam_rho must be > 0 when config.optim.sam={o.sam!r}, got {o.sam_rho}")
     if o.sam == "flat" and o.level != "param":
         raise ConfigError(f"config.optim.level={o.level!r}: config.optim.sam='flat' needs level 'param'")
+    for key, value in o.rep_mtl_kwargs.items():
+        if key in ("lambda_entropy", "lambda_align") and not value >= 0:
+            raise ConfigError(f"config.optim.rep_mtl_kwargs.{key} must be >= 0, got {value}")
+        if key == "temperature" and not value > 0:
+            raise ConfigError(f"config.optim.rep_mtl_kwargs.temperature must be > 0, got {value}")
     if not isinstance(o.chunk_size, int) or o.chunk_size < 0:
         raise ConfigError(f"config.optim.chunk_size must be an integer >= 0, got {o.chunk_size!r}")
     for name, w in o.task_weights.items():

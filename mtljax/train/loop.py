@@ -74,6 +74,9 @@ class Experiment:
         if self.method.needs == "jacobian" and config.optim.level != "param":
             raise ConfigError(f"config.optim.level={config.optim.level!r}: method {self.method.name!r} needs "
                               "the per-task gradients themselves; use level 'param'")
+        if config.optim.rep_mtl and config.optim.level == "rep" and self.method.needs != "losses":
+            raise ConfigError("config.optim.rep_mtl cannot be combined with config.optim.level='rep'; "
+                              "use 'param' or 'gramian'")
         self.mtl_init = lambda: self.method.init(len(self.tasks))
         self.mesh = make_mesh(dict(config.mesh.shape))
         self.rules = rules_from_config(config.mesh.rules)
@@ -93,7 +96,8 @@ def _make_step(exp: Experiment, state_shardings):
     return st.make_train_step(
         exp.model, exp.tasks, exp.tx, dict(o.task_weights), method=exp.method, level=o.level,
         chunk_size=o.chunk_size or None, head_grads=o.head_grads, has_aux_losses=bool(aux["losses"]),
-        gramian_fn=gramian_fn, sam=o.sam, sam_rho=o.sam_rho, sam_adaptive=o.sam_adaptive)
+        gramian_fn=gramian_fn, sam=o.sam, sam_rho=o.sam_rho, sam_adaptive=o.sam_adaptive,
+        rep_mtl=dict(o.rep_mtl_kwargs) if o.rep_mtl else None)
 
 
 def _check_model_fits(config, dataset):

@@ -23,6 +23,7 @@ from mtljax.models.hps import split_params
 from mtljax.optim.base import Method, combine, gramian_of
 from mtljax.optim.flat_sam import perturbed_task_gradients
 from mtljax.optim.jacobian import gramian_from_vjp, jacobian_from_vjp
+from mtljax.optim.rep_mtl import rep_mtl_regularizer, task_saliency
 from mtljax.optim.weightings import equal
 from mtljax.tasks import Task
 from mtljax.train.state import TrainState
@@ -33,6 +34,26 @@ def task_losses(model, tasks: Sequence[Task], params, batch, *, train: bool, rng
     rngs = {"dropout": rng} if rng is not None else {}
     outputs, aux = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
     losses = jnp.stack([t.loss(outputs[t.name], batch["targets"][t.name], batch["masks"][t.name]) for t in tasks])
+    return losses, outputs, aux
+
+
+def rep_mtl_losses(model, tasks: Sequence[Task], params, batch, rng, rep_kwargs: Mapping):
+    """Task losses plus the Rep-MTL regulariser (in ``aux["losses"]["rep_mtl"]``).
+
+    The saliency ``S_t = ∂L_t/∂z`` is taken at the pooled shared representation ``z`` (the one every
+    classification head reads); it stays differentiable, so the regulariser's gradient reaches the
+    encoder and the heads by double backprop, as Rep-MTL (Wang et al., 2025, Eq. 10) specifies.
+    """
+    rep, aux = model.apply({"params": params}, batch["inputs"], train=True, rngs={"dropout": rng},
+                           method=model.encode)
+
+    def dec_losses(z):
+        out = model.apply({"params": params}, {**rep, "pooled": z}, method=model.decode)
+        return jnp.stack([t.loss(out[t.name], batch["targets"][t.name], batch["masks"][t.name]) for t in tasks]), out
+
+    losses, saliency, outputs = task_saliency(dec_losses, rep["pooled"], has_aux=True)
+    reg, metrics = rep_mtl_regularizer(saliency, **rep_kwargs)
+    aux = {"losses": {**aux["losses"], "rep_mtl": reg}, "metrics": {**aux["metrics"], **metrics}}
     return losses, outputs, aux
 
 
@@ -50,7 +71,7 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
                     task_weights: Mapping[str, float] | None = None, *, method: Method | None = None,
                     level: str = "param", chunk_size: int | None = None, head_grads: str = "task",
                     has_aux_losses: bool = False, gramian_fn=None, sam: str = "none", sam_rho: float = 0.05,
-                    sam_adaptive: bool = False):
+                    sam_adaptive: bool = False, rep_mtl: Mapping | None = None):
     """The train step for any multi-task method (default: equal weighting).
 
     * ``method.needs == "losses"``: one VJP of the loss vector with cotangent ``w`` (all parameters).
@@ -69,6 +90,10 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
     ``sam="flat"``: task-based flat-region SAM around the method (``mtljax.optim.flat_sam``; needs
     ``level="param"``). ``sam="sam"``: plain SAM, ``tx`` must then be ``optax.contrib.sam`` in opaque
     mode (``build_optimizer`` does that); the step hands it the multi-task gradient function.
+
+    ``rep_mtl={...}`` (keyword arguments of ``rep_mtl_regularizer``) adds the Rep-MTL regulariser of
+    the task saliencies ``∂L_t/∂z`` at the pooled representation as an auxiliary loss (weight 1,
+    differentiated by double backprop), so it combines with every method and level but ``rep``.
     """
     method = method or equal()
     if level not in LEVELS:
@@ -81,6 +106,11 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
         raise ValueError(f"config.optim.sam_rho must be > 0 for SAM, got {sam_rho}")
     if sam == "flat" and level != "param":
         raise ValueError(f"config.optim.level={level!r}: flat-region SAM needs per-task gradients; use 'param'")
+    if rep_mtl is not None:
+        has_aux_losses = True
+        if level == "rep" and method.needs != "losses":
+            raise ValueError("config.optim.level='rep' cannot be combined with config.optim.rep_mtl; "
+                             "use level 'param' or 'gramian'")
     if method.needs == "jacobian" and level != "param":
         raise ValueError(f"config.optim.level={level!r}: method {method.name!r} needs the full per-task "
                          "gradients; use level 'param'")
@@ -96,7 +126,10 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
         return jnp.concatenate([w, jnp.ones((1,), w.dtype)]) if has_aux_losses else w
 
     def loss_vector(params, batch, rng):
-        losses, outputs, aux = task_losses(model, tasks, params, batch, train=True, rng=rng)
+        if rep_mtl is not None:
+            losses, outputs, aux = rep_mtl_losses(model, tasks, params, batch, rng, rep_mtl)
+        else:
+            losses, outputs, aux = task_losses(model, tasks, params, batch, train=True, rng=rng)
         return with_aux(scale * losses, aux), (outputs, aux)
 
     def head_update(jac_heads, w):

@@ -42,7 +42,10 @@ def _grads(setup, method, tx=None, **kw):
     with jax.set_mesh(mesh):
         state, _, _ = create_state(model, tx, shape, 0, mesh, DEFAULT_RULES, lambda: method.init(len(tasks)))
         # move off the zero-initialised heads so every task has a gradient on the shared layers
-        state = state.replace(params=jax.tree.map(lambda p: p + 0.1, state.params))
+        leaves, tree = jax.tree.flatten(state.params)
+        keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+        noise = [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+        state = state.replace(params=jax.tree.unflatten(tree, [x + n for x, n in zip(leaves, noise)]))
         new, _ = jax.jit(st.make_train_step(model, tasks, tx, method=method, **kw))(state, batch)
     return state.params, jax.tree.map(lambda a, b: a - b, state.params, new.params)
 
@@ -110,3 +113,27 @@ def test_sam_config_errors(tmp_path):
     c.optim.sam = "sharp"
     with pytest.raises(ConfigError, match="config.optim.sam"):
         validate(c)
+
+
+def test_rep_mtl_regulariser_enters_the_gradient(setup):
+    from mtljax.optim.rep_mtl import rep_mtl_regularizer, task_saliency
+
+    model, tasks, batch, _ = setup
+    kw = dict(lambda_entropy=0.9, lambda_align=0.9, temperature=0.1)
+    params, got = _grads(setup, get_method("equal"), rep_mtl=kw)
+
+    def objective(p):
+        rep, _ = model.apply({"params": p}, batch["inputs"], train=True, method=model.encode)
+
+        def dec(z):
+            out = model.apply({"params": p}, {**rep, "pooled": z}, method=model.decode)
+            return jnp.stack([t.loss(out[t.name], batch["targets"][t.name], batch["masks"][t.name]) for t in tasks])
+
+        losses, s = task_saliency(dec, rep["pooled"])
+        return jnp.sum(losses) + rep_mtl_regularizer(s, **kw)[0]
+
+    ref = jax.grad(objective)(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), got, ref)
+    _, plain = _grads(setup, get_method("equal"))
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(plain)))
+    assert diff > 1e-6  # the regulariser changes the update
