@@ -112,8 +112,14 @@ def train_dataset(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.MapDataset:
-    """Random-access dataset of this process's share of global training batch ``k``."""
+    """Random-access dataset of this process's share of global training batch ``k``.
+
+    ``indices``: the order of examples, either a grain dataset of positions or a function of the seed
+    returning one (mixtures); default: ``index_stream(len(source), seed)``.
+    """
     rows = host_slice(global_batch, process_index, process_count)
+    if callable(indices) and not isinstance(indices, grain.MapDataset):
+        indices = indices(seed)  # a seeded order (e.g. a mixture's), built for this run's seed
     stream = index_stream(len(source), seed) if indices is None else indices
     return (
         stream.batch(global_batch, drop_remainder=True)

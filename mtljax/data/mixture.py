@@ -17,14 +17,14 @@ and mask 0, while the component's own masks are kept as they are (partial labels
 end to end, component ``k`` occupying global positions ``[offset_k, offset_k + N_k)``. Its
 ``get_batch(positions)`` splits the positions by component, reads each component's examples in one
 vectorised call and assembles the batch over the union of tasks. The *order* of training lives apart,
-in ``info["train_indices"]``: a grain ``MapDataset`` of global positions built as
+in ``info["train_indices"]``: a function of the run's seed returning a grain ``MapDataset`` of global
+positions built as
 ``grain.MapDataset.mix([index_stream(N_k, seed_k) + offset_k for k], weights=rates)`` — each component
 reshuffled every epoch and repeated forever, interleaved deterministically in the mixing
 proportions. It is random access (step ``s`` needs no history), so ``train_dataset(source, tasks,
 batch, seed, indices=info["train_indices"])`` (what the training loop does) batches it, host-slices
-it and resumes it from iterator state exactly like any other dataset; no change to ``base.py``.
-The per-component seeds come from ``config.data.seed`` (the ``seed`` argument of ``train_dataset`` is
-not used when ``indices`` are given). Evaluation splits simply concatenate the components that have
+it and resumes it from iterator state exactly like any other dataset. The per-component seeds are
+derived from the run's seed (``config.seed``), so seeds of a sweep see different orders. Evaluation splits simply concatenate the components that have
 that split, each example labelled for its own component's tasks only.
 """
 
@@ -148,7 +148,7 @@ def _task_specs(datasets, names) -> dict[str, tuple]:
 
 
 def combine(datasets: Sequence[Dataset], sampling: str = "proportional", cap: float = 0,
-            temperature: float = 1.0, seed: int = 0, names: Sequence[str] | None = None) -> Dataset:
+            temperature: float = 1.0, names: Sequence[str] | None = None) -> Dataset:
     """The mixture of already built ``datasets``; ``names`` label the components in errors."""
     if not datasets:
         raise ValueError("config.data.components: a mixture needs at least one component")
@@ -174,7 +174,7 @@ def combine(datasets: Sequence[Dataset], sampling: str = "proportional", cap: fl
         sub.update({t: (-1, *rest) for t, (k, *rest) in specs.items() if k not in have})
         splits[split] = ConcatSource([datasets[k].splits[split] for k in have], sub, input_shape)
     info = {
-        "train_indices": mixed_indices(sizes, rates, seed),
+        "train_indices": functools.partial(mixed_indices, sizes, rates),  # called with the run's seed
         "mixing_rates": rates,
         "components": names,
         "component_sizes": sizes,
@@ -185,8 +185,8 @@ def combine(datasets: Sequence[Dataset], sampling: str = "proportional", cap: fl
 
 
 def build(cfg) -> Dataset:
-    """Config keys (``config.data``): components (list of data configs), sampling, cap, temperature,
-    seed (seeds the training order of the components)."""
+    """Config keys (``config.data``): components (list of data configs), sampling, cap, temperature.
+    The training order is seeded by the run's ``config.seed``."""
     from mtljax.data import build_dataset  # the registry imports this module
 
     components = list(cfg.get("components", ()) or ())
@@ -203,4 +203,4 @@ def build(cfg) -> Dataset:
         datasets.append(ds)
         names.append(f"components[{k}] ({sub.name!r})")
     return combine(datasets, cfg.get("sampling", "proportional"), cfg.get("cap", 0) or 0,
-                   cfg.get("temperature", 1.0), seed=int(cfg.get("seed", 0) or 0), names=names)
+                   cfg.get("temperature", 1.0), names=names)

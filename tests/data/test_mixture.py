@@ -53,7 +53,7 @@ def test_mixing_rates():
 def test_stream_frequencies_match_rates():
     ds = _three(sampling="temperature", temperature=2.0)
     rates = ds.info["mixing_rates"]
-    comp, local = ds.splits["train"].locate(np.array([ds.info["train_indices"][i] for i in range(12_000)]))
+    comp, local = ds.splits["train"].locate(np.array([ds.info["train_indices"](0)[i] for i in range(12_000)]))
     np.testing.assert_allclose(np.bincount(comp, minlength=3) / len(comp), rates, atol=0.01)
     # Each component is itself walked epoch by epoch: the first 600 draws of "a" cover "a" once.
     assert sorted(local[comp == 0][:600].tolist()) == list(range(600))
@@ -64,19 +64,19 @@ def test_stream_frequencies_match_rates():
 
 
 def test_training_order_is_deterministic_and_resumable():
-    def batches(ds, n, state=None):
-        pipeline = train_dataset(ds.splits["train"], ds.tasks, 16, 0, indices=ds.info["train_indices"])
+    def batches(ds, n, state=None, seed=3):
+        pipeline = train_dataset(ds.splits["train"], ds.tasks, 16, seed, indices=ds.info["train_indices"])
         it = train_iterator(pipeline, prefetch=0)
         if state is not None:
             it.set_state(state)
         return it, [next(it)["inputs"][:, 0].tolist() for _ in range(n)]
 
-    _, first = batches(_three(seed=3), 6)
-    _, again = batches(_three(seed=3), 6)
-    _, other = batches(_three(seed=4), 6)
+    _, first = batches(_three(), 6)
+    _, again = batches(_three(), 6)
+    _, other = batches(_three(), 6, seed=4)  # the run's seed (config.seed) changes the order
     assert first == again and first != other
-    it, _ = batches(_three(seed=3), 2)
-    _, resumed = batches(_three(seed=3), 4, state=it.get_state())
+    it, _ = batches(_three(), 2)
+    _, resumed = batches(_three(), 4, state=it.get_state())
     assert resumed == first[2:]
 
 
