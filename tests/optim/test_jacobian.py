@@ -9,7 +9,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from mtljax.optim import as_optax, get_method
 from mtljax.optim.jacobian import sharded_gramian, task_gramian, task_jacobian
-from mtljax.optim.solvers import min_norm_simplex, nonneg_qp
+from mtljax.optim.solvers import box_qp, min_norm_simplex, regularize
 
 T = 5
 
@@ -78,7 +78,7 @@ def test_solvers_reach_scipy_optimum():
                                       options=dict(ftol=1e-14, maxiter=1000))
         assert abs(w.sum() - 1) < 1e-5 and w.min() >= 0 and w @ g @ w <= ref.fun * (1 + 1e-4) + 1e-7
         u = np.eye(t)[0]
-        v = np.asarray(nonneg_qp(jnp.asarray(g), jnp.asarray(u)))
+        v = np.asarray(box_qp(regularize(jnp.asarray(g)), jnp.asarray(u)))
         assert np.all(v >= u - 1e-7) and np.all(g @ v >= -1e-4 * np.abs(g).max())  # J(Jᵀv) ≥ 0: dual cone
 
 
