@@ -154,9 +154,10 @@ def plot_tradeoff(tasks, results, path: str) -> None:
             ax.bar(np.arange(len(specs)) + i * width, vals, width, label=f"{name} {metric}")
         ax.set_xticks(np.arange(len(specs)) + 0.4 - width / 2, specs, rotation=60, ha="right", fontsize=8)
         ax.axhline(0, color="k", lw=0.5)
-        ax.set_ylabel("improvement over equal weighting (%)")
+        ax.set_yscale("symlog", linthresh=10)  # a few collapsed tasks must not flatten the rest
+        ax.set_ylabel("improvement over equal weighting (%, symlog)")
         ax.legend(fontsize=7, ncol=2)
-    ax.set_title("per-task trade-off (mean ± std over seeds)")
+    ax.set_title("per-task trade-off (mean over seeds" + (" ± std)" if len(tasks) == 2 else ")"))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
