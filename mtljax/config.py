@@ -47,6 +47,21 @@ def base_config() -> mlc.ConfigDict:
         dict(variant="custom", patch_size=4, pool="gap", width=64, depth=4, num_heads=4, mlp_dim=128)
     )
     c.model.mlp = mlc.ConfigDict(dict(hidden=(256, 256)))
+    # mixture of experts (model.name = m3vit | mod_squad, or backbone = moe_vit); see mtljax.models.moe
+    c.model.moe = mlc.ConfigDict(dict(
+        num_experts=8, top_k=2, expert_dim=0,  # expert_dim 0 = mlp_dim // top_k (active width of the dense MLP)
+        router="tokens_choose",  # tokens_choose | experts_choose | soft
+        capacity_factor=1.25, batch_priority=True, renormalize=False, slots_per_expert=1,
+        noise_std=1.0,  # gate noise std in training = noise_std / num_experts
+        dispatch="einsum",  # einsum (capacity, expert-parallel) | ragged (dropless, jax.lax.ragged_dot)
+        group_size=1,  # examples per routing group
+        gate="task",  # m3vit: task | task_conditioned (hps + moe_vit: always shared)
+        gate_zero_init=False,
+        every=2, layers=(),  # MoE MLP in every `every`-th block ending with the last, or these blocks
+        importance_weight=0.01, load_weight=0.01, z_loss_weight=0.0, mi_weight=0.0,
+        attn_experts=0, attn_top_k=0, attn_head_dim=0, attn_every=1,  # mod_squad: MoE attention
+    ))
+    c.model.task_expert = mlc.ConfigDict(dict(num_experts=4, expert_dim=0, every=2, layers=()))
 
     c.optim = mlc.ConfigDict()
     c.optim.name = "adamw"
@@ -99,7 +114,7 @@ def _positive(config, key: str):
 def validate(config, num_devices: int | None = None) -> None:
     """Check a config before anything is built or compiled. Raises ConfigError (one line)."""
     from mtljax.data import DATASETS
-    from mtljax.models import BACKBONES, DTYPES, MODELS
+    from mtljax.models import BACKBONES, DTYPES, MODELS, MOE_MODELS
     from mtljax.models.vit import VARIANTS
     from mtljax.parallel.mesh import resolve_shape
     from mtljax.train.optimizer import OPTIMIZERS, SCHEDULES
@@ -119,7 +134,7 @@ def validate(config, num_devices: int | None = None) -> None:
             raise ConfigError(f"config.model.{key}: unknown dtype {m[key]!r}; choose from {sorted(DTYPES)}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
-    if m.backbone == "vit":
+    if m.backbone in ("vit", "moe_vit"):
         v = m.vit
         if v.variant != "custom" and v.variant not in VARIANTS:
             raise ConfigError(f"config.model.vit.variant: unknown {v.variant!r}; choose from {sorted(VARIANTS)} or 'custom'")
@@ -130,7 +145,17 @@ def validate(config, num_devices: int | None = None) -> None:
             raise ConfigError(f"config.model.vit.width={v.width} is not divisible by config.model.vit.num_heads={v.num_heads}")
         if v.pool not in ("gap", "cls"):
             raise ConfigError(f"config.model.vit.pool must be 'gap' or 'cls', got {v.pool!r}")
-    else:
+    if m.name in MOE_MODELS or m.backbone == "moe_vit":
+        _validate_moe(config)
+    if m.name == "task_expert":
+        te = m.task_expert
+        for key in ("num_experts",):
+            _positive(config, f"model.task_expert.{key}")
+        if not isinstance(te.expert_dim, int) or te.expert_dim < 0:
+            raise ConfigError(f"config.model.task_expert.expert_dim must be an integer >= 0, got {te.expert_dim!r}")
+    if m.name != "hps" and m.backbone != "vit":
+        raise ConfigError(f"config.model.name={m.name!r} is a ViT; set config.model.backbone='vit', got {m.backbone!r}")
+    if m.backbone == "mlp":
         if not m.mlp.hidden or any((not isinstance(h, int)) or h <= 0 for h in m.mlp.hidden):
             raise ConfigError(f"config.model.mlp.hidden must be positive integers, got {tuple(m.mlp.hidden)}")
     o = config.optim
@@ -162,6 +187,10 @@ def validate(config, num_devices: int | None = None) -> None:
             raise ConfigError(f"config.optim.rep_mtl_kwargs.{key} must be >= 0, got {value}")
         if key == "temperature" and not value > 0:
             raise ConfigError(f"config.optim.rep_mtl_kwargs.temperature must be > 0, got {value}")
+    if m.name in ("m3vit", "mod_squad", "task_expert") and (o.level == "rep" or o.rep_mtl):
+        key = "config.optim.level='rep'" if o.level == "rep" else "config.optim.rep_mtl"
+        raise ConfigError(f"{key} needs one shared representation, but config.model.name={m.name!r} gives every "
+                          "task its own; use level 'param' or 'gramian'")
     if not isinstance(o.chunk_size, int) or o.chunk_size < 0:
         raise ConfigError(f"config.optim.chunk_size must be an integer >= 0, got {o.chunk_size!r}")
     for name, w in o.task_weights.items():
@@ -188,7 +217,62 @@ def validate(config, num_devices: int | None = None) -> None:
                 f"config.data.{key}={config.data[key]} is not divisible by the {shards} batch shards "
                 f"of config.mesh.shape={sizes}"
             )
+    if m.name in MOE_MODELS or m.backbone == "moe_vit":
+        _validate_moe_mesh(config, sizes, shards)
     check_workdir(config.workdir)
+
+
+def _validate_moe(config) -> None:
+    from mtljax.models.moe import DISPATCH, GATES, ROUTERS
+
+    e = config.model.moe
+    for key in ("num_experts", "top_k", "group_size", "slots_per_expert"):
+        _positive(config, f"model.moe.{key}")
+    if e.router not in ROUTERS:
+        raise ConfigError(f"config.model.moe.router: unknown router {e.router!r}; choose from {list(ROUTERS)}")
+    if e.dispatch not in DISPATCH:
+        raise ConfigError(f"config.model.moe.dispatch: unknown {e.dispatch!r}; choose from {list(DISPATCH)}")
+    if e.gate not in GATES:
+        raise ConfigError(f"config.model.moe.gate: unknown gate {e.gate!r}; choose from {list(GATES)}")
+    if config.model.name == "m3vit" and e.gate == "shared":
+        raise ConfigError("config.model.moe.gate='shared' is not M³ViT; use 'task' or 'task_conditioned' "
+                          "(or config.model.name='hps' with config.model.backbone='moe_vit')")
+    if e.top_k > e.num_experts:
+        raise ConfigError(f"config.model.moe.top_k={e.top_k} is larger than config.model.moe.num_experts={e.num_experts}")
+    if not e.capacity_factor > 0:
+        raise ConfigError(f"config.model.moe.capacity_factor must be > 0, got {e.capacity_factor}")
+    if e.dispatch == "ragged" and e.router != "tokens_choose":
+        raise ConfigError(f"config.model.moe.dispatch='ragged' (dropless) needs router 'tokens_choose', got {e.router!r}")
+    if not isinstance(e.expert_dim, int) or e.expert_dim < 0:
+        raise ConfigError(f"config.model.moe.expert_dim must be an integer >= 0, got {e.expert_dim!r}")
+    for key in ("importance_weight", "load_weight", "z_loss_weight", "mi_weight", "noise_std"):
+        if not e[key] >= 0:
+            raise ConfigError(f"config.model.moe.{key} must be >= 0, got {e[key]}")
+    depth = config.model.vit.depth if config.model.vit.variant == "custom" else None
+    if depth is not None and any((not isinstance(i, int)) or not 0 <= i < depth for i in e.layers):
+        raise ConfigError(f"config.model.moe.layers={tuple(e.layers)} must index blocks 0..{depth - 1}")
+    if config.model.name == "mod_squad":
+        if e.attn_experts < 0 or e.attn_top_k < 0:
+            raise ConfigError("config.model.moe.attn_experts and attn_top_k must be >= 0")
+        heads = config.model.vit.num_heads if config.model.vit.variant == "custom" else None
+        k = e.attn_top_k or heads
+        if e.attn_experts and k is not None and k > e.attn_experts:
+            raise ConfigError(f"config.model.moe.attn_top_k={k} is larger than config.model.moe.attn_experts={e.attn_experts}")
+
+
+def _validate_moe_mesh(config, sizes: dict, shards: int) -> None:
+    e = config.model.moe
+    n_exp = sizes.get("expert", 1)
+    if e.num_experts % n_exp:
+        raise ConfigError(f"config.model.moe.num_experts={e.num_experts} is not divisible by "
+                          f"config.mesh.shape.expert={n_exp}")
+    if e.dispatch == "ragged" and (n_exp > 1 or sizes.get("model", 1) > 1):
+        raise ConfigError("config.model.moe.dispatch='ragged' keeps experts whole on every device; use 'einsum' "
+                          "with config.mesh.shape.expert or .model > 1")
+    for key in ("batch_size", "eval_batch_size"):
+        if (config.data[key] // shards) % e.group_size:
+            raise ConfigError(f"config.model.moe.group_size={e.group_size} does not divide the per-device batch "
+                              f"of config.data.{key}={config.data[key]} over {shards} shards")
 
 
 def check_workdir(workdir: str) -> None:

@@ -8,6 +8,12 @@ The model also exposes its two halves, so that optimizers can work at the repres
 ``encode`` (inputs -> ``(rep, aux)``, the shared representation dict with ``pooled`` and ``tokens``)
 and ``decode`` (representation -> per-task outputs). Task-specific parameters live under
 ``heads_<task>``; everything else is shared (:func:`split_params`).
+
+Task-routed backbones (M³ViT, Mod-Squad: gates that depend on the task) set ``task_passes=True``: the
+backbone then runs once per task — the batch is repeated, one copy per task, each example carrying its
+task index — and the representation holds one entry per task (``rep["pooled"][task]``). With
+``task=`` given only that task's pass and head run. A backbone may also return per-task
+representations itself (TaskExpert) and a third element, its ``aux`` dict (MoE balancing losses).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ class MultiTaskModel(nn.Module):
     head_hidden: int = 0
     dense_grid: tuple[int, int] | None = None  # patch grid, for dense heads on ViT tokens
     patch_size: int = 1
+    task_passes: bool = False  # run the backbone once per task, passing task ids (task-gated MoE)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -42,23 +49,45 @@ class MultiTaskModel(nn.Module):
                 heads[t.name] = ClassificationHead(t, **kw)
         self.heads = heads
 
-    def encode(self, inputs, *, train: bool = False):
-        pooled, tokens = self.backbone(inputs, train=train)
-        return {"pooled": pooled, "tokens": tokens}, {"losses": {}, "metrics": {}}
+    def _names(self, task: str | None) -> list[str]:
+        names = [t.name for t in self.tasks]
+        if task is None:
+            return names
+        if task not in names:
+            raise ValueError(f"task={task!r}: unknown task; the model has {names}")
+        return [task]
+
+    def encode(self, inputs, *, task: str | None = None, train: bool = False):
+        names = self._names(task)
+        if self.task_passes:
+            index = {t.name: i for i, t in enumerate(self.tasks)}
+            b, t = inputs.shape[0], len(names)
+            task_ids = jnp.tile(jnp.asarray([index[n] for n in names], jnp.int32), b)
+            out = self.backbone(jnp.repeat(inputs, t, axis=0), task_ids, train=train)
+            per_task = lambda a: {n: a.reshape(b, t, *a.shape[1:])[:, i] for i, n in enumerate(names)}  # noqa: E731
+            pooled, tokens = per_task(out[0]), per_task(out[1])
+        else:
+            out = self.backbone(inputs, train=train)
+            pooled, tokens = out[0], out[1]
+        aux = out[2] if len(out) > 2 and out[2] is not None else {"losses": {}, "metrics": {}}
+        return {"pooled": pooled, "tokens": tokens}, aux
 
     def decode(self, rep, *, task: str | None = None):
-        names = [t.name for t in self.tasks] if task is None else [task]
         out = {}
-        for name in names:
-            if name not in self.heads:
-                raise ValueError(f"unknown task {name!r}; the model has {[t.name for t in self.tasks]}")
+        for name in self._names(task):
             head = self.heads[name]
-            out[name] = head(rep["tokens"] if isinstance(head, DenseHead) else rep["pooled"])
+            src = rep["tokens"] if isinstance(head, DenseHead) else rep["pooled"]
+            out[name] = head(src[name] if isinstance(src, dict) else src)
         return out
 
     def __call__(self, inputs, *, task: str | None = None, train: bool = False):
-        rep, aux = self.encode(inputs, train=train)
+        rep, aux = self.encode(inputs, task=task, train=train)
         return self.decode(rep, task=task), aux
+
+
+def per_task_representation(model) -> bool:
+    """Whether ``model.encode`` gives every task its own representation (no shared ``rep``)."""
+    return bool(getattr(model, "task_passes", False)) or bool(getattr(model.backbone, "per_task_output", False))
 
 
 HEAD_PREFIX = "heads_"

@@ -53,30 +53,42 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, images, *, train: bool = False):
-        b, h, w, c = images.shape
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not a multiple of patch_size {p}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-        x = x.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
-        x = dense(self.width, ("patch", "embed"), name="embedding", **kw)(x)
-        n = x.shape[1]
-        if self.pool == "cls":
-            cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
-                             (1, 1, self.width), self.param_dtype)
-            x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(self.dtype), x], axis=1)
-        pos = self.param(
-            "pos_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "tokens", "embed")),
-            (1, x.shape[1], self.width),
-            self.param_dtype,
-        )
-        x = nn.with_logical_constraint(x + pos.astype(self.dtype), ("act_batch", "act_len", "act_embed"))
+        x, n = embed_patches(self, images, self.patch_size, self.width, self.pool, **kw)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         for i in range(self.depth):
             x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, name=f"block{i}", **kw)(x, train=train)
-        x = layer_norm(name="ln_final", **kw)(x)
-        tokens = x[:, -n:]
-        pooled = x[:, 0] if self.pool == "cls" else jnp.mean(tokens, axis=1)
-        return pooled, tokens
+        return pool_tokens(self, x, n, self.pool, **kw)
+
+
+def embed_patches(module: nn.Module, images, patch_size: int, width: int, pool: str, *, dtype, param_dtype):
+    """Patch embedding, optional class token and position embeddings, created in ``module``'s scope.
+
+    Returns ``(tokens [B, N(+1), width], N)`` where ``N`` is the number of patches.
+    """
+    b, h, w, c = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"image size {h}x{w} is not a multiple of patch_size {p}")
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, (h // p) * (w // p), p * p * c).astype(dtype)
+    x = dense(width, ("patch", "embed"), name="embedding", dtype=dtype, param_dtype=param_dtype)(x)
+    n = x.shape[1]
+    if pool == "cls":
+        cls = module.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+                           (1, 1, width), param_dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, width)).astype(dtype), x], axis=1)
+    pos = module.param(
+        "pos_embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "tokens", "embed")),
+        (1, x.shape[1], width),
+        param_dtype,
+    )
+    return nn.with_logical_constraint(x + pos.astype(dtype), ("act_batch", "act_len", "act_embed")), n
+
+
+def pool_tokens(module: nn.Module, x, n: int, pool: str, *, dtype, param_dtype):
+    """Final LayerNorm, then ``(pooled [B, width], patch tokens [B, N, width])``."""
+    x = layer_norm(name="ln_final", dtype=dtype, param_dtype=param_dtype)(x)
+    tokens = x[:, -n:]
+    return (x[:, 0] if pool == "cls" else jnp.mean(tokens, axis=1)), tokens

@@ -23,6 +23,8 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "model"),
     ("kv", None),
     ("exp", "expert"),
+    ("attn_exp", None),
+    ("task_exp", None),
     ("classes", None),
     ("patch", None),
     ("tokens", None),

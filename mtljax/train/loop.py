@@ -102,7 +102,7 @@ def _make_step(exp: Experiment, state_shardings):
 
 def _check_model_fits(config, dataset):
     m = config.model
-    if m.backbone == "vit":
+    if m.backbone in ("vit", "moe_vit"):
         if len(dataset.input_shape) != 3:
             raise ConfigError(f"config.model.backbone='vit' needs image inputs, dataset {dataset.name!r} gives shape {dataset.input_shape}")
         h, w, _ = dataset.input_shape
@@ -155,6 +155,7 @@ def evaluate(exp: Experiment, eval_step, params, split: str = "test", max_exampl
 def _summarise_train(tasks, acc):
     """Mean losses and metrics over a logging interval from accumulated step metrics."""
     out = {"loss": acc["loss"] / acc["n"], "grad_norm": acc["grad_norm"] / acc["n"]}
+    out.update({k: v / acc["n"] for k, v in acc["aux"].items()})  # MoE balancing losses, dropped tokens...
     finals = mt.finalize(tasks, acc["stats"])
     for i, t in enumerate(tasks):
         out[t.name] = {"loss": acc["task_losses"][i] / acc["n"], "weight": acc["task_weights"][i] / acc["n"],
@@ -217,7 +218,7 @@ def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, 
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} in {what}; run stopped, last good checkpoint: "
                 f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}")
-        stats = {k: m[k] for k in ("loss", "task_losses", "task_weights", "grad_norm")}
+        stats = {k: m[k] for k in ("loss", "task_losses", "task_weights", "grad_norm", "aux")}
         stats["stats"], stats["n"] = m["stats"], 1
         acc = stats if acc is None else jax.tree.map(np.add, acc, stats)
 

@@ -233,7 +233,7 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
             "grad_norm": grad_norm,
             "finite": finite,
             "stats": batch_stats(tasks, outputs, batch),
-            "aux": aux["metrics"],
+            "aux": {**aux["metrics"], **{f"aux_loss/{k}": v for k, v in aux["losses"].items()}},
         }
         return new, metrics
 

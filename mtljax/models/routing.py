@@ -1,0 +1,165 @@
+"""Routers for mixture-of-experts layers: who computes what, and the auxiliary losses that keep it balanced.
+
+Tokens are routed in *groups* (``[G, S, D]``: G groups of S tokens; mtljax uses one example's tokens
+per group by default, so routing never depends on how the batch is split over devices). A router turns
+gate probabilities ``p [G, S, E]`` into two tensors of shape ``[G, S, E, C]`` (C slots per expert and
+group):
+
+* ``dispatch[g, s, e, c]``: how much of token ``s`` goes into slot ``c`` of expert ``e``;
+* ``combine[g, s, e, c]``: how much of that slot's output comes back to token ``s``.
+
+The MoE layer computes ``slots = einsum(x, dispatch)``, runs every expert on its C slots and returns
+``y = einsum(expert_out, combine)``. A token that lost every slot gets ``y = 0`` and so passes the
+block unchanged through the residual connection.
+
+Routing algorithms
+------------------
+* :func:`tokens_choose` (Shazeer et al., 2017; Switch/GShard; V-MoE): every token picks its top-k
+  experts; each expert takes at most ``C = ceil(k·S·capacity_factor / E)`` tokens per group, filled
+  first-come-first-served over (choice rank, token): all first choices before any second choice
+  (GShard/V-MoE order). With **batch-priority routing** (Riquelme et al., 2021, V-MoE §4.1) tokens are
+  taken in order of decreasing top-1 probability, so under a tight capacity the tokens the router is
+  surest about are kept. Combine weights are the gate probabilities (not renormalised, as in M³ViT and
+  Mod-Squad; ``renormalize=True`` divides by the top-k sum).
+* :func:`experts_choose` (Zhou et al., 2022): every expert picks its top-C tokens of the group by
+  gate probability, ``C = ceil(S·capacity_factor / E)``; every expert is exactly full, and a token may
+  be taken by 0..E experts.
+* Soft MoE (Puigcerver et al., 2024) lives in :class:`mtljax.models.moe.MoeMlp` (``router='soft'``):
+  ``dispatch`` is a softmax over tokens for every slot and ``combine`` a softmax over slots for every
+  token, both from the same logits; nothing is dropped and no balancing loss is needed.
+
+Auxiliary losses (unweighted here; the layer multiplies by its config weights)
+------------------------------------------------------------------------------
+* :func:`importance_loss`: CV² of the per-expert sum of gate probabilities (Shazeer et al., 2017, Eq. 6).
+* :func:`load_loss`: CV² of the smooth per-expert load, ``P(x, e) = Φ((h_e(x) − kth_excluding(e)) / σ)``,
+  the probability that expert ``e`` would stay in the noisy top-k when its noise is re-drawn (Shazeer
+  et al., 2017, Eqs. 8–10). Needs gate noise (σ > 0); without noise it is the CV² of the hard
+  per-expert counts (no gradient reaches the gate through it).
+* :func:`z_loss`: mean of ``logsumexp(logits)²`` (ST-MoE, Zoph et al., 2022, Eq. 5).
+* :func:`mutual_information_loss`: ``−I(task; expert)`` of Mod-Squad (Chen et al., 2023, Eq. 2).
+
+Each is 0 at perfectly uniform routing (z-loss excepted: it measures logit size, not balance).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+_EPS = 1e-9
+
+
+def tokens_choose_capacity(k: int, group_size: int, num_experts: int, capacity_factor: float) -> int:
+    """Slots per expert and group for top-k tokens-choose routing."""
+    return max(1, min(k * group_size, math.ceil(k * group_size * capacity_factor / num_experts)))
+
+
+def experts_choose_capacity(group_size: int, num_experts: int, capacity_factor: float) -> int:
+    """Tokens each expert takes per group for experts-choose routing."""
+    return max(1, min(group_size, math.ceil(group_size * capacity_factor / num_experts)))
+
+
+def tokens_choose(probs: Array, k: int, capacity: int, *, batch_priority: bool = True,
+                  renormalize: bool = False) -> tuple[Array, Array, dict]:
+    """Top-k tokens-choose routing with a per-expert capacity; returns ``(dispatch, combine, info)``.
+
+    ``probs``: ``[G, S, E]`` gate probabilities (rows may sum to less than 1 when some experts are masked
+    out). ``info`` has ``top_idx [G, S, k]``, ``top_val [G, S, k]`` and ``kept [G, S, k]`` (whether that
+    choice got a slot).
+    """
+    g, s, e = probs.shape
+    top_val, top_idx = jax.lax.top_k(probs, k)  # [G, S, k]
+    if renormalize:
+        top_val = top_val / jnp.maximum(jnp.sum(top_val, axis=-1, keepdims=True), _EPS)
+    if batch_priority:
+        order = jnp.argsort(-top_val[..., 0], axis=1, stable=True)  # [G, S], most confident first
+        idx_o = jnp.take_along_axis(top_idx, order[..., None], axis=1)
+    else:
+        order, idx_o = None, top_idx
+    onehot = jax.nn.one_hot(idx_o, e, dtype=jnp.int32)  # [G, S, k, E]
+    # slot index: how many tokens took this expert before, counting all first choices before any second
+    by_choice = onehot.transpose(0, 2, 1, 3).reshape(g, k * s, e)
+    position = jnp.cumsum(by_choice, axis=1) - by_choice  # tokens already in the expert's buffer
+    position = jnp.sum(position * by_choice, axis=-1).reshape(g, k, s).transpose(0, 2, 1)  # [G, S, k]
+    if order is not None:  # back to token order
+        inverse = jnp.argsort(order, axis=1)
+        position = jnp.take_along_axis(position, inverse[..., None], axis=1)
+    kept = position < capacity  # [G, S, k]
+    slot = jax.nn.one_hot(jnp.where(kept, position, capacity), capacity, dtype=probs.dtype)  # dropped -> zeros
+    expert = jax.nn.one_hot(top_idx, e, dtype=probs.dtype)
+    dispatch = jnp.einsum("gske,gskc->gsec", expert, slot)
+    combine = jnp.einsum("gske,gskc->gsec", expert * top_val[..., None], slot)
+    return dispatch, combine, {"top_idx": top_idx, "top_val": top_val, "kept": kept}
+
+
+def experts_choose(probs: Array, capacity: int) -> tuple[Array, Array, dict]:
+    """Every expert takes its ``capacity`` highest-probability tokens of the group."""
+    s = probs.shape[1]
+    val, idx = jax.lax.top_k(jnp.swapaxes(probs, 1, 2), capacity)  # [G, E, C]
+    onehot = jax.nn.one_hot(idx, s, dtype=probs.dtype)  # [G, E, C, S]
+    dispatch = jnp.transpose(onehot, (0, 3, 1, 2))  # [G, S, E, C]
+    combine = dispatch * val[:, None, :, :]
+    return dispatch, combine, {}
+
+
+# --------------------------------------------------------------------------------------- aux losses
+def cv_squared(x: Array) -> Array:
+    """Squared coefficient of variation ``var(x) / mean(x)²`` (0 for a constant vector)."""
+    x = x.astype(jnp.float32)
+    return jnp.var(x) / (jnp.mean(x) ** 2 + _EPS)
+
+
+def importance_loss(probs: Array) -> Array:
+    """CV² over experts of the summed gate probabilities of every token (``probs [..., E]``)."""
+    return cv_squared(jnp.sum(probs.reshape(-1, probs.shape[-1]), axis=0))
+
+
+def expected_load(clean_logits: Array, noisy_logits: Array, noise_std: float, k: int) -> Array:
+    """Per token and expert, the probability that the expert stays in the noisy top-k (``[..., E]``).
+
+    ``P(x, e) = Φ((clean_e − t_e) / σ)`` where ``t_e`` is the k-th largest *noisy* logit among the other
+    experts: the (k+1)-th largest overall when ``e`` is in the noisy top-k, the k-th largest otherwise
+    (Shazeer et al., 2017, Eqs. 8–9). With ``σ = 0`` (or ``k ≥ E``) it is the hard top-k indicator.
+    """
+    e = clean_logits.shape[-1]
+    clean, noisy = clean_logits.astype(jnp.float32), noisy_logits.astype(jnp.float32)
+    if noise_std <= 0 or k >= e:
+        return jnp.sum(jax.nn.one_hot(jax.lax.top_k(noisy, k)[1], e), axis=-2)
+    top = jax.lax.top_k(noisy, k + 1)[0]  # [..., k+1], descending
+    kth, kplus1 = top[..., k - 1:k], top[..., k:k + 1]
+    threshold = jnp.where(noisy >= kth, kplus1, kth)
+    return jax.scipy.stats.norm.cdf((clean - threshold) / noise_std)
+
+
+def load_loss(clean_logits: Array, noisy_logits: Array, noise_std: float, k: int) -> Array:
+    """CV² over experts of the summed :func:`expected_load` (Shazeer et al., 2017, Eq. 10)."""
+    e = clean_logits.shape[-1]
+    return cv_squared(jnp.sum(expected_load(clean_logits, noisy_logits, noise_std, k).reshape(-1, e), axis=0))
+
+
+def z_loss(logits: Array) -> Array:
+    """Router z-loss: mean over tokens of ``logsumexp(logits)²``."""
+    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+    return jnp.mean(jnp.square(lse))
+
+
+def task_expert_joint(probs: Array, task_ids: Array, num_tasks: int) -> Array:
+    """``P(t, e)``: the share of all tokens' gate mass that task ``t``'s tokens give expert ``e``.
+
+    ``probs [B, S, E]`` (rows sum to 1), ``task_ids [B]``; the result sums to 1.
+    """
+    onehot = jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)
+    mass = jnp.einsum("bse,bt->te", probs.astype(jnp.float32), onehot)
+    return mass / jnp.maximum(jnp.sum(mass), _EPS)
+
+
+def mutual_information_loss(probs: Array, task_ids: Array, num_tasks: int) -> Array:
+    """``−I(T; E) = −Σ_{t,e} P(t,e)·log(P(t,e) / (P(t)·P(e)))`` (Mod-Squad's MI loss; minimise it)."""
+    joint = task_expert_joint(probs, task_ids, num_tasks)
+    p_t = jnp.sum(joint, axis=1, keepdims=True)
+    p_e = jnp.sum(joint, axis=0, keepdims=True)
+    mi = jnp.sum(joint * (jnp.log(joint + _EPS) - jnp.log(p_t * p_e + _EPS)))
+    return -mi
