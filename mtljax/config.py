@@ -35,6 +35,8 @@ def base_config() -> mlc.ConfigDict:
     c.data.image_size = 16
     c.data.jitter = 3
     c.data.test_fraction = 0.3
+    # scenes
+    c.data.max_objects = 4
 
     c.model = mlc.ConfigDict()
     c.model.name = "hps"
@@ -53,7 +55,7 @@ def base_config() -> mlc.ConfigDict:
         router="tokens_choose",  # tokens_choose | experts_choose | soft
         capacity_factor=1.25, batch_priority=True, renormalize=False, slots_per_expert=1,
         noise_std=1.0,  # gate noise std in training = noise_std / num_experts
-        dispatch="einsum",  # einsum (capacity, expert-parallel) | ragged (dropless, jax.lax.ragged_dot)
+        dispatch="gather",  # gather | einsum (one-hot, TPU) | ragged (dropless, jax.lax.ragged_dot, no expert sharding)
         group_size=1,  # examples per routing group
         gate="task",  # m3vit: task | task_conditioned (hps + moe_vit: always shared)
         gate_zero_init=False,
@@ -101,6 +103,21 @@ def base_config() -> mlc.ConfigDict:
     c.baselines.train = False  # train one single-task model per task first, then report Δm
     c.baselines.file = ""  # JSON {task: {metric: value}} of single-task results
     return c
+
+
+def use_dataset(c: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
+    """Point a config at ``digits`` (multi-digits, the default) or ``scenes`` (dense segmentation, depth,
+    edges on generated 32×32 scenes), with the sizes the model configs in ``configs/`` use."""
+    if name in ("digits", "multi_digits"):
+        return c
+    if name == "scenes":
+        c.data.name = "scenes"
+        c.data.image_size = 32
+        c.data.num_train, c.data.num_test = 10_000, 2_000
+        c.data.batch_size = 64
+        c.train.steps = 2000
+        return c
+    raise ValueError(f"config argument: unknown dataset {name!r}; choose 'digits' or 'scenes'")
 
 
 def _positive(config, key: str):

@@ -11,6 +11,7 @@ DATASETS = {
     "multitab": "mtljax.data.multitab",
     "cifar100_mtl": "mtljax.data.cifar100_mtl",
     "celeba": "mtljax.data.celeba",
+    "scenes": "mtljax.data.scenes",
     "mixture": "mtljax.data.mixture",
 }
 

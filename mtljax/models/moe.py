@@ -17,7 +17,10 @@ Routers (``router=``; see :mod:`mtljax.models.routing`)
 
 Dispatch (``dispatch=``)
     ``einsum``: one-hot dispatch/combine tensors ``[G, S, E, C]`` and einsums, with capacity (tokens over
-    capacity get nothing back, so the residual carries them unchanged). ``ragged``: dropless
+    capacity get nothing back, so the residual carries them unchanged); the TPU-friendly form, but its
+    cost grows with the group size S. ``gather``: the same routing, capacity and drops, with slots
+    filled by a gather and outputs returned by a gather (tokens choose) or scatter-add (experts choose):
+    O(E·C·D) per group, the better choice on CPU and GPU. ``ragged``: dropless
     tokens-choose: token copies are sorted by expert and every expert multiplies its contiguous rows
     with ``jax.lax.ragged_dot`` (no capacity, nothing dropped; experts are not sharded in this mode).
 
@@ -56,7 +59,7 @@ from mtljax.models import routing as rt
 Dtype = Any
 ROUTERS = ("tokens_choose", "experts_choose", "soft")
 GATES = ("shared", "task", "task_conditioned")
-DISPATCH = ("einsum", "ragged")
+DISPATCH = ("einsum", "gather", "ragged")
 _expert_init = nn.initializers.xavier_uniform(batch_axis=(0,))
 
 
@@ -131,33 +134,152 @@ def mesh_axes(expert_axis: str = "expert"):
 
 def run_experts(slots, wi, bi, wo, bo, dtype, model_axis=None):
     """Experts on their slots: ``slots [E, ..., D] -> [E, ..., D]`` (leading expert axis)."""
-    expand = lambda b: b.astype(dtype).reshape(b.shape[0], *([1] * (slots.ndim - 2)), b.shape[1])  # noqa: E731
-    h = nn.gelu(jnp.einsum("e...d,edh->e...h", slots, wi.astype(dtype)) + expand(bi))
-    out = jnp.einsum("e...h,ehd->e...d", h, wo.astype(dtype))
+    shape = slots.shape
+    x = slots.reshape(shape[0], -1, shape[-1])  # one [rows, D] x [D, H] matmul per expert
+    h = nn.gelu(jnp.einsum("erd,edh->erh", x, wi.astype(dtype)) + bi.astype(dtype)[:, None, :])
+    out = jnp.einsum("erh,ehd->erd", h, wo.astype(dtype))
     if model_axis is not None:
         out = jax.lax.psum(out, model_axis)
-    return out + expand(bo)
+    return (out + bo.astype(dtype)[:, None, :]).reshape(shape)
+
+
+class EinsumDispatch:
+    """Dispatch/combine with one-hot ``[G, S, E, C]`` tensors."""
+
+    def __init__(self, dispatch, combine):
+        self.d, self.c = dispatch, combine
+
+    def dispatch(self, xg):
+        return jnp.einsum("gsd,gsec->egcd", xg, self.d.astype(xg.dtype))
+
+    def combine(self, out):
+        return jnp.einsum("egcd,gsec->gsd", out, self.c.astype(out.dtype))
+
+
+def _pad_rows(a):
+    return jnp.concatenate([a, jnp.zeros((a.shape[0], 1, a.shape[2]), a.dtype)], axis=1)
+
+
+def _take_rows(a, idx):
+    """``a [G, R, D]`` rows ``idx [G, ...]`` -> ``[G, ..., D]``."""
+    g = a.shape[0]
+    return jnp.take_along_axis(a, idx.reshape(g, -1, 1), axis=1).reshape(*idx.shape, a.shape[-1])
+
+
+@jax.custom_vjp
+def _fill_slots(x, token, valid, flat):
+    """``slots[g, q] = x[g, token[g, q]]`` for valid slots ``q`` (``[G, E·C, D]``)."""
+    return _take_rows(x, token) * valid[..., None].astype(x.dtype)
+
+
+def _fill_slots_fwd(x, token, valid, flat):
+    return _fill_slots(x, token, valid, flat), (token, valid, flat)
+
+
+def _fill_slots_bwd(res, g_slots):
+    token, valid, flat = res
+    # every token's gradient sits in the (at most k) slots its choices took: a gather, not a scatter-add
+    dx = jnp.sum(_take_rows(_pad_rows(g_slots), flat), axis=2)
+    return dx, None, None, None
+
+
+_fill_slots.defvjp(_fill_slots_fwd, _fill_slots_bwd)
+
+
+@jax.custom_vjp
+def _read_slots(out, weight, flat, token, choice, valid):
+    """``y[g, s] = Σ_j weight[g, s, j]·out[g, flat[g, s, j]]`` (``out [G, E·C, D]``, dropped → 0)."""
+    return jnp.einsum("gskd,gsk->gsd", _take_rows(_pad_rows(out), flat), weight.astype(out.dtype))
+
+
+def _read_slots_fwd(out, weight, flat, token, choice, valid):
+    return _read_slots(out, weight, flat, token, choice, valid), (out, weight, flat, token, choice, valid)
+
+
+def _read_slots_bwd(res, g_y):
+    out, weight, flat, token, choice, valid = res
+    g = weight.shape[0]
+    slot_w = jnp.take_along_axis(weight.reshape(g, -1), choice, axis=1) * valid  # the weight each slot returns with
+    d_out = _take_rows(g_y, token) * slot_w[..., None].astype(g_y.dtype)
+    d_w = jnp.einsum("gskd,gsd->gsk", _take_rows(_pad_rows(out), flat), g_y).astype(weight.dtype)
+    return d_out, d_w, None, None, None, None
+
+
+_read_slots.defvjp(_read_slots_fwd, _read_slots_bwd)
+
+
+class GatherDispatch:
+    """Dispatch by gathering each slot's token, combine by gathering (tokens choose) or scatter-add.
+
+    ``token [G, E, C]``/``valid [G, E, C]``: which token fills each slot. Tokens choose also gives
+    ``flat [G, S, k]`` (each choice's slot ``e·C + c``, ``E·C`` when dropped), ``choice [G, E, C]`` (which
+    ``s·k + j`` fills each slot) and ``weight [G, S, k]``; both directions, and their gradients, are then
+    gathers. Experts choose gives ``weight [G, E, C]`` per slot and combines by scatter-add.
+    """
+
+    def __init__(self, token, valid, weight, flat=None, choice=None, num_tokens=None):
+        self.token, self.valid, self.weight, self.flat, self.choice = token, valid, weight, flat, choice
+        self.num_tokens = num_tokens
+
+    def dispatch(self, xg):
+        g, e, c = self.token.shape
+        if self.flat is not None:
+            x = _fill_slots(xg, self.token.reshape(g, e * c), self.valid.reshape(g, e * c), self.flat)
+        else:
+            x = _take_rows(xg, self.token.reshape(g, e * c))
+        return x.reshape(g, e, c, -1).transpose(1, 0, 2, 3)
+
+    def combine(self, out):
+        e, g, c, d = out.shape
+        out = out.transpose(1, 0, 2, 3).reshape(g, e * c, d)
+        if self.flat is not None:  # tokens choose: every token reads its k slots
+            return _read_slots(out, self.weight, self.flat, self.token.reshape(g, e * c),
+                               self.choice.reshape(g, e * c), self.valid.reshape(g, e * c))
+        w = self.weight.astype(out.dtype)
+        add = lambda o, t, ww: jnp.zeros((self.num_tokens, d), o.dtype).at[t].add(o * ww[:, None])  # noqa: E731
+        return jax.vmap(add)(out, self.token.reshape(g, e * c), w.reshape(g, e * c))
+
+
+def tokens_choose_gather(slots: dict, num_experts: int, capacity: int) -> GatherDispatch:
+    """A :class:`GatherDispatch` from :func:`~mtljax.models.routing.tokens_choose_slots`."""
+    g, s, k = slots["top_idx"].shape
+    ec = num_experts * capacity
+    flat = jnp.where(slots["kept"], slots["top_idx"] * capacity + slots["position"], ec)
+    rows = jnp.arange(g)[:, None]
+    where = flat.reshape(g, s * k)
+    choice = jnp.zeros((g, ec + 1), jnp.int32).at[rows, where].set(jnp.arange(s * k, dtype=jnp.int32)[None, :])
+    valid = jnp.zeros((g, ec + 1), bool).at[rows, where].set(True)[:, :ec]
+    choice = jnp.where(valid, choice[:, :ec], 0)
+    weight = jnp.where(slots["kept"], slots["top_val"], 0.0)
+    shape = (g, num_experts, capacity)
+    return GatherDispatch((choice // k).reshape(shape), valid.reshape(shape), weight, flat, choice.reshape(shape))
+
+
+def experts_choose_gather(slots: dict, num_tokens: int) -> GatherDispatch:
+    return GatherDispatch(slots["token"], jnp.ones(slots["token"].shape, bool), slots["weight"],
+                          num_tokens=num_tokens)
 
 
 def grouped_moe(route, xg, pg, extra, wi, bi, wo, bo, *, dtype, expert_axis: str = "expert"):
     """Route, dispatch, run the experts and combine, for grouped tokens ``xg [G, S, D]``.
 
-    ``route(pg, extra) -> (dispatch, combine, stats)`` works group by group (``stats``: arrays with a
-    leading group axis). On a mesh, everything runs under ``jax.shard_map`` on each device's own groups
-    (routing never gathers tokens); with an ``expert`` axis the slots travel to their experts' devices
-    and back with two ``all_to_all``s, and with a ``model`` axis the expert hidden width is split (one
-    ``psum``). Returns ``(y [G, S, D], stats)``.
+    ``route(pg, extra) -> (dispatcher, stats)`` works group by group (``dispatcher``: an
+    :class:`EinsumDispatch` or :class:`GatherDispatch`; ``stats``: arrays with a leading group axis). On
+    a mesh, everything runs under ``jax.shard_map`` on each device's own groups (routing never gathers
+    tokens across devices); with an ``expert`` axis the slots travel to their experts' devices and back
+    with two ``all_to_all``s, and with a ``model`` axis the expert hidden width is split (one ``psum``).
+    Returns ``(y [G, S, D], stats)``.
     """
 
     def body(xg, pg, extra, wi, bi, wo, bo, ep=None, model=None):
-        dispatch, combine, stats = route(pg, extra)
-        slots = jnp.einsum("gsd,gsec->egcd", xg, dispatch.astype(dtype))  # [E, G, C, D]
+        disp, stats = route(pg, extra)
+        slots = disp.dispatch(xg)  # [E, G, C, D]
         if ep is not None:
             slots = jax.lax.all_to_all(slots, ep, 0, 1, tiled=True)  # [E/n, n·G, C, D]
         out = run_experts(slots, wi, bi, wo, bo, dtype, model)
         if ep is not None:
             out = jax.lax.all_to_all(out, ep, 1, 0, tiled=True)  # [E, G, C, D]
-        return jnp.einsum("egcd,gsec->gsd", out, combine.astype(dtype)), stats
+        return disp.combine(out), stats
 
     axes = mesh_axes(expert_axis)
     shards = 1
@@ -294,7 +416,7 @@ class MoeMlp(nn.Module):
                 lg = lg.reshape(*lg.shape[:2], self.num_experts, sl)
                 combine = jax.nn.softmax(lg.reshape(*lg.shape[:2], -1), axis=-1).reshape(lg.shape)
                 dispatch = jax.nn.softmax(lg, axis=1)
-                return dispatch, combine, {"chosen": jnp.sum(dispatch, axis=-1)}
+                return EinsumDispatch(dispatch, combine), {"chosen": jnp.sum(dispatch, axis=-1)}
 
             y, stats = grouped_moe(route, xg, noisy.reshape(groups, gs, -1), {}, wi, bi, wo, bo,
                                    dtype=self.dtype, expert_axis=self.expert_axis)
@@ -326,19 +448,23 @@ class MoeMlp(nn.Module):
         else:
             cap = self.capacity or rt.experts_choose_capacity(gs, self.num_experts, self.capacity_factor)
 
+        gather = self.dispatch == "gather"
+
         def route(pg, extra):
             if router == "tokens_choose":
-                dispatch, combine, info = rt.tokens_choose(pg, k, cap, batch_priority=self.batch_priority,
-                                                           renormalize=self.renormalize)
-                stats = {"chosen": jax.nn.one_hot(info["top_idx"], e).sum(-2),
-                         "kept": jnp.mean(info["kept"].astype(jnp.float32), axis=(1, 2))}
+                sl = rt.tokens_choose_slots(pg, k, cap, batch_priority=self.batch_priority,
+                                            renormalize=self.renormalize)
+                disp = tokens_choose_gather(sl, e, cap) if gather else EinsumDispatch(*rt.slot_tensors(sl, e, cap))
+                stats = {"chosen": jax.nn.one_hot(sl["top_idx"], e).sum(-2),
+                         "kept": jnp.mean(sl["kept"].astype(jnp.float32), axis=(1, 2))}
             else:
-                dispatch, combine, _ = rt.experts_choose(pg, cap)
-                chosen = jnp.sum(dispatch, axis=-1)
+                sl = rt.experts_choose_slots(pg, cap)
+                chosen = jnp.sum(jax.nn.one_hot(sl["token"], pg.shape[1]), axis=2).transpose(0, 2, 1)  # [G, S, E]
+                disp = experts_choose_gather(sl, pg.shape[1]) if gather else EinsumDispatch(*rt.experts_choose(pg, cap)[:2])
                 stats = {"chosen": chosen, "kept": jnp.mean((jnp.sum(chosen, -1) > 0).astype(jnp.float32), axis=1)}
             if "clean" in extra:  # per-group expected load (the top-k over experts stays on the device)
                 stats["load"] = jnp.sum(rt.expected_load(extra["clean"], extra["noisy"], load_sigma, k), axis=1)
-            return dispatch, combine, stats
+            return disp, stats
 
         extra = {}
         if want_load:

@@ -24,6 +24,10 @@ Routing algorithms
 * :func:`experts_choose` (Zhou et al., 2022): every expert picks its top-C tokens of the group by
   gate probability, ``C = ceil(S·capacity_factor / E)``; every expert is exactly full, and a token may
   be taken by 0..E experts.
+Both also come in *index form* (:func:`tokens_choose_slots`, :func:`experts_choose_slots`): which token
+fills which slot, for dispatch by gather and combine by scatter-add — the same routing at O(E·C·D)
+per group instead of the one-hot einsums' O(S·E·C·D).
+
 * Soft MoE (Puigcerver et al., 2024) lives in :class:`mtljax.models.moe.MoeMlp` (``router='soft'``):
   ``dispatch`` is a softmax over tokens for every slot and ``combine`` a softmax over slots for every
   token, both from the same logits; nothing is dropped and no balancing loss is needed.
@@ -62,13 +66,14 @@ def experts_choose_capacity(group_size: int, num_experts: int, capacity_factor: 
     return max(1, min(group_size, math.ceil(group_size * capacity_factor / num_experts)))
 
 
-def tokens_choose(probs: Array, k: int, capacity: int, *, batch_priority: bool = True,
-                  renormalize: bool = False) -> tuple[Array, Array, dict]:
-    """Top-k tokens-choose routing with a per-expert capacity; returns ``(dispatch, combine, info)``.
+def tokens_choose_slots(probs: Array, k: int, capacity: int, *, batch_priority: bool = True,
+                        renormalize: bool = False) -> dict:
+    """Top-k tokens-choose routing in index form.
 
     ``probs``: ``[G, S, E]`` gate probabilities (rows may sum to less than 1 when some experts are masked
-    out). ``info`` has ``top_idx [G, S, k]``, ``top_val [G, S, k]`` and ``kept [G, S, k]`` (whether that
-    choice got a slot).
+    out). Returns ``top_idx``/``top_val``/``position``/``kept``, each ``[G, S, k]``: the chosen experts,
+    their gate values, the slot each choice got in its expert's buffer, and whether it got one
+    (``position < capacity``).
     """
     g, s, e = probs.shape
     top_val, top_idx = jax.lax.top_k(probs, k)  # [G, S, k]
@@ -85,24 +90,44 @@ def tokens_choose(probs: Array, k: int, capacity: int, *, batch_priority: bool =
     position = jnp.cumsum(by_choice, axis=1) - by_choice  # tokens already in the expert's buffer
     position = jnp.sum(position * by_choice, axis=-1).reshape(g, k, s).transpose(0, 2, 1)  # [G, S, k]
     if order is not None:  # back to token order
-        inverse = jnp.argsort(order, axis=1)
+        inverse = jnp.zeros_like(order).at[jnp.arange(g)[:, None], order].set(jnp.arange(s, dtype=order.dtype))
         position = jnp.take_along_axis(position, inverse[..., None], axis=1)
-    kept = position < capacity  # [G, S, k]
-    slot = jax.nn.one_hot(jnp.where(kept, position, capacity), capacity, dtype=probs.dtype)  # dropped -> zeros
-    expert = jax.nn.one_hot(top_idx, e, dtype=probs.dtype)
+    return {"top_idx": top_idx, "top_val": top_val, "position": position, "kept": position < capacity}
+
+
+def slot_tensors(slots: dict, num_experts: int, capacity: int, dtype=jnp.float32) -> tuple[Array, Array]:
+    """One-hot ``(dispatch, combine)`` tensors ``[G, S, E, C]`` from :func:`tokens_choose_slots`."""
+    kept = slots["kept"]
+    slot = jax.nn.one_hot(jnp.where(kept, slots["position"], capacity), capacity, dtype=dtype)  # dropped: 0
+    expert = jax.nn.one_hot(slots["top_idx"], num_experts, dtype=dtype)
     dispatch = jnp.einsum("gske,gskc->gsec", expert, slot)
-    combine = jnp.einsum("gske,gskc->gsec", expert * top_val[..., None], slot)
-    return dispatch, combine, {"top_idx": top_idx, "top_val": top_val, "kept": kept}
+    combine = jnp.einsum("gske,gskc->gsec", expert * slots["top_val"][..., None].astype(dtype), slot)
+    return dispatch, combine
+
+
+def tokens_choose(probs: Array, k: int, capacity: int, *, batch_priority: bool = True,
+                  renormalize: bool = False) -> tuple[Array, Array, dict]:
+    """Top-k tokens-choose routing with a per-expert capacity; returns ``(dispatch, combine, slots)``."""
+    slots = tokens_choose_slots(probs, k, capacity, batch_priority=batch_priority, renormalize=renormalize)
+    dispatch, combine = slot_tensors(slots, probs.shape[-1], capacity, probs.dtype)
+    return dispatch, combine, slots
+
+
+def experts_choose_slots(probs: Array, capacity: int) -> dict:
+    """Every expert takes its ``capacity`` highest-probability tokens of the group (index form).
+
+    Returns ``token [G, E, C]`` (which token fills each slot) and ``weight [G, E, C]`` (its gate value).
+    """
+    weight, token = jax.lax.top_k(jnp.swapaxes(probs, 1, 2), capacity)
+    return {"token": token, "weight": weight}
 
 
 def experts_choose(probs: Array, capacity: int) -> tuple[Array, Array, dict]:
-    """Every expert takes its ``capacity`` highest-probability tokens of the group."""
-    s = probs.shape[1]
-    val, idx = jax.lax.top_k(jnp.swapaxes(probs, 1, 2), capacity)  # [G, E, C]
-    onehot = jax.nn.one_hot(idx, s, dtype=probs.dtype)  # [G, E, C, S]
-    dispatch = jnp.transpose(onehot, (0, 3, 1, 2))  # [G, S, E, C]
-    combine = dispatch * val[:, None, :, :]
-    return dispatch, combine, {}
+    """Experts-choose routing as ``(dispatch, combine, slots)`` tensors ``[G, S, E, C]``."""
+    slots = experts_choose_slots(probs, capacity)
+    onehot = jax.nn.one_hot(slots["token"], probs.shape[1], dtype=probs.dtype)  # [G, E, C, S]
+    dispatch = jnp.transpose(onehot, (0, 3, 1, 2))
+    return dispatch, dispatch * slots["weight"][:, None, :, :], slots
 
 
 # --------------------------------------------------------------------------------------- aux losses

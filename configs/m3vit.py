@@ -1,0 +1,27 @@
+"""M³ViT (Liang et al., NeurIPS 2022): a ViT whose every other MLP is a mixture of experts, routed per task.
+
+Run (from the repository root), on multi-digits (default) or on the dense scenes dataset:
+
+    mtljax train --config=configs/m3vit.py --config.baselines.train=True --workdir=runs/m3vit_digits
+    mtljax train --config=configs/m3vit.py:scenes --config.baselines.train=True --workdir=runs/m3vit_scenes
+    mtljax train --config=configs/m3vit.py --config.model.moe.gate=task_conditioned   # one shared gate
+    mtljax routing --config=configs/m3vit.py --workdir=runs/m3vit_digits              # usage heatmaps
+
+Paper settings scaled to a CPU: MoE MLP in blocks 1 and 3 of a 4-block width-64 ViT; 8 experts, top-2,
+expert width 64 (= mlp_dim / top_k, so the active width equals the dense MLP's 128); one gate per task
+with Gaussian noise of std 1/E in training; balancing loss 0.01·(CV²(importance) + CV²(load));
+gates not renormalised; capacity factor 1.25 with batch-priority routing (einsum dispatch, so experts
+shard over ``config.mesh.shape.expert``). The backbone runs once per task in training; inference for
+one task runs one pass. Measured Δm: BENCHMARKS.md ("Multi-task MoE ViTs: Δm").
+"""
+
+from mtljax.config import base_config, use_dataset
+
+
+def get_config(arg="digits"):
+    c = use_dataset(base_config(), arg or "digits")
+    c.model.name = "m3vit"
+    c.model.moe.update(num_experts=8, top_k=2, every=2, gate="task", noise_std=1.0, capacity_factor=1.25,
+                       importance_weight=0.01, load_weight=0.01)
+    c.workdir = f"runs/m3vit_{arg or 'digits'}"
+    return c

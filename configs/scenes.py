@@ -1,0 +1,19 @@
+"""Hard parameter sharing ViT on scenes (dense: segmentation, depth, edges on generated 32x32 images).
+
+Run (from the repository root):
+
+    mtljax train --config=configs/scenes.py --config.baselines.train=True --workdir=runs/scenes_hps
+
+The reference point for the MoE models (configs/m3vit.py, mod_squad.py, task_expert.py with ``:scenes``):
+a 4-block width-64 ViT, 4x4 patches (64 tokens), a linear per-pixel head per task, batch 64, 2,000 steps.
+Measured results: see BENCHMARKS.md ("Multi-task MoE ViTs: Δm").
+"""
+
+from mtljax.config import base_config, use_dataset
+
+
+def get_config(arg=None):
+    del arg
+    c = use_dataset(base_config(), "scenes")
+    c.workdir = "runs/scenes_hps"
+    return c
