@@ -5,7 +5,7 @@ Run (from the repository root):
     mtljax train --config=configs/scenes.py --config.baselines.train=True --workdir=runs/scenes_hps
 
 The reference point for the MoE models (configs/m3vit.py, mod_squad.py, task_expert.py with ``:scenes``):
-a 4-block width-64 ViT, 4x4 patches (64 tokens), a linear per-pixel head per task, batch 64, 2,000 steps.
+a 4-block width-64 ViT, 4x4 patches (64 tokens), a linear per-pixel head per task, batch 32, 1,500 steps.
 Measured results: see BENCHMARKS.md ("Multi-task MoE ViTs: Δm").
 """
 

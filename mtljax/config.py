@@ -114,8 +114,8 @@ def use_dataset(c: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
         c.data.name = "scenes"
         c.data.image_size = 32
         c.data.num_train, c.data.num_test = 10_000, 2_000
-        c.data.batch_size = 64
-        c.train.steps = 2000
+        c.data.batch_size = 32
+        c.train.steps = 1500
         return c
     raise ValueError(f"config argument: unknown dataset {name!r}; choose 'digits' or 'scenes'")
 
