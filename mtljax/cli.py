@@ -3,6 +3,7 @@
     mtljax train [--config=configs/x.py[:arg]] [--config.train.steps=200 ...] [--workdir=DIR]
     mtljax eval  [--config=...] [--workdir=DIR]      # evaluate the newest checkpoint of a run
     mtljax compare [--config=...] --methods=equal,pcgrad,upgrad@rep,... [--seeds=3] [--outdir=DIR]
+    mtljax routing [--config=...] --workdir=RUN [--outdir=DIR] [--max_examples=512]   # MoE usage heatmaps
 
 Configuration mistakes end with one line ``error: config.<key>: ...`` and exit status 2, before
 anything is compiled or written; a non-finite loss ends with exit status 1 and keeps the last good
@@ -17,7 +18,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "compare")
+COMMANDS = ("train", "eval", "compare", "routing")
 
 
 def default_config_path() -> str:
@@ -37,8 +38,9 @@ def _parse(argv: list[str]) -> flags.FlagValues:
         flags.DEFINE_string("methods", "equal", "compare: comma-separated method specs name[@level][+flat], or 'all'.",
                             flag_values=values)
         flags.DEFINE_integer("seeds", 3, "compare: number of seeds.", flag_values=values)
-        flags.DEFINE_string("outdir", None, "compare: output directory (default <workdir>/compare).",
-                            flag_values=values)
+        flags.DEFINE_string("outdir", None, "compare / routing: output directory (default <workdir>/compare, "
+                            "<workdir>/routing).", flag_values=values)
+        flags.DEFINE_integer("max_examples", 512, "routing: test examples to route.", flag_values=values)
         values(argv)
         try:
             values.config.get("workdir")  # loads the file and applies the overrides
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             loop.train(config)
         elif command == "eval":
             loop.evaluate_workdir(config)
+        elif command == "routing":
+            from mtljax.train.routing import routing_report
+
+            routing_report(config, parsed.outdir, max_examples=parsed.max_examples)
         else:
             from mtljax.train.compare import compare, parse_methods
 

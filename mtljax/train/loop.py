@@ -276,26 +276,37 @@ def _finish(exp, workdir, results, baselines, log):
     return summary
 
 
-def evaluate_workdir(config, *, log: Callable[[str], None] = print) -> dict:
-    """Evaluate the newest checkpoint in ``config.workdir`` on the test split."""
-    exp = Experiment(config)
+def restore_params(exp: Experiment):
+    """``(step, params)`` of the newest checkpoint in ``exp.config.workdir``, placed on ``exp.mesh``.
+
+    Call inside ``jax.set_mesh(exp.mesh)``. Raises ConfigError when the run directory holds no checkpoint.
+    """
+    config = exp.config
     directory = os.path.join(os.path.abspath(config.workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints")
-    with jax.set_mesh(exp.mesh):
-        ckpt = Checkpointer(directory, keep=config.train.keep_checkpoints)
-        step = ckpt.latest_step()
-        if step is None:
-            raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints")
-        from mtljax.train.state import abstract_state
-
-        abstract, shardings = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules,
-                                             exp.mtl_init)
-        state, _ = ckpt.restore(step, abstract)
-        eval_step = st.jit_eval_step(st.make_eval_step(exp.model, exp.tasks), exp.mesh,
-                                     shardings.params, exp.batch_sharding)
-        results = evaluate(exp, eval_step, state.params)
+    ckpt = Checkpointer(directory, keep=config.train.keep_checkpoints)
+    step = ckpt.latest_step()
+    if step is None:
         ckpt.close()
+        raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints")
+    from mtljax.train.state import abstract_state
+
+    abstract, shardings = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules,
+                                         exp.mtl_init)
+    state, _ = ckpt.restore(step, abstract)
+    ckpt.close()
+    return step, state.params, shardings.params
+
+
+def evaluate_workdir(config, *, log: Callable[[str], None] = print) -> dict:
+    """Evaluate the newest checkpoint in ``config.workdir`` on the test split."""
+    exp = Experiment(config)
+    with jax.set_mesh(exp.mesh):
+        step, params, param_shardings = restore_params(exp)
+        eval_step = st.jit_eval_step(st.make_eval_step(exp.model, exp.tasks), exp.mesh,
+                                     param_shardings, exp.batch_sharding)
+        results = evaluate(exp, eval_step, params)
     baselines = bl._load(config.baselines.file) if config.baselines.file else None
     log(f"step {step}")
     log(mt.format_table(exp.tasks, results, baselines))

@@ -109,3 +109,32 @@ def test_cli_prints_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mtljax.cli", "train", "--config.train.stepz=3"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "stepz" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+MOE_CASES = [
+    ({"model.moe.top_k": 9}, "config.model.moe.top_k"),
+    ({"model.moe.capacity_factor": 0.0}, "config.model.moe.capacity_factor"),
+    ({"model.moe.num_experts": 6, "mesh.shape": {"data": -1, "expert": 4, "model": 1}}, "config.model.moe.num_experts"),
+    ({"model.moe.dispatch": "ragged", "mesh.shape": {"data": -1, "expert": 2, "model": 1}}, "config.model.moe.dispatch"),
+    ({"model.moe.router": "hash"}, "config.model.moe.router"),
+    ({"model.moe.gate": "shared"}, "config.model.moe.gate"),
+    ({"model.moe.layers": (7,)}, "config.model.moe.layers"),
+    ({"model.moe.group_size": 3}, "config.model.moe.group_size"),
+    ({"model.backbone": "mlp"}, "config.model.backbone"),
+    ({"optim.level": "rep"}, "config.optim.level"),
+    ({"optim.rep_mtl": True}, "config.optim.rep_mtl"),
+    ({"model.name": "mod_squad", "model.moe.attn_experts": 2, "model.moe.attn_top_k": 4}, "config.model.moe.attn_top_k"),
+]
+
+
+@pytest.mark.parametrize("changes,named", MOE_CASES, ids=[named.split(".")[-1] + str(i) for i, (_, named) in enumerate(MOE_CASES)])
+def test_bad_moe_setting_names_its_key(tmp_path, changes, named):
+    c = tiny_config(tmp_path / "run")
+    c.model.name = "m3vit"
+    for key, value in changes.items():
+        _set(c, key, value)
+    with pytest.raises(ConfigError) as err:
+        train(c)
+    msg = str(err.value)
+    assert named in msg and "\n" not in msg
+    assert not (tmp_path / "run").exists()
