@@ -45,6 +45,7 @@ def base_config() -> mlc.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.dropout = 0.0
     c.model.head_hidden = 0
+    c.model.dense_head = "linear"  # dense tasks: linear (unpatchify each token) | upsample (conv, 2x stages)
     c.model.vit = mlc.ConfigDict(
         dict(variant="custom", patch_size=4, pool="gap", width=64, depth=4, num_heads=4, mlp_dim=128)
     )
@@ -162,6 +163,11 @@ def validate(config, num_devices: int | None = None) -> None:
             raise ConfigError(f"config.model.vit.width={v.width} is not divisible by config.model.vit.num_heads={v.num_heads}")
         if v.pool not in ("gap", "cls"):
             raise ConfigError(f"config.model.vit.pool must be 'gap' or 'cls', got {v.pool!r}")
+    if m.dense_head not in ("linear", "upsample"):
+        raise ConfigError(f"config.model.dense_head must be 'linear' or 'upsample', got {m.dense_head!r}")
+    if m.dense_head == "upsample" and m.vit.patch_size & (m.vit.patch_size - 1):
+        raise ConfigError(f"config.model.dense_head='upsample' needs a power-of-two config.model.vit.patch_size, "
+                          f"got {m.vit.patch_size}")
     if m.name in MOE_MODELS or m.backbone == "moe_vit":
         _validate_moe(config)
     if m.name == "task_expert":

@@ -111,7 +111,7 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
     else:
         backbone = MLP(hidden=tuple(cfg.mlp.hidden), dropout=cfg.dropout, **kw)
     return MultiTaskModel(backbone, tuple(tasks), head_hidden=cfg.head_hidden, dense_grid=grid, patch_size=patch,
-                          task_passes=task_passes, **kw)
+                          task_passes=task_passes, dense_upsample=cfg.dense_head == "upsample", **kw)
 
 
 __all__ = ["BACKBONES", "MLP", "MODELS", "MOE_MODELS", "MoeViT", "MultiTaskModel", "TaskExpertViT", "ViT",

@@ -34,6 +34,7 @@ class MultiTaskModel(nn.Module):
     dense_grid: tuple[int, int] | None = None  # patch grid, for dense heads on ViT tokens
     patch_size: int = 1
     task_passes: bool = False  # run the backbone once per task, passing task ids (task-gated MoE)
+    dense_upsample: bool = False  # dense heads: progressive upsampling instead of linear unpatchify
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -44,7 +45,7 @@ class MultiTaskModel(nn.Module):
             if t.is_dense:
                 if self.dense_grid is None:
                     raise ValueError(f"task {t.name!r} is dense but the backbone gives no patch tokens")
-                heads[t.name] = DenseHead(t, self.dense_grid, self.patch_size, **kw)
+                heads[t.name] = DenseHead(t, self.dense_grid, self.patch_size, upsample=self.dense_upsample, **kw)
             else:
                 heads[t.name] = ClassificationHead(t, **kw)
         self.heads = heads

@@ -31,6 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("features", None),
     ("hidden", None),
     ("hidden_in", None),
+    ("conv_in", None),
 )
 
 

@@ -42,15 +42,28 @@ def test_vit_outputs_per_task(pool):
         model.apply(variables, x, task="nope")
 
 
-def test_every_param_has_logical_axes():
-    model = build_model(_model_cfg(head_hidden=8), TASKS, (16, 16, 3))
+@pytest.mark.parametrize("changes", [
+    dict(head_hidden=8), dict(dense_head="upsample"), dict(name="m3vit"), dict(name="mod_squad"),
+    dict(name="task_expert"), dict(backbone="moe_vit"),
+], ids=["hps", "upsample", "m3vit", "mod_squad", "task_expert", "moe_vit"])
+def test_every_param_has_logical_axes(changes):
+    cfg = _model_cfg(**changes)
+    cfg.moe.update(attn_experts=4 if cfg.name == "mod_squad" else 0, every=1)
+    model = build_model(cfg, TASKS, (16, 16, 3))
     boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))["params"]
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     assert leaves and all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
     specs = nn.get_partition_spec(boxed)
-    fc1 = specs["backbone"]["block0"]["mlp"]["fc1"]["kernel"]
-    assert tuple(fc1) == ("embed", "mlp")
-    assert tuple(specs["backbone"]["block0"]["attn"]["query"]["kernel"]) == ("embed", "heads", "kv")
+    block = specs["backbone"]["block0"]
+    if cfg.name in ("m3vit", "mod_squad") or cfg.backbone == "moe_vit":
+        assert tuple(block["mlp"]["wi"]) == ("exp", "embed", "mlp")  # experts shard over `expert`
+        if cfg.name == "mod_squad":
+            assert tuple(block["attn"]["wq"]) == ("attn_exp", "embed", "kv")
+    else:
+        assert tuple(block["mlp"]["fc1"]["kernel"]) == ("embed", "mlp")
+        assert tuple(block["attn"]["query"]["kernel"]) == ("embed", "heads", "kv")
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), jnp.ones((2, 16, 16, 3)))[0][0])
+    assert out["seg"].shape == (2, 16, 16, 4) and out["depth"].shape == (2, 16, 16, 1) and out["cls"].shape == (2, 7)
 
 
 def test_named_variants_and_mlp_backbone():
