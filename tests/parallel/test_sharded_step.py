@@ -16,21 +16,25 @@ from mtljax.train.optimizer import build_optimizer
 from mtljax.train.state import create_state
 
 
-def _config():
+def _config(model="hps"):
     c = base_config()
     c.data.num_train, c.data.num_test, c.data.batch_size = 256, 64, 32
     c.model.vit.update(width=32, depth=2, num_heads=4, mlp_dim=64)
     c.model.head_hidden = 16
+    if model == "m3vit":  # per-task gates, MoE MLP in both blocks, experts split over `expert`
+        c.model.name = "m3vit"
+        c.model.vit.update(width=16, num_heads=2, mlp_dim=32)
+        c.model.moe.update(num_experts=8, top_k=2, every=1)
     return c
 
 
 @functools.lru_cache(maxsize=None)
-def _reference():
-    return _run({"data": 1}, jax.devices()[:1])[:2]
+def _reference(model="hps"):
+    return _run({"data": 1}, jax.devices()[:1], model=model)[:2]
 
 
-def _run(mesh_shape, devices, steps=3):
-    c = _config()
+def _run(mesh_shape, devices, steps=3, model="hps"):
+    c = _config(model)
     data = build_dataset(c.data)
     model = build_model(c.model, data.tasks, data.input_shape)
     tx = build_optimizer(c.optim, 100)
@@ -38,7 +42,8 @@ def _run(mesh_shape, devices, steps=3):
     with jax.set_mesh(mesh):
         state, shardings, _ = create_state(model, tx, data.input_shape, 0, mesh, DEFAULT_RULES)
         bsh = batch_sharding(mesh)
-        step = st.jit_train_step(st.make_train_step(model, data.tasks, tx), mesh, shardings, bsh)
+        step = st.jit_train_step(st.make_train_step(model, data.tasks, tx, has_aux_losses=c.model.name != "hps"),
+                                 mesh, shardings, bsh)
         it = train_iterator(train_dataset(data.splits["train"], data.tasks, c.data.batch_size, 0), prefetch=0)
         losses = []
         for _ in range(steps):
@@ -48,16 +53,20 @@ def _run(mesh_shape, devices, steps=3):
         return jax.device_get(state.params), np.stack(losses), state, mesh
 
 
-@pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"data": 2, "expert": 2, "model": 2}])
-def test_sharded_step_equals_single_device(mesh_shape):
-    ref_params, ref_losses = _reference()
-    params, losses, state, mesh = _run(mesh_shape, jax.devices())
+@pytest.mark.parametrize("model, mesh_shape", [("hps", {"data": 8}), ("hps", {"data": 2, "expert": 2, "model": 2}),
+                                               ("m3vit", {"data": 2, "expert": 4})])
+def test_sharded_step_equals_single_device(model, mesh_shape):
+    ref_params, ref_losses = _reference(model)
+    params, losses, state, mesh = _run(mesh_shape, jax.devices(), model=model)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, ref_params)
-    # the batch really is split, and MLP kernels are split over `model` when that axis exists
+    # the batch really is split; MLP kernels are split over `model`, experts over `expert`
     assert batch_shards(mesh) == mesh.shape["data"] * mesh.shape.get("expert", 1)
-    fc1 = state.params["backbone"]["block0"]["mlp"]["fc1"]["kernel"]
-    assert tuple(fc1.sharding.spec) == (None, "model" if "model" in mesh_shape else None)
+    mlp = state.params["backbone"]["block0"]["mlp"]
+    if model == "m3vit":
+        assert tuple(mlp["wi"].sharding.spec)[0] == "expert"
+    else:
+        assert tuple(mlp["fc1"]["kernel"].sharding.spec) == (None, "model" if "model" in mesh_shape else None)
 
 
 def test_mesh_shape_errors():
