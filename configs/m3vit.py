@@ -10,8 +10,9 @@ Run (from the repository root), on multi-digits (default) or on the dense scenes
 Paper settings scaled to a CPU: MoE MLP in blocks 1 and 3 of a 4-block width-64 ViT; 8 experts, top-2,
 expert width 64 (= mlp_dim / top_k, so the active width equals the dense MLP's 128); one gate per task
 with Gaussian noise of std 1/E in training; balancing loss 0.01·(CV²(importance) + CV²(load));
-gates not renormalised; capacity factor 1.25 with batch-priority routing (einsum dispatch, so experts
-shard over ``config.mesh.shape.expert``). The backbone runs once per task in training; inference for
+gates not renormalised; capacity factor 1.25 with batch-priority routing over groups of 4 images
+(one image's 16 tokens per group dropped a third of the choices; 4 images drop about 9 %); gather
+dispatch, and experts shard over ``config.mesh.shape.expert``. The backbone runs once per task in training; inference for
 one task runs one pass. Measured Δm: BENCHMARKS.md ("Multi-task MoE ViTs: Δm").
 """
 
@@ -21,7 +22,7 @@ from mtljax.config import base_config, use_dataset
 def get_config(arg="digits"):
     c = use_dataset(base_config(), arg or "digits")
     c.model.name = "m3vit"
-    c.model.moe.update(num_experts=8, top_k=2, every=2, gate="task", noise_std=1.0, capacity_factor=1.25,
+    c.model.moe.update(num_experts=8, top_k=2, every=2, gate="task", noise_std=1.0, capacity_factor=1.25, group_size=4,
                        importance_weight=0.01, load_weight=0.01)
     c.workdir = f"runs/m3vit_{arg or 'digits'}"
     return c

@@ -10,8 +10,8 @@ Paper settings scaled to a CPU: every block of a 4-block width-64 ViT has MoE at
 experts of head width 32, top-4 = the number of heads, one shared key/value head) and an MoE MLP
 (8 experts, top-2, expert width 64); per-task gates, zero-initialised, no noise; the mutual-information
 loss between tasks and experts with weight 0.005 and no other balancing loss. Mod-Squad's MoE is
-dropless: ``dispatch='ragged'`` reproduces that; the default einsum dispatch with capacity factor 2
-drops almost nothing and shards experts over ``config.mesh.shape.expert``. Per-task compact
+dropless: ``dispatch='ragged'`` reproduces that; the default gather dispatch with capacity factor 2
+over groups of 4 images drops about 1 % and shards experts over ``config.mesh.shape.expert``. Per-task compact
 sub-models: ``mtljax.models.task_submodel``. Measured Δm: BENCHMARKS.md.
 """
 
@@ -22,7 +22,7 @@ def get_config(arg="digits"):
     c = use_dataset(base_config(), arg or "digits")
     c.model.name = "mod_squad"
     c.model.moe.update(num_experts=8, top_k=2, every=1, gate="task", gate_zero_init=True, noise_std=0.0,
-                       capacity_factor=2.0, importance_weight=0.0, load_weight=0.0, mi_weight=0.005,
+                       capacity_factor=2.0, group_size=4, importance_weight=0.0, load_weight=0.0, mi_weight=0.005,
                        attn_experts=8, attn_top_k=4, attn_head_dim=32, attn_every=1)
     c.workdir = f"runs/mod_squad_{arg or 'digits'}"
     return c
