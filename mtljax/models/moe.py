@@ -47,6 +47,7 @@ slot count.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -404,9 +405,12 @@ class MoeMlp(nn.Module):
             noisy = logits + sigma * jax.random.normal(self.make_rng("dropout"), logits.shape, logits.dtype)
         if self.z_loss_weight:
             losses["moe_z"] = self.z_loss_weight * rt.z_loss(noisy)
-        if self.group_size < 1 or b % self.group_size:
-            raise ValueError(f"config.model.moe.group_size={self.group_size} does not divide the batch of {b}")
-        groups, gs = b // self.group_size, self.group_size * s
+        if self.group_size < 1:
+            raise ValueError(f"config.model.moe.group_size must be >= 1, got {self.group_size}")
+        # a batch that group_size does not divide (initialisation, a single image) is routed in groups of
+        # gcd(batch, group_size) examples; training batches are checked to divide by the config
+        per_group = math.gcd(b, self.group_size)
+        groups, gs = b // per_group, per_group * s
         xg = x.astype(self.dtype).reshape(groups, gs, d)
 
         if soft:

@@ -13,8 +13,10 @@ A ViT backbone runs **once** for all tasks. After each block ``l`` in ``layers``
 3. The task feature is ``F_l^t = Σ_i g_i^t·E_i + g_mem^t·M_{l−1}^t``; the memory is then written,
    ``M_l^t = F_l^t`` *(choice: the paper "updates the memory at each layer" with the newly assembled
    task feature; we store it as is, so the memory slot is a learned, per-token gated skip over
-   layers)*. *(choice)* Before the first MMoE layer the memory of every task is the backbone feature
-   itself, ``M_0^t = X_{l_0}``.
+   layers)*. *(choice)* Before the first MMoE layer the memory of every task is the normalised backbone
+   feature the experts read, ``M_0^t = LN(X_{l_0})``. (Starting from the raw residual stream ``X_{l_0}``
+   instead, whose norm dwarfs the experts' outputs, let one task of multi-digits lock onto the memory —
+   65–76 % of its gate weight — and never learn: 11 % accuracy after 1,500 steps, chance level.)
 4. After the last MMoE layer each task's memory, through its own LayerNorm, is that task's
    representation: ``tokens[t]`` ``[B, N_patches, D]`` for dense decoders and ``pooled[t]`` (mean over
    patches, or the class token) for classification heads.
@@ -48,10 +50,13 @@ class MemorialMoE(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, memory):
+    def __call__(self, x, memory=None):
+        """``memory=None`` (the first MMoE layer): every task's memory starts as ``LN(x)``."""
         d = x.shape[-1]
         e, h, pd = self.num_experts, self.expert_dim, self.param_dtype
         z = layer_norm(name="ln", dtype=self.dtype, param_dtype=pd)(x)
+        if memory is None:
+            memory = jnp.broadcast_to(z, (self.num_tasks, *z.shape))
         w1 = self.param("w1", nn.with_logical_partitioning(_init, ("task_exp", "embed", "mlp")), (e, d, h), pd)
         b1 = self.param("b1", nn.with_logical_partitioning(nn.initializers.zeros, ("task_exp", "mlp")), (e, h), pd)
         w2 = self.param("w2", nn.with_logical_partitioning(_init, ("task_exp", "mlp", "embed")), (e, h, d), pd)
@@ -98,8 +103,6 @@ class TaskExpertViT(nn.Module):
         for i in range(self.depth):
             x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, name=f"block{i}", **kw)(x, train=train)
             if i in layers:
-                if memory is None:
-                    memory = jnp.broadcast_to(x, (len(self.task_names), *x.shape))
                 memory = MemorialMoE(len(self.task_names), self.num_experts, self.expert_dim, name=f"mmoe{i}",
                                      **kw)(x, memory)
         pooled, tokens = {}, {}
