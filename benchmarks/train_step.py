@@ -16,9 +16,11 @@ What runs (everything in one process and interleaved, except the flag sweep):
   per-task logits agree (heads set to random values for the check, since mtljax initialises them at
   zero); both steps then start from identical parameters.
 * **matmul peak**: square ``n × n`` matmuls (default n = 2048) in XLA and in torch, f32 and bf16,
-  timed in the same rounds as the steps. The machine's f32 peak is the faster of the two f32 rates;
-  a matmul whose first call takes longer than ``--peak-max-s`` is measured at n/2 (then n/4 ...) and
-  the size used is reported (torch's bf16 matmul on a CPU without AVX-512-BF16 is that slow).
+  timed in the same rounds as the steps (a rate is from the best round median). The machine's f32
+  peak, for each case, is the fastest f32 rate measured in its rounds (XLA, torch on all cores, torch
+  on one thread); a matmul whose first call takes longer than ``--peak-max-s`` is measured at n/2
+  (then n/4 ...) and the size used is reported (torch's bf16 matmul on a CPU without AVX-512-BF16 is
+  that slow).
 * **FLOPs** per step: XLA's ``compiled.cost_analysis()['flops']`` of mtljax's f32 step, checked
   against an analytic count (3 × forward matmul FLOPs: ``2·B·N·(matmul params)`` plus attention's
   ``4·B·N²·D`` per layer); achieved FLOP/s = those FLOPs / step time, for both frameworks (they do the
@@ -29,17 +31,22 @@ Timing (as in ``mtl_step.py``): per case, all contenders run once (compile, allo
 untimed call (only if its first call took < 1 s) and ``--per-round`` timed calls. A time is the
 median of all timed calls; a ratio is the median over rounds of the ratio of round medians. A step
 whose first call takes longer than ``--max-step-s`` is not put in the rounds; its first-call time is
-reported as such (marked ``*``).
+reported as such (marked ``*``). A torch step whose time, predicted from the GFLOP/s it reached on an
+earlier case, exceeds ``--max-step-s`` is skipped with a note (torch bf16 on AVX2-only CPUs).
 
-**XLA flag sweep** (``--flags``): XLA reads ``XLA_FLAGS`` once, when JAX initialises, so each setting
-runs in a fresh subprocess of this script (``--worker``) that compiles the step of one case
-(``--flag-case``), times ``--worker-calls`` calls per dtype and the XLA matmuls, and reports back. The
-settings are run in rotating order ``--flag-reps`` times; each setting's ratio to the default is the
-median over repetitions of (default time / setting time) within the same repetition. Torch thread
-counts (``torch.set_num_threads``) are swept the same way, in torch-only subprocesses.
+**XLA flag sweep** (``--flags``; ``--sweep-only`` runs it alone): XLA reads ``XLA_FLAGS`` once, when
+JAX initialises, so each setting runs in its own subprocess (``--serve``) that compiles the steps of one
+case (``--flag-case``, f32 and bf16) and the XLA matmuls, then waits for orders. One default-flags
+subprocess lives through the whole sweep; each setting's subprocess alternates with it ``--flag-reps``
+times (each time: one untimed and ``--worker-calls`` timed calls of every contender, the other process
+idle). A setting's speed-up is the median over alternations of (default time ÷ setting time). The
+pseudo-flag ``--cpus=0`` pins the subprocess to one core with ``taskset`` (XLA sizes its thread pool
+by the cores it may use): XLA's counterpart of ``torch.set_num_threads(1)``. Torch thread counts are
+timed in-process instead (``--torch-threads``, default 1 besides the default of all cores), since
+``torch.set_num_threads`` works at run time.
 
-  .venv-bench/bin/python benchmarks/train_step.py --quick        # tiny ViT, < 1 minute
-  .venv-bench/bin/python benchmarks/train_step.py                # Ti/S x 16x16x1, 32x32x3; flag sweep
+  .venv-bench/bin/python benchmarks/train_step.py --quick        # tiny ViT, ~1-2 min on a busy 2-core VM
+  .venv-bench/bin/python benchmarks/train_step.py                # Ti/S x 16x16x1, 32x32x3, then the sweep
 
 Environment: ``python3 -m venv .venv-bench && .venv-bench/bin/pip install -e . &&
 .venv-bench/bin/pip install -r benchmarks/requirements.txt`` (torch's CPU wheel lives only there; it is
@@ -698,7 +705,7 @@ def environment() -> dict:
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny ViT, batch 16, few rounds, small sweep (< 1 min)")
+    p.add_argument("--quick", action="store_true", help="tiny ViT, batch 16, few rounds, one-flag sweep")
     p.add_argument("--cases", default=None, help=f"comma-separated VARIANT:HxWxC:pPATCH (default {DEFAULT_CASES})")
     p.add_argument("--batch", type=int, default=None, help="examples per step (default 64; quick 16)")
     p.add_argument("--classes", default="10,10,19", help="classes of each task head (3 tasks by default)")
@@ -706,7 +713,7 @@ def build_parser():
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--per-round", type=int, default=None)
     p.add_argument("--pause", type=float, default=0.05)
-    p.add_argument("--max-step-s", type=float, default=60.0,
+    p.add_argument("--max-step-s", type=float, default=30.0,
                    help="a step whose first call is slower is reported from that call only")
     p.add_argument("--peak-n", type=int, default=None, help="matmul size (default 2048; quick 512)")
     p.add_argument("--peak-max-s", type=float, default=1.0, help="halve the matmul size until a call takes this long")
@@ -772,7 +779,7 @@ def main(argv=None):
           f"rounds {rounds} x {per_round} timed calls")
 
     t_all = time.perf_counter()
-    results = []
+    results, torch_rates = [], {}
     for case in cases:
         print(f"\n== {case.label}", flush=True)
         cs, equiv = [], None
@@ -791,6 +798,13 @@ def main(argv=None):
             print(f"   torch model: {equiv['params']:,} parameters (= mtljax), logits agree to "
                   f"{equiv['max_abs_logit_diff']:.1e}", flush=True)
             for dtype in dtypes:
+                rate = torch_rates.get(dtype)  # GFLOP/s this torch step reached on an earlier case
+                if rate and analytic / rate / 1e9 > args.max_step_s:
+                    notes.append(f"{case.label}: torch {dtype} step skipped, predicted "
+                                 f"{analytic / rate / 1e9:.0f} s/step from the {rate:.1f} GFLOP/s it reached "
+                                 f"on an earlier case (> --max-step-s {args.max_step_s:g})")
+                    print(f"   {notes[-1]}", flush=True)
+                    continue
                 cs.append(torch_contender(case, dtype == "bfloat16", params0, torch_vit, args.batch, classes))
             for k in extra_threads:
                 cs.append(torch_contender(case, False, params0, torch_vit, args.batch, classes, threads=k))
@@ -806,6 +820,9 @@ def main(argv=None):
             if ok is not None and not ok():
                 notes.append(f"{case.label} {c.name}: last step was not finite")
         results.append(case_rows(case, cs, args.batch, analytic, equiv))
+        for row in results[-1]["rows"]:
+            if row["framework"] == "torch" and row["threads"] == os.cpu_count():
+                torch_rates[row["dtype"]] = row["gflops"]
         print()
         print(step_table(results[-1:]))
 
