@@ -179,7 +179,7 @@ def make_step(model: HpsViT, images: np.ndarray, labels: list[np.ndarray], *, lr
         loss = sum(F.cross_entropy(z.float(), y) for z, y in zip(logits, ys))
         loss.backward()
         opt.step()
-        return loss
+        return loss.detach()
 
     return step
 
