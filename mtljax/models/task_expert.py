@@ -7,7 +7,11 @@ A ViT backbone runs **once** for all tasks. After each block ``l`` in ``layers``
 (MMoE) module reads the block's output ``X_l``:
 
 1. ``N`` expert networks decompose it into task-generic features ``E_i = Expert_i(LN(X_l))``
-   ``[B, S, D]``; *(choice)* every expert is a bottleneck MLP ``D → expert_dim → D`` with GELU.
+   ``[B, S, D]``; *(choice)* every expert is a residual bottleneck MLP,
+   ``E_i = LN(X_l) + W_2^i·gelu(W_1^i·LN(X_l))``, so that any mixture of experts still carries the
+   backbone feature. (Plain bottleneck MLPs start as random projections of it: on multi-digits a
+   single-task TaskExpert then reached 25 % accuracy on the left digit after 800 steps where the dense
+   ViT reaches 88 %; with residual experts it reaches 88 % too.)
 2. For every task ``t`` a gating network gives per-token softmax weights over the ``N`` experts **and**
    the task's memory: ``g^t = softmax(LN(X_l)·W_g^t) ∈ Δ^{N+1}``.
 3. The task feature is ``F_l^t = Σ_i g_i^t·E_i + g_mem^t·M_{l−1}^t``; the memory is then written,
@@ -63,7 +67,7 @@ class MemorialMoE(nn.Module):
         b2 = self.param("b2", nn.with_logical_partitioning(nn.initializers.zeros, ("task_exp", "embed")), (e, d), pd)
         c = lambda a: a.astype(self.dtype)  # noqa: E731
         hid = nn.gelu(jnp.einsum("bsd,edh->bseh", z, c(w1)) + c(b1))
-        experts = jnp.einsum("bseh,ehd->bsed", hid, c(w2)) + c(b2)  # [B, S, E, D]
+        experts = z[:, :, None, :] + jnp.einsum("bseh,ehd->bsed", hid, c(w2)) + c(b2)  # residual: [B, S, E, D]
         gate = self.param("gate", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed", None)),
                           (self.num_tasks, d, e + 1), pd)
         g = jax.nn.softmax(jnp.einsum("bsd,tdo->tbso", z.astype(jnp.float32), gate.astype(jnp.float32)), axis=-1)

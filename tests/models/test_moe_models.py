@@ -100,7 +100,8 @@ def test_memorial_moe_mixes_experts_and_memory_per_task():
     @jax.jit
     def reference(params, x, memory):
         z = nn.LayerNorm().apply({"params": params["ln"]}, x)
-        experts = [nn.gelu(z @ params["w1"][i] + params["b1"][i]) @ params["w2"][i] + params["b2"][i] for i in range(3)]
+        experts = [z + nn.gelu(z @ params["w1"][i] + params["b1"][i]) @ params["w2"][i] + params["b2"][i]
+                   for i in range(3)]  # residual experts
         out = []
         for t in range(2):
             g = jax.nn.softmax(z @ params["gate"][t], axis=-1)  # 3 experts + the memory slot, per token
