@@ -119,6 +119,10 @@ def validate(config, num_devices: int | None = None) -> None:
             raise ConfigError(f"config.model.{key}: unknown dtype {m[key]!r}; choose from {sorted(DTYPES)}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
+    if m.name == "controllable":  # slimmable encoder-decoders: the config.model.slim section
+        from mtljax.slim.config import validate_slim
+
+        validate_slim(config)
     if m.backbone == "vit":
         v = m.vit
         if v.variant != "custom" and v.variant not in VARIANTS:

@@ -10,7 +10,7 @@ from mtljax.models.hps import MultiTaskModel
 from mtljax.models.mlp import MLP
 from mtljax.models.vit import VARIANTS, ViT
 
-MODELS = ("hps",)
+MODELS = ("hps", "controllable")
 BACKBONES = ("vit", "mlp")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -29,6 +29,10 @@ def vit_dims(cfg) -> dict:
 def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
     if cfg.name not in MODELS:
         raise ValueError(f"config.model.name: unknown model {cfg.name!r}; choose from {MODELS}")
+    if cfg.name == "controllable":  # slimmable encoder + per-task slimmable decoders (config.model.slim)
+        from mtljax.models.controllable import build_controllable
+
+        return build_controllable(cfg, tasks, input_shape)
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"config.model.backbone: unknown backbone {cfg.backbone!r}; choose from {BACKBONES}")
     for key in ("dtype", "param_dtype"):
