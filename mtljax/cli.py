@@ -3,6 +3,9 @@
     mtljax train [--config=configs/x.py[:arg]] [--config.train.steps=200 ...] [--workdir=DIR]
     mtljax eval  [--config=...] [--workdir=DIR]      # evaluate the newest checkpoint of a run
     mtljax compare [--config=...] --methods=equal,pcgrad,upgrad@rep,... [--seeds=3] [--outdir=DIR]
+    mtljax slim  [--config=...] --budget=50% [--preference=1,0.5] [--export_dir=DIR]   # controllable models
+    mtljax slim  [--config=...] --widths=encoder=0.5,left=1,right=0.25 [--export_dir=DIR]
+    mtljax slim  [--config=...] --sweep [--num_budgets=8] [--num_preferences=32]
 
 Configuration mistakes end with one line ``error: config.<key>: ...`` and exit status 2, before
 anything is compiled or written; a non-finite loss ends with exit status 1 and keeps the last good
@@ -17,7 +20,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "compare")
+COMMANDS = ("train", "eval", "compare", "slim")
 
 
 def default_config_path() -> str:
@@ -39,6 +42,18 @@ def _parse(argv: list[str]) -> flags.FlagValues:
         flags.DEFINE_integer("seeds", 3, "compare: number of seeds.", flag_values=values)
         flags.DEFINE_string("outdir", None, "compare: output directory (default <workdir>/compare).",
                             flag_values=values)
+        flags.DEFINE_string("budget", None, "slim: compute budget, '50%' of full FLOPs or FLOPs per example.",
+                            flag_values=values)
+        flags.DEFINE_string("preference", None, "slim: task preference, one number >= 0 per task, comma-separated.",
+                            flag_values=values)
+        flags.DEFINE_string("export_dir", None, "slim: where to write the sub-network.", flag_values=values)
+        flags.DEFINE_string("widths", None, "slim: export this configuration: '0.5' or 'encoder=0.5,<task>=1,...'.",
+                            flag_values=values)
+        flags.DEFINE_boolean("sweep", False, "slim: evaluate controllability and hypervolume over budgets.",
+                             flag_values=values)
+        flags.DEFINE_integer("num_budgets", 8, "slim --sweep: number of budgets.", flag_values=values)
+        flags.DEFINE_integer("num_preferences", 32, "slim --sweep: sampled preferences per budget.",
+                             flag_values=values)
         values(argv)
         try:
             values.config.get("workdir")  # loads the file and applies the overrides
@@ -85,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             loop.train(config)
         elif command == "eval":
             loop.evaluate_workdir(config)
+        elif command == "slim":
+            from mtljax.slim.command import run_slim
+
+            run_slim(config, budget=parsed.budget, preference=parsed.preference, export_dir=parsed.export_dir,
+                     do_sweep=parsed.sweep, num_budgets=parsed.num_budgets, num_preferences=parsed.num_preferences,
+                     widths=parsed.widths)
         else:
             from mtljax.train.compare import compare, parse_methods
 

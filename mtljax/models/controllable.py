@@ -220,9 +220,9 @@ def spec_from_config(cfg, tasks, input_shape) -> dict:
                 decoder_widths=list(check_widths(s.decoder_widths, "config.model.slim.decoder_widths")),
                 decoder_hidden={t.name: int(s.decoder_hidden) for t in tasks}, decoder_depth=int(s.decoder_depth),
                 switchable_norm=bool(s.switchable_norm), num_random=int(s.num_random),
-                cikd_weight=float(s.cikd_weight), cikd_distance=str(s.cikd_distance), cikd_start=int(s.cikd_start), cikd_ramp=int(s.cikd_ramp),
-                dropout=float(cfg.dropout), dtype=cfg.dtype,
-                param_dtype=cfg.param_dtype)
+                cikd_weight=float(s.cikd_weight), cikd_distance=str(s.cikd_distance),
+                cikd_start=int(s.cikd_start), cikd_ramp=int(s.cikd_ramp), dropout=float(cfg.dropout),
+                dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     if s.backbone == "vit":
         d = vit_dims(cfg.vit)
         spec.update(patch_size=cfg.vit.patch_size, width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
@@ -271,7 +271,8 @@ def spec_of(model: ControllableModel, input_shape) -> dict:
                 encoder_widths=list(model.encoder_widths), decoder_widths=list(model.decoder_widths),
                 decoder_hidden=dict(zip(model.task_names, model.decoder_hidden)), decoder_depth=model.decoder_depth,
                 switchable_norm=b.switchable_norm, num_random=model.num_random, cikd_weight=model.cikd_weight,
-                cikd_distance=model.cikd_distance, cikd_start=model.cikd_start, cikd_ramp=model.cikd_ramp, dropout=b.dropout, dtype=names[model.dtype], param_dtype=names[model.param_dtype], width=b.width)
+                cikd_distance=model.cikd_distance, cikd_start=model.cikd_start, cikd_ramp=model.cikd_ramp,
+                dropout=b.dropout, dtype=names[model.dtype], param_dtype=names[model.param_dtype], width=b.width)
     if isinstance(b, SlimViT):
         spec.update(backbone="vit", patch_size=b.patch_size, depth=b.depth, num_heads=b.num_heads,
                     head_dim=b.head_dim, mlp_dim=b.mlp_dim)

@@ -1,8 +1,8 @@
 """Slimmable shared encoders: a ViT and a small conv net, both run at an encoder width multiplier.
 
 Both return ``(pooled [B, D], tokens [B, N, D])`` with a representation width ``D`` that does **not**
-depend on the width multiplier. That is a deliberate choice (the paper's CNN encoders hand decoders a
-feature map whose channel count changes with the width): with a fixed ``D``
+depend on the width multiplier. That is a deliberate choice (a slimmable CNN encoder usually hands
+its decoders a feature map whose channel count changes with the width): with a fixed ``D``
 
 * the Configuration-Invariant KD loss compares student and teacher features in the same space, with
   no choice of which teacher channels to match;

@@ -71,7 +71,8 @@ def validate_slim(config) -> None:
     from mtljax.slim.sandwich import DISTANCES
 
     if s.cikd_distance not in DISTANCES:
-        raise ConfigError(f"config.model.slim.cikd_distance: unknown {s.cikd_distance!r}; choose from {list(DISTANCES)}")
+        raise ConfigError(f"config.model.slim.cikd_distance: unknown {s.cikd_distance!r}; "
+                          f"choose from {list(DISTANCES)}")
     if not s.conv_channels or not all(_int(c, 1) for c in s.conv_channels):
         raise ConfigError(f"config.model.slim.conv_channels must be positive integers, got {tuple(s.conv_channels)}")
     if not isinstance(s.switchable_norm, bool):

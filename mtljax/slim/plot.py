@@ -30,17 +30,21 @@ def plot_tradeoff(report: dict, tasks, path: str, title: str = "") -> str:
         return xs, ys
 
     if len(names) <= 4:
+        prefs = ["uniform"] + [f"only_{n}" for n in names]
+        colors = {p: f"C{i}" for i, p in enumerate(prefs)}
         fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
         for ax, task in zip(axes[0], names):
-            for pref in ["uniform"] + [f"only_{n}" for n in names]:
+            for pref in prefs:
                 xs, ys = series(pref, task)
-                style = "-o" if pref == f"only_{task}" else ("--s" if pref == "uniform" else ":^")
-                ax.plot(xs, ys, style, ms=4, label=pref.replace("_", " "))
+                own = pref == f"only_{task}"
+                style = "-o" if own else ("--s" if pref == "uniform" else ":^")
+                label = pref.replace("_", " ") + (" (favours this task)" if own else "")
+                ax.plot(xs, ys, style, color=colors[pref], ms=4, label=label)
             ax.set_title(f"task {task}")
             ax.set_xlabel("FLOPs (% of full)")
             ax.set_ylabel(metric[task])
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
+            ax.legend(fontsize=7)
     else:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         favoured, others, xs = [], [], None

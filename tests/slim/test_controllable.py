@@ -69,7 +69,7 @@ def test_sandwich_outputs_largest_first_and_cikd_is_zero_at_full_width():
     np.testing.assert_allclose(out["seg"][1], smallest["seg"], rtol=1e-5, atol=1e-6)
     assert float(aux["losses"]["cikd"]) > 0 and float(eval_aux["losses"]["cikd"]) == 0.0
     # only the decoders slim: every configuration has the full encoder, so CI-KD is exactly 0
-    enc_fixed = tiny_model("vit", encoder_widths=(1.0,))
+    enc_fixed = tiny_model("vit", encoder_widths=(1.0,), num_random=0)
     _, aux = jax.jit(lambda p: enc_fixed.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)}))(
         random_params(enc_fixed))
     assert float(aux["losses"]["cikd"]) == 0.0
@@ -107,7 +107,8 @@ def test_bad_widths_name_the_argument():
     for widths, match in ((1.5, "widths.encoder: width multiplier 1.5 is outside"),
                           ({"encoder": 0.3, "decoders": 1.0}, "widths.encoder: .* 0.3 is not in the trained set"),
                           ({"encoder": 1.0, "decoders": {"cls": 0.5, "seg": 0.0}}, "widths.decoders.seg: .* outside"),
-                          ({"encoder": 1.0, "decoders": {"cls": 0.5}}, "widths.decoders: .*missing task\\(s\\) \\['seg'\\]"),
+                          ({"encoder": 1.0, "decoders": {"cls": 0.5}},
+                           "widths.decoders: .*missing task\\(s\\) \\['seg'\\]"),
                           ({"decoders": 1.0}, "widths must be")):
         with pytest.raises(ValueError, match=match) as err:
             model.apply({"params": params}, x, widths=widths)
