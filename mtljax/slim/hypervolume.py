@@ -2,8 +2,9 @@
 
 ``HV(P; r)`` is the Lebesgue measure of the region dominated by the points ``P`` and dominating the
 reference point ``r``: ``vol( ∪_{p ∈ P} [r, p] )``. It is the standard single-number summary of a
-multi-objective front (larger = better front); Aich et al. (2023) report it, over task performances
-of the sub-networks chosen for sampled preferences, next to controllability.
+multi-objective front (larger = better front), reported next to controllability in the
+controllable multi-task literature; here it is taken over the task performances of the sub-networks
+the search chooses for sampled preferences at one budget (:mod:`mtljax.slim.evaluate`).
 
 Algorithms:
 
