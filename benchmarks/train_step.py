@@ -69,7 +69,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -4,6 +4,9 @@
     mtljax eval  [--config=...] [--workdir=DIR]      # evaluate the newest checkpoint of a run
     mtljax compare [--config=...] --methods=equal,pcgrad,upgrad@rep,... [--seeds=3] [--outdir=DIR]
     mtljax routing [--config=...] --workdir=RUN [--outdir=DIR] [--max_examples=512]   # MoE usage heatmaps
+    mtljax slim  [--config=...] --budget=50% [--preference=1,0.5] [--export_dir=DIR]   # controllable models
+    mtljax slim  [--config=...] --widths=encoder=0.5,left=1,right=0.25 [--export_dir=DIR]
+    mtljax slim  [--config=...] --sweep [--num_budgets=8] [--num_preferences=32]
 
 Configuration mistakes end with one line ``error: config.<key>: ...`` and exit status 2, before
 anything is compiled or written; a non-finite loss ends with exit status 1 and keeps the last good
@@ -18,7 +21,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "compare", "routing")
+COMMANDS = ("train", "eval", "compare", "routing", "slim")
 
 
 def default_config_path() -> str:
@@ -41,6 +44,18 @@ def _parse(argv: list[str]) -> flags.FlagValues:
         flags.DEFINE_string("outdir", None, "compare / routing: output directory (default <workdir>/compare, "
                             "<workdir>/routing).", flag_values=values)
         flags.DEFINE_integer("max_examples", 512, "routing: test examples to route.", flag_values=values)
+        flags.DEFINE_string("budget", None, "slim: compute budget, '50%' of full FLOPs or FLOPs per example.",
+                            flag_values=values)
+        flags.DEFINE_string("preference", None, "slim: task preference, one number >= 0 per task, comma-separated.",
+                            flag_values=values)
+        flags.DEFINE_string("export_dir", None, "slim: where to write the sub-network.", flag_values=values)
+        flags.DEFINE_string("widths", None, "slim: export this configuration: '0.5' or 'encoder=0.5,<task>=1,...'.",
+                            flag_values=values)
+        flags.DEFINE_boolean("sweep", False, "slim: evaluate controllability and hypervolume over budgets.",
+                             flag_values=values)
+        flags.DEFINE_integer("num_budgets", 8, "slim --sweep: number of budgets.", flag_values=values)
+        flags.DEFINE_integer("num_preferences", 32, "slim --sweep: sampled preferences per budget.",
+                             flag_values=values)
         values(argv)
         try:
             values.config.get("workdir")  # loads the file and applies the overrides
@@ -91,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             from mtljax.train.routing import routing_report
 
             routing_report(config, parsed.outdir, max_examples=parsed.max_examples)
+        elif command == "slim":
+            from mtljax.slim.command import run_slim
+
+            run_slim(config, budget=parsed.budget, preference=parsed.preference, export_dir=parsed.export_dir,
+                     do_sweep=parsed.sweep, num_budgets=parsed.num_budgets, num_preferences=parsed.num_preferences,
+                     widths=parsed.widths)
         else:
             from mtljax.train.compare import compare, parse_methods
 

@@ -152,6 +152,10 @@ def validate(config, num_devices: int | None = None) -> None:
             raise ConfigError(f"config.model.{key}: unknown dtype {m[key]!r}; choose from {sorted(DTYPES)}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
+    if m.name == "controllable":  # slimmable encoder-decoders: the config.model.slim section
+        from mtljax.slim.config import validate_slim
+
+        validate_slim(config)
     if m.backbone in ("vit", "moe_vit"):
         v = m.vit
         if v.variant != "custom" and v.variant not in VARIANTS:
@@ -176,7 +180,7 @@ def validate(config, num_devices: int | None = None) -> None:
             _positive(config, f"model.task_expert.{key}")
         if not isinstance(te.expert_dim, int) or te.expert_dim < 0:
             raise ConfigError(f"config.model.task_expert.expert_dim must be an integer >= 0, got {te.expert_dim!r}")
-    if m.name != "hps" and m.backbone != "vit":
+    if m.name in ("m3vit", "mod_squad", "task_expert") and m.backbone != "vit":
         raise ConfigError(f"config.model.name={m.name!r} is a ViT; set config.model.backbone='vit', got {m.backbone!r}")
     if m.backbone == "mlp":
         if not m.mlp.hidden or any((not isinstance(h, int)) or h <= 0 for h in m.mlp.hidden):

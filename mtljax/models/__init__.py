@@ -10,6 +10,7 @@ hps            hard parameter sharing: backbone ``vit`` | ``mlp`` | ``moe_vit`` 
 m3vit          M³ViT: MoE MLP every ``moe.every`` blocks, per-task or task-conditioned gates
 mod_squad      Mod-Squad: MoE attention and MoE MLP, per-task gates, mutual-information loss
 task_expert    TaskExpert: memorial mixture-of-experts decoding per-task features from a ViT
+controllable   slimmable encoder and per-task decoders, widths chosen at run time (Aich et al., 2023)
 =============  =================================================================================
 """
 
@@ -23,7 +24,7 @@ from mtljax.models.moe_vit import MoeViT
 from mtljax.models.task_expert import TaskExpertViT
 from mtljax.models.vit import VARIANTS, ViT
 
-MODELS = ("hps", "m3vit", "mod_squad", "task_expert")
+MODELS = ("hps", "m3vit", "mod_squad", "task_expert", "controllable")
 MOE_MODELS = ("m3vit", "mod_squad")
 BACKBONES = ("vit", "mlp", "moe_vit")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -73,6 +74,10 @@ def attn_moe_settings(cfg, num_tasks: int, width: int, num_heads: int) -> tuple:
 def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
     if cfg.name not in MODELS:
         raise ValueError(f"config.model.name: unknown model {cfg.name!r}; choose from {MODELS}")
+    if cfg.name == "controllable":  # slimmable encoder + per-task slimmable decoders (config.model.slim)
+        from mtljax.models.controllable import build_controllable
+
+        return build_controllable(cfg, tasks, input_shape)
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"config.model.backbone: unknown backbone {cfg.backbone!r}; choose from {BACKBONES}")
     for key in ("dtype", "param_dtype"):

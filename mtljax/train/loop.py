@@ -65,7 +65,11 @@ class Experiment:
         for name in config.optim.task_weights:
             if name not in {t.name for t in self.tasks}:
                 raise ConfigError(f"config.optim.task_weights.{name}: no such task; tasks are {[t.name for t in self.tasks]}")
-        self.model = build_model(config.model, self.tasks, dataset.input_shape)
+        try:
+            self.model = build_model(config.model, self.tasks, dataset.input_shape)
+        except ValueError as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(msg if "config." in msg else f"config.model: {msg}") from None
         self.tx = build_optimizer(config.optim, config.train.steps)
         try:
             self.method = get_method(config.optim.method, **dict(config.optim.method_kwargs))

@@ -32,7 +32,15 @@ from mtljax.train.state import TrainState
 def task_losses(model, tasks: Sequence[Task], params, batch, *, train: bool, rng=None):
     """Per-task losses ``[T]``, outputs by task, and the model's aux dict."""
     rngs = {"dropout": rng} if rng is not None else {}
-    outputs, aux = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+    extra = {"step": batch["step"]} if "step" in batch else {}  # models that schedule on the step
+    outputs, aux = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs, **extra)
+    if train and getattr(model, "stacked_train_outputs", False):
+        # several sub-network configurations per step (slimmable models): outputs are [K, B, ...];
+        # a task's loss is its mean over the K configurations, train metrics use the first (largest).
+        losses = jnp.stack([jnp.mean(jax.vmap(lambda o, t=t: t.loss(o, batch["targets"][t.name],
+                                                                   batch["masks"][t.name]))(outputs[t.name]))
+                            for t in tasks])
+        return losses, {k: v[0] for k, v in outputs.items()}, aux
     losses = jnp.stack([t.loss(outputs[t.name], batch["targets"][t.name], batch["masks"][t.name]) for t in tasks])
     return losses, outputs, aux
 
@@ -208,6 +216,8 @@ def make_train_step(model, tasks: Sequence[Task], tx: optax.GradientTransformati
 
     def train_step(state: TrainState, batch):
         k_drop, k_method = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        if getattr(model, "stacked_train_outputs", False):
+            batch = {**batch, "step": state.step}  # slimmable models schedule their distillation on it
         if method.needs == "losses" and sam != "flat":
             compute = grads_losses
         else:
