@@ -18,6 +18,7 @@ representations itself (TaskExpert) and a third element, its ``aux`` dict (MoE b
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -61,11 +62,23 @@ class MultiTaskModel(nn.Module):
     def encode(self, inputs, *, task: str | None = None, train: bool = False):
         names = self._names(task)
         if self.task_passes:
+            # The batch is repeated once per task in blocks of one routing group: [g0 task0, g0 task1, ...,
+            # g1 task0, ...]. Every routing group (capacity, batch priority) then holds one task's pass, so
+            # a task's output does not depend on which other tasks ran beside it (``task=`` gives exactly
+            # its entry of the all-tasks output), and each device's examples stay on that device.
             index = {t.name: i for i, t in enumerate(self.tasks)}
             b, t = inputs.shape[0], len(names)
-            task_ids = jnp.tile(jnp.asarray([index[n] for n in names], jnp.int32), b)
-            out = self.backbone(jnp.repeat(inputs, t, axis=0), task_ids, train=train)
-            per_task = lambda a: {n: a.reshape(b, t, *a.shape[1:])[:, i] for i, n in enumerate(names)}  # noqa: E731
+            blk = math.gcd(b, getattr(self.backbone, "routing_group", 1))
+            rest = inputs.shape[1:]
+            x = jnp.broadcast_to(inputs.reshape(b // blk, 1, blk, *rest), (b // blk, t, blk, *rest)).reshape(b * t, *rest)
+            ids = jnp.asarray([index[n] for n in names], jnp.int32)
+            task_ids = jnp.broadcast_to(ids[None, :, None], (b // blk, t, blk)).reshape(b * t)
+            out = self.backbone(x, task_ids, train=train, group_size=blk)
+
+            def per_task(a):
+                a = a.reshape(b // blk, t, blk, *a.shape[1:])
+                return {n: a[:, i].reshape(b, *a.shape[3:]) for i, n in enumerate(names)}
+
             pooled, tokens = per_task(out[0]), per_task(out[1])
         else:
             out = self.backbone(inputs, train=train)

@@ -155,7 +155,9 @@ class MoeMlp(nn.Module):
             raise ValueError("config.model.moe.dispatch='ragged' (dropless) needs router 'tokens_choose'")
 
     @nn.compact
-    def __call__(self, x, task_ids=None, *, train: bool = False):
+    def __call__(self, x, task_ids=None, *, train: bool = False, group_size: int | None = None):
+        """``group_size`` (examples per routing group) overrides the attribute for this call; it must
+        divide the batch (a task-passes model uses it to keep every group within one task's pass)."""
         self._check()
         b, s, d = x.shape
         kept = tuple(self.experts_kept) if self.experts_kept is not None else None
@@ -179,7 +181,9 @@ class MoeMlp(nn.Module):
             raise ValueError(f"config.model.moe.group_size must be >= 1, got {self.group_size}")
         # a batch that group_size does not divide (initialisation, a single image) is routed in groups of
         # gcd(batch, group_size) examples; training batches are checked to divide by the config
-        per_group = math.gcd(b, self.group_size)
+        per_group = math.gcd(b, self.group_size) if group_size is None else group_size
+        if b % per_group:
+            raise ValueError(f"group_size={per_group} does not divide the batch of {b} examples")
         groups, gs = b // per_group, per_group * s
         xg = x.astype(self.dtype).reshape(groups, gs, d)
 

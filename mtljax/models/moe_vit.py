@@ -43,7 +43,7 @@ class MoeEncoderBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, task_ids=None, *, train: bool = False):
+    def __call__(self, x, task_ids=None, *, train: bool = False, group_size: int | None = None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         drop = nn.Dropout(self.dropout, deterministic=not train)
         auxes = []
@@ -57,7 +57,8 @@ class MoeEncoderBlock(nn.Module):
         x = x + drop(h)
         h = layer_norm(name="ln2", **kw)(x)
         if self.moe is not None:
-            h, aux = MoeMlp(**dict(self.moe), experts_kept=self.experts_kept[0], name="mlp", **kw)(h, task_ids, train=train)
+            h, aux = MoeMlp(**dict(self.moe), experts_kept=self.experts_kept[0], name="mlp", **kw)(
+                h, task_ids, train=train, group_size=group_size)
             auxes.append(aux)
         else:
             h = MlpBlock(self.mlp_dim, self.dropout, name="mlp", **kw)(h, train=train)
@@ -89,8 +90,13 @@ class MoeViT(nn.Module):
             gates.append(dict(self.attn_moe).get("gate", "task"))
         return any(g != "shared" for g in gates)
 
+    @property
+    def routing_group(self) -> int:
+        """Examples per routing group of the MoE MLPs (1 without them)."""
+        return int(dict(self.moe).get("group_size", 1)) if self.moe_layers else 1
+
     @nn.compact
-    def __call__(self, images, task_ids=None, *, train: bool = False):
+    def __call__(self, images, task_ids=None, *, train: bool = False, group_size: int | None = None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x, n = embed_patches(self, images, self.patch_size, self.width, self.pool, **kw)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -102,7 +108,7 @@ class MoeViT(nn.Module):
                 moe=self.moe if i in self.moe_layers else None,
                 attn_moe=self.attn_moe if i in self.attn_moe_layers else None,
                 experts_kept=kept, name=f"block{i}", **kw)
-            x, aux = block(x, task_ids, train=train)
+            x, aux = block(x, task_ids, train=train, group_size=group_size)
             auxes.append(aux)
         pooled, tokens = pool_tokens(self, x, n, self.pool, **kw)
         return pooled, tokens, merge_aux(*auxes)

@@ -61,6 +61,19 @@ def test_single_task_pass_matches_the_multi_task_forward_and_costs_less(name):
     assert one_flops < 0.5 * all_flops  # one backbone pass instead of three
 
 
+def test_task_pass_equals_the_multi_task_forward_when_groups_drop_tokens():
+    # routing groups of 2 images and capacity below the demand: each group must hold one task's pass,
+    # or tasks would compete for capacity and a task's output would depend on the other tasks
+    model = _model("m3vit", group_size=2, capacity_factor=0.5)
+    x = jax.random.uniform(jax.random.PRNGKey(2), (6, *SHAPE))
+    _, params = _setup("m3vit")[:2]
+    (full, aux) = jax.jit(lambda p, v: model.apply({"params": p}, v))(params, x)
+    assert float(aux["metrics"]["moe_dropped"]) > 0.2
+    for task in ("a", "c"):
+        alone = jax.jit(lambda p, v, t=task: model.apply({"params": p}, v, task=t)[0])(params, x)
+        np.testing.assert_allclose(alone[task], full[task], atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["m3vit", "mod_squad"])
 def test_task_sub_model_is_exact_and_smaller(name):
     model, params, x = _setup(name)
