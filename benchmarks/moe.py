@@ -3,16 +3,19 @@ FLOPs a single-task pathway saves.
 
 1. **Layer** (training: forward + backward of ``sum(y²)``): a dense MLP of hidden width ``k·H`` against
    MoE MLPs with ``E`` experts of width ``H`` and top-``k`` routing — the same *active* FLOPs per token
-   (at capacity factor 1) — through every dispatch path (``gather``, ``einsum``, ``ragged``) and router
-   (tokens choose, experts choose, soft). Reported: ms per call, tokens/s, and throughput relative to
+   (at capacity factor 1; experts choose at capacity factor ``k`` and Soft MoE with ``k·S/E`` slots per
+   expert process the same number of token rows) — through every dispatch path (``gather``, ``einsum``,
+   ``ragged``) and router (tokens choose, experts choose, soft). Reported: ms per call, tokens/s, and throughput relative to
    the dense MLP (median over rounds of the per-round ratio).
 2. **Train step** of each multi-task model at the multi-digits size (mtljax's real jitted step, one
    device): HPS ViT, HPS over a V-MoE trunk, M³ViT, Mod-Squad, TaskExpert; examples/s relative to HPS.
    M³ViT and Mod-Squad run the backbone once per task, so their examples/s include that factor.
 3. **Single-task pathway** (compiled cost analysis, forward FLOPs per example): the multi-task
-   forward (every task's pass), one task's pass, and that task's extracted sub-model (only the experts
-   its gate used on the test images). With ``--m3vit_run``/``--mod_squad_run`` the trained checkpoints
-   of those runs are used (routing specialises with training); otherwise freshly initialised models.
+   forward (every task's pass), one task's pass, and that task's extracted sub-models, pruned at each
+   ``--thresholds`` value (keep the experts whose share of the task's choices on 2,048 *training*
+   images is above it), each with its parameter count and its accuracy on the test images next to the
+   full model's. With ``--m3vit_run``/``--mod_squad_run`` the trained checkpoints of those runs are used
+   (routing specialises with training); otherwise freshly initialised models.
 
 Timing as in ``benchmarks/mtl_step.py``: every function compiled first, then ``--rounds`` rounds, each
 running every function once untimed and ``--per-round`` times timed; medians; ratios are per-round
@@ -76,9 +79,11 @@ def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, 
         "tokens-choose gather cf1.25 no-BPR": dict(dispatch="gather", capacity_factor=1.25, batch_priority=False),
         "tokens-choose einsum cf1.25": dict(dispatch="einsum", capacity_factor=1.25),
         "tokens-choose ragged (dropless)": dict(dispatch="ragged"),
-        "experts-choose gather cf1.0": dict(router="experts_choose", dispatch="gather", capacity_factor=1.0),
-        "experts-choose einsum cf1.0": dict(router="experts_choose", dispatch="einsum", capacity_factor=1.0),
-        f"soft ({k} slots/expert)": dict(router="soft", slots_per_expert=k * tokens // experts // 2 or 1),
+        # experts-choose: capacity = S·cf/E per expert, so cf = k gives every token k experts on average
+        f"experts-choose gather cf{k:.1f}": dict(router="experts_choose", dispatch="gather", capacity_factor=float(k)),
+        f"experts-choose einsum cf{k:.1f}": dict(router="experts_choose", dispatch="einsum", capacity_factor=float(k)),
+        # soft: E·slots = k·S slot rows through the experts, the active FLOPs of top-k
+        f"soft ({k * tokens // experts} slots/expert)": dict(router="soft", slots_per_expert=max(1, k * tokens // experts)),
     }
     for name, kw in variants.items():
         layers[name] = MoeMlp(**{**base, **kw})
@@ -197,43 +202,69 @@ def bench_train_steps(args) -> dict:
 # ------------------------------------------------------------------------------ single-task pathway
 def bench_pathway(args) -> dict:
     from mtljax.models.task_submodel import compiled_flops, expert_usage, extract_task_model
+    from mtljax.train.loop import Experiment, restore_params
 
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    n_usage, n_test = (256, 256) if args.quick else (2048, 4000)
     out = {}
-    print("\n## single-task pathway: forward GFLOP per example (compiled cost analysis)")
-    print("| model | weights | task | all tasks' passes | one task's pass | its sub-model | experts kept (per MoE layer) |")
-    print("| --- | --- | --- | ---: | ---: | ---: | --- |")
+    print("\n## single-task pathway: forward GFLOP per example (compiled cost analysis), test accuracy")
+    print("| model | task | pass | experts kept per MoE layer | params | GFLOP/example (vs all tasks) | test accuracy |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: |")
     for name, run_dir in (("m3vit", args.m3vit_run), ("mod_squad", args.mod_squad_run)):
         c = model_config(name)
-        c.data.num_train, c.data.num_test = 64, 512
+        c.data.num_test = n_test  # num_train as trained: the split (and test images) depend on it
+        if args.quick:
+            c.data.num_train = n_usage
         if run_dir:
             c.workdir = run_dir
-        from mtljax.train.loop import Experiment, restore_params
-
+            with open(os.path.join(run_dir, "config.json")) as f:  # the run's MoE settings (e.g. an MI-weight ablation)
+                saved = json.load(f)["model"]["moe"]
+            c.model.moe.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
         exp = Experiment(c)
         model = exp.model
-        inputs = exp.dataset.splits["test"].get_batch(np.arange(512))["inputs"]
+        train_x = exp.dataset.splits["train"].get_batch(np.arange(n_usage))["inputs"]
+        test = exp.dataset.splits["test"].get_batch(np.arange(n_test))
         if run_dir:
             with jax.set_mesh(exp.mesh):
                 step, params, _ = restore_params(exp)
                 params = jax.device_get(params)
             weights = f"trained ({os.path.basename(run_dir.rstrip('/'))}, step {step})"
         else:
-            params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), inputs[:1])["params"])
+            params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), train_x[:1])["params"])
             weights = "initialised"
-        one = inputs[:1]
+        one = train_x[:1]
+        n_params = lambda p: sum(int(np.prod(v.shape)) for v in jax.tree.leaves(p))  # noqa: E731
+
+        def accuracy(m, p, task):
+            apply = jax.jit(lambda p, x: m.apply({"params": p}, x, task=task)[0][task])
+            logits = np.concatenate([np.asarray(apply(p, jnp.asarray(test["inputs"][i:i + 500])))
+                                     for i in range(0, n_test, 500)])
+            mask = np.asarray(test["masks"][task]).astype(bool)
+            return float(np.mean(logits.argmax(-1)[mask] == np.asarray(test["targets"][task])[mask]))
+
         all_f = compiled_flops(lambda p, x: model.apply({"params": p}, x)[0], params, one)
         rows = []
+        print(f"| {name} | all | every task's pass | all | {n_params(params):,} | {all_f / 1e9:.4f} (1.00x) | |")
         for task in [t.name for t in exp.tasks]:
             task_f = compiled_flops(lambda p, x, t=task: model.apply({"params": p}, x, task=t)[0], params, one)
-            usage = expert_usage(model, params, inputs, task)
-            sub, sub_params, kept = extract_task_model(model, params, task, usage, threshold=args.threshold)
-            sub_f = compiled_flops(lambda p, x: sub.apply({"params": p}, x)[0], sub_params, one)
-            kept_txt = ", ".join(f"{'/'.join(k[1:])}: {len(v)}" for k, v in kept.items())
-            rows.append({"task": task, "all_tasks_gflop": all_f / 1e9, "task_gflop": task_f / 1e9,
-                         "submodel_gflop": sub_f / 1e9, "kept": {"/".join(k): list(v) for k, v in kept.items()}})
-            print(f"| {name} | {weights} | {task} | {all_f / 1e9:.4f} | {task_f / 1e9:.4f} ({task_f / all_f:.2f}x) | "
-                  f"{sub_f / 1e9:.4f} ({sub_f / all_f:.2f}x) | {kept_txt} |")
-        out[name] = {"weights": weights, "rows": rows}
+            full_acc = accuracy(model, params, task)
+            rows.append({"task": task, "threshold": None, "gflop": task_f / 1e9, "vs_all": task_f / all_f,
+                         "params": n_params(params), "accuracy": full_acc})
+            print(f"| {name} | {task} | full model, this task's pass | all | {n_params(params):,} | "
+                  f"{task_f / 1e9:.4f} ({task_f / all_f:.2f}x) | {full_acc:.4f} |")
+            usage = expert_usage(model, params, train_x, task)
+            for th in thresholds:
+                sub, sub_params, kept = extract_task_model(model, params, task, usage, threshold=th)
+                sub_f = compiled_flops(lambda p, x, s=sub: s.apply({"params": p}, x)[0], sub_params, one)
+                acc = accuracy(sub, sub_params, task)
+                kept_n = {"/".join(k[1:]): len(v) for k, v in kept.items()}
+                rows.append({"task": task, "threshold": th, "gflop": sub_f / 1e9, "vs_all": sub_f / all_f,
+                             "params": n_params(sub_params), "accuracy": acc, "kept": kept_n})
+                print(f"| {name} | {task} | sub-model, share > {th:g} | {' '.join(str(v) for v in kept_n.values())} | "
+                      f"{n_params(sub_params):,} | {sub_f / 1e9:.4f} ({sub_f / all_f:.2f}x) | {acc:.4f} |")
+        out[name] = {"weights": weights, "all_tasks_gflop": all_f / 1e9, "rows": rows,
+                     "layers": ["/".join(k[1:]) for k in kept]}
+        print(f"({name}: {weights}; kept counts in layer order {out[name]['layers']})")
     return out
 
 
@@ -245,7 +276,8 @@ def main() -> None:
     p.add_argument("--parts", default="layer,train,pathway")
     p.add_argument("--m3vit_run", default="")
     p.add_argument("--mod_squad_run", default="")
-    p.add_argument("--threshold", type=float, default=0.0, help="sub-model: keep experts above this usage share")
+    p.add_argument("--thresholds", default="0,0.05,0.1",
+                   help="sub-models: keep the experts whose share of the task's choices is above each value")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.quick:

@@ -13,7 +13,11 @@ with Gaussian noise of std 1/E in training; balancing loss 0.01·(CV²(importanc
 gates not renormalised; capacity factor 1.25 with batch-priority routing over groups of 4 images
 (one image's 16 tokens per group dropped a third of the choices; 4 images drop about 9 %); gather
 dispatch, and experts shard over ``config.mesh.shape.expert``. The backbone runs once per task in training; inference for
-one task runs one pass. Measured Δm: BENCHMARKS.md ("Multi-task MoE ViTs: Δm").
+one task runs one pass.
+
+Expected result (1,500 steps, one seed):
+digits left/right accuracy 0.882 / 0.878, Δm −0.4 % against single-task ViTs (HPS: −5.5 %);
+scenes Δm +10.0 % (HPS: +7.8 %). Details: BENCHMARKS.md ("Multi-task MoE ViTs").
 """
 
 from mtljax.config import base_config, use_dataset

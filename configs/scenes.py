@@ -6,7 +6,8 @@ Run (from the repository root):
 
 The reference point for the MoE models (configs/m3vit.py, mod_squad.py, task_expert.py with ``:scenes``):
 a 4-block width-64 ViT, 4x4 patches (64 tokens), a linear per-pixel head per task, batch 32, 1,500 steps.
-Measured results: see BENCHMARKS.md ("Multi-task MoE ViTs: Δm").
+Expected result (one seed): segment mIoU 0.945, depth absolute error 0.071, edges mIoU 0.851;
+Δm +7.8 % against the single-task ViTs. Details: BENCHMARKS.md ("Multi-task MoE ViTs").
 """
 
 from mtljax.config import base_config, use_dataset
