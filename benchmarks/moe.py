@@ -17,9 +17,9 @@ FLOPs a single-task pathway saves.
    full model's. With ``--m3vit_run``/``--mod_squad_run`` the trained checkpoints of those runs are used
    (routing specialises with training); otherwise freshly initialised models.
 
-Timing as in ``benchmarks/mtl_step.py``: every function compiled first, then ``--rounds`` rounds, each
-running every function once untimed and ``--per-round`` times timed; medians; ratios are per-round
-medians' ratios, so drifting load from other processes cancels out.
+Timing with ``benchmarks/common.py`` (as the other benchmarks): every function compiled first, then
+``--rounds`` interleaved rounds of ``--per-round`` timed calls; medians; ratios are per-round medians'
+ratios, so drifting load from other processes cancels out.
 
   python benchmarks/moe.py --quick                         # tiny sizes, about a minute
   python benchmarks/moe.py --json benchmarks/results/moe.json \\
@@ -29,34 +29,26 @@ medians' ratios, so drifting load from other processes cancels out.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import environment, measure  # noqa: E402
+
 
 def timed_rounds(fns: dict, rounds: int, per_round: int) -> dict:
-    """``{name: [round medians in s]}`` with every function interleaved in each round."""
-    samples = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, f in fns.items():
-            f()
-            times = []
-            for _ in range(per_round):
-                t = time.perf_counter()
-                f()
-                times.append(time.perf_counter() - t)
-            samples[name].append(statistics.median(times))
-    return samples
+    """``{name: [round medians in s]}``, timed by :func:`common.measure` (interleaved rounds)."""
+    cs = [SimpleNamespace(name=k, run=f) for k, f in fns.items()]
+    measure(cs, rounds=rounds, per_round=per_round, log=lambda *a, **k: None)
+    return {c.name: [statistics.median(ts) for ts in c.samples] for c in cs}
 
 
 def ratio(samples: dict, name: str, ref: str) -> float:
@@ -282,8 +274,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.rounds, args.per_round = 2, 1
-    env = {"date": datetime.date.today().isoformat(), "jax": jax.__version__, "devices": str(jax.devices()),
-           "python": platform.python_version(), "cpu": _cpu(), "command": " ".join(sys.argv)}
+    env = {**environment(), "devices": str(jax.devices()), "command": " ".join(sys.argv)}
     print(json.dumps(env))
     results = {"env": env}
     parts = args.parts.split(",")
@@ -297,15 +288,6 @@ def main() -> None:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
-        return f"{model[0] if model else platform.processor()}, {os.cpu_count()} cores"
-    except OSError:
-        return platform.processor()
 
 
 if __name__ == "__main__":

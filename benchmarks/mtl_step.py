@@ -36,13 +36,9 @@ aliased into the output). Both are static, per compiled program, and exact for t
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -63,6 +59,8 @@ from mtljax.train.state import create_state
 from mtljax.train.step import jit_train_step, make_train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import measure  # noqa: E402
 
 NUM_CLASSES = 5
 LEVELS = ("param", "gramian", "rep")
@@ -79,6 +77,8 @@ class Contender:
     mem: dict = field(default_factory=dict)
     check: Callable[[], str] | None = None  # returns a warning (or "") after timing
     samples: list = field(default_factory=list)  # per round: list of seconds
+    first_s: float = float("nan")  # first (untimed) call
+    excluded: bool = False
 
 
 # ------------------------------------------------------------------------------------------ mtljax
@@ -196,29 +196,6 @@ def torch_contenders(num_tasks: int, *, batch: int, in_dim: int, hidden, names, 
 
 
 # ------------------------------------------------------------------------------------------ timing
-def measure(contenders, *, rounds: int, per_round: int, pause: float, log=print):
-    for c in contenders:
-        c.samples = []
-        c.run()  # first call (allocations, caches)
-    n = len(contenders)
-    for r in range(rounds):
-        t_round = time.perf_counter()
-        order = contenders[r % n:] + contenders[:r % n]
-        if r % 2:
-            order = order[::-1]
-        for c in order:
-            if pause:
-                time.sleep(pause)  # let the other framework's worker threads go idle
-            c.run()  # untimed
-            ts = []
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                c.run()
-                ts.append(time.perf_counter() - t0)
-            c.samples.append(ts)
-        log(f"    round {r + 1}/{rounds}: {time.perf_counter() - t_round:.1f} s")
-
-
 def median_time(c: Contender) -> float:
     return statistics.median(t for ts in c.samples for t in ts)
 
@@ -307,30 +284,12 @@ def torch_table(rows: list[dict]) -> str:
 
 
 def environment() -> dict:
-    env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "python": platform.python_version(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
-           "cores": os.cpu_count()}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                env["cpu"] = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for pkg in ("flax", "optax"):
-        try:
-            env[pkg] = importlib.import_module(pkg).__version__
-        except Exception:  # noqa: BLE001
-            pass
+    env = common.environment(("flax", "optax"))
     try:
         import torchjd_step
 
         env.update(torchjd_step.versions())
     except ImportError:
-        pass
-    try:
-        env["load_avg_at_start"] = os.getloadavg()
-    except OSError:
         pass
     return env
 

@@ -56,11 +56,8 @@ never an mtljax dependency). ``--no-torch`` runs the mtljax side alone.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -84,6 +81,7 @@ from mtljax.train.step import jit_train_step, make_train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from common import environment, measure  # noqa: E402
 
 TINY = dict(width=64, depth=2, num_heads=4, mlp_dim=128)  # --quick
 DEFAULT_CASES = "Ti:16x16x1:p4,S:16x16x1:p4,Ti:32x32x3:p4,S:32x32x3:p4"
@@ -350,36 +348,6 @@ def torch_matmul(dtype: str, n: int, max_s: float, threads: int | None = None) -
 
 
 # ------------------------------------------------------------------------------------------ timing
-def measure(contenders, *, rounds: int, per_round: int, pause: float, max_step_s: float, log=print):
-    for c in contenders:
-        c.samples = []
-        t0 = time.perf_counter()
-        c.run()  # compile-free first call (allocations, caches)
-        c.first_s = time.perf_counter() - t0
-        c.excluded = c.first_s > max_step_s
-        if c.excluded:
-            log(f"    {c.name}: first call {c.first_s:.1f} s > --max-step-s {max_step_s}: not timed in rounds")
-    timed = [c for c in contenders if not c.excluded]
-    n = len(timed)
-    for r in range(rounds):
-        t_round = time.perf_counter()
-        order = timed[r % n:] + timed[:r % n]
-        if r % 2:
-            order = order[::-1]
-        for c in order:
-            if pause:
-                time.sleep(pause)  # let the other framework's worker threads go idle
-            if c.first_s < 1.0:
-                c.run()  # untimed: warm caches after the other contenders ran
-            ts = []
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                c.run()
-                ts.append(time.perf_counter() - t0)
-            c.samples.append(ts)
-        log(f"    round {r + 1}/{rounds}: {time.perf_counter() - t_round:.1f} s", flush=True)
-
-
 def median_time(c: Contender) -> float:
     if c.excluded or not c.samples:
         return c.first_s
@@ -675,32 +643,6 @@ def sweep_table(sweep: dict, dtypes: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- main
-def environment() -> dict:
-    env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "python": platform.python_version(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
-           "cores": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                env["cpu"] = line.split(":", 1)[1].strip()
-            if line.startswith("Flags:"):
-                flags = line.split(":", 1)[1].split()
-                env["cpu_simd"] = [f for f in flags if f.startswith(("avx", "fma", "amx"))]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    for pkg in ("jaxlib", "flax", "optax"):
-        try:
-            env[pkg] = importlib.import_module(pkg).__version__
-        except Exception:  # noqa: BLE001
-            pass
-    try:
-        env["load_avg_at_start"] = os.getloadavg()
-    except OSError:
-        pass
-    return env
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
