@@ -80,10 +80,11 @@ def base_config() -> mlc.ConfigDict:
     c.optim.method_kwargs = mlc.ConfigDict()  # the method's hyperparameters, e.g. {'c': 0.4}
     c.optim.level = "param"  # param | gramian | rep (where per-task gradients are taken)
     c.optim.chunk_size = 0  # tasks per batched pullback; 0 = all at once
-    c.optim.head_grads = "task"  # task | weighted
+    c.optim.head_grads = ""  # task | weighted | "" (the method's own: weighted for loss weightings and Nash-MTL)
     c.optim.sam = "none"  # none | sam (Foret et al.) | flat (task-based flat regions, Phan et al.)
     c.optim.sam_rho = 0.05
     c.optim.sam_adaptive = False  # ASAM-style perturbation for sam='flat'
+    c.optim.sam_balls = "separate"  # sam='flat': rho-balls per shared part and per head (reference) | joint
     c.optim.rep_mtl = False  # add the Rep-MTL saliency regulariser (Wang et al., 2025)
     c.optim.rep_mtl_kwargs = mlc.ConfigDict(dict(lambda_entropy=0.9, lambda_align=0.9, temperature=0.1))
 
@@ -193,15 +194,19 @@ def validate(config, num_devices: int | None = None) -> None:
     if not o.learning_rate > 0:
         raise ConfigError(f"config.optim.learning_rate must be > 0, got {o.learning_rate}")
     from mtljax.optim import METHODS
-    from mtljax.train.step import HEAD_GRADS, LEVELS
+    from mtljax.optim.base import HEADS
+    from mtljax.optim.flat_sam import BALLS
+    from mtljax.optim.task_grads import LEVELS
 
     if o.method not in METHODS:
         raise ConfigError(f"config.optim.method: unknown method {o.method!r}; choose from {sorted(METHODS)}")
     if o.level not in LEVELS:
         raise ConfigError(f"config.optim.level: unknown level {o.level!r}; choose from {list(LEVELS)}")
-    if o.head_grads not in HEAD_GRADS:
-        raise ConfigError(f"config.optim.head_grads: unknown value {o.head_grads!r}; choose from {list(HEAD_GRADS)}")
-    from mtljax.train.step import SAM_MODES
+    if o.head_grads not in ("",) + HEADS:
+        raise ConfigError(f"config.optim.head_grads: unknown value {o.head_grads!r}; choose from {list(HEADS)} or ''")
+    if o.sam_balls not in BALLS:
+        raise ConfigError(f"config.optim.sam_balls: unknown value {o.sam_balls!r}; choose from {list(BALLS)}")
+    SAM_MODES = ("none", "sam", "flat")
 
     if o.sam not in SAM_MODES:
         raise ConfigError(f"config.optim.sam: unknown mode {o.sam!r}; choose from {list(SAM_MODES)}")

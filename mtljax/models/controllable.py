@@ -354,3 +354,11 @@ def _jsonable(x):
     if isinstance(x, np.ndarray):
         return x.tolist()
     raise TypeError(f"not JSON-serialisable: {type(x)}")
+
+
+# ---- training objective ------------------------------------------------------------------------------
+# The sandwich forward gives outputs [K, B, ...] over K configurations: a task's loss is its mean over
+# them, and the CI-KD loss arrives in aux["losses"] (added with weight 1).
+from mtljax.models.objective import objective as _objective, stacked_objective  # noqa: E402
+
+_objective.register(ControllableModel)(stacked_objective)

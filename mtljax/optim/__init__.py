@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import importlib
 
-from mtljax.optim.base import Method, as_optax, combine, gramian_of
+from mtljax.optim.base import Method, MultiTaskState, as_optax
+from mtljax.optim.flat_sam import flat_sam
+from mtljax.optim.jacobian import combine, gramian_of
+from mtljax.optim.sam import sam, sam_adversary
+from mtljax.optim.task_grads import LossFunction, TaskGradients, task_gradients
+from mtljax.optim.wrappers import apply_if_finite, multi_steps
 
 # name -> (module, constructor)
 METHODS: dict[str, tuple[str, str]] = {
@@ -50,4 +55,6 @@ def get_method(name: str, **kwargs) -> Method:
         raise ValueError(f"config.optim.method_kwargs for {name!r}: {e}") from None
 
 
-__all__ = ["METHODS", "Method", "as_optax", "combine", "get_method", "gramian_of"]
+__all__ = ["METHODS", "LossFunction", "Method", "MultiTaskState", "TaskGradients", "apply_if_finite", "as_optax",
+           "combine", "flat_sam", "get_method", "gramian_of", "multi_steps", "sam", "sam_adversary",
+           "task_gradients"]

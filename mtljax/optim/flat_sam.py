@@ -1,67 +1,109 @@
 """Task-based flat-region SAM (Phan, Tran, Hoang, Tran, Nguyen, Le, 2022 — "Improving Multi-task
-Learning via Seeking Task-based Flat Regions", arXiv 2211.13723; code VietHoang1512/FS-MTL).
+Learning via Seeking Task-based Flat Regions", arXiv 2211.13723; code VietHoang1512/FS-MTL), as a
+wrapper around a multi-task transform.
 
 SAM (Foret et al., 2021) minimises ``max_{‖e‖≤ρ} L(θ + e)`` with the first-order ascent step
 ``e = ρ g/‖g‖``. The multi-task version perturbs every task separately:
 
-    g_t      = ∇L_t(θ)                                 (shared parameters and task t's head)
-    e_t      = ρ · g_t / ‖g_t‖                          (adaptive: ρ · θ² ⊙ g_t / ‖|θ| ⊙ g_t‖, ASAM)
+    g_t      = ∇L_t(θ)                                 (shared parameters and task t's own modules)
+    e_t      = ρ · g_t / ‖g_t‖  per ρ-ball              (adaptive: ρ · θ² ⊙ g_t / ‖|θ| ⊙ g_t‖, ASAM)
     g_t^SAM  = ∇L_t(θ + e_t)
     shared   ← Agg({g_t}) + Agg({g_t^SAM − g_t})         ("low-loss" part + "flat" part)
-    head t   ← g_t^SAM
+    task t   ← g_t^SAM                                  (with the method's head weights)
 
-``Agg`` is any mtljax method: Gramian methods compute their weights separately for the two sets of
-vectors (the method state is advanced by the first call only; the second call reuses the incoming
-state with an independent key), Jacobian methods aggregate each set, and loss weightings weight both
-by the same ``w`` (so the shared update is ``Σ_t w_t g_t^SAM``). With ``ρ = 0`` the flat part vanishes
-and the update equals the base method's. The norm ``‖g_t‖`` runs over the shared parameters and task
-t's head together (the head rows of other tasks are zero), as in the reference implementation.
+``Agg`` is the wrapped multi-task transform (any mtljax method): the method state is advanced by the
+first call only; the second call reuses the incoming state with an independent key. Loss weightings
+weight both sets by the same ``w``, so their shared update is ``Σ_t w_t g_t^SAM``. With ``ρ = 0`` the
+flat part vanishes and the update equals the base method's.
 
-Cost: ``T`` extra forward/backward passes (vmapped over tasks), memory ``O(T · #params)``.
+ρ-balls (``balls``): ``"separate"`` (default, as the reference implementation) normalises the shared
+part of ``g_t`` and task t's specific part (its head) each by its own norm, so both move by ρ;
+``"joint"`` normalises them together by ``‖g_t‖`` over shared and specific parameters (mtljax before
+0.2).
+
+Cost: ``T`` extra forward/backward passes (vmapped over tasks), memory ``O(T · #params)``: it needs
+the per-task gradients themselves (level ``param``).
+
+    tx = optax.chain(flat_sam(as_optax(pcgrad(), T), rho=0.05), optax.adamw(1e-3))
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
+import optax
+
+from mtljax.optim.task_grads import TaskGradients
+
+BALLS = ("separate", "joint")
 
 
-def _row_norm(rows) -> jax.Array:
-    """``[T]`` Euclidean norms of stacked rows over all leaves."""
-    leaves = jax.tree.leaves(rows)
-    t = leaves[0].shape[0]
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.reshape(t, -1).astype(jnp.float32)), axis=1) for x in leaves))
+def _row_norm(rows: list) -> jax.Array:
+    """``[T]`` Euclidean norms of stacked rows over all leaves of a list."""
+    if not rows:
+        return None
+    t = rows[0].shape[0]
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.reshape(t, -1).astype(jnp.float32)), axis=1) for x in rows))
 
 
-def perturbations(rows, params, rho: float, adaptive: bool = False, eps: float = 1e-12):
-    """``e_t`` for every task row of ``rows`` (pytree with leading task axis, shaped like ``params``)."""
-    if adaptive:
-        scaled = jax.tree.map(lambda g, p: g * jnp.abs(p)[None], rows, params)
-        norm = _row_norm(scaled)
-        return jax.tree.map(
-            lambda g, p: rho * (jnp.square(p)[None] * g) / (norm.reshape((-1,) + (1,) * (g.ndim - 1)) + eps),
-            rows, params)
-    norm = _row_norm(rows)
-    return jax.tree.map(lambda g: rho * g / (norm.reshape((-1,) + (1,) * (g.ndim - 1)) + eps), rows)
+def _scaled(rows: list, params: list, norm, rho: float, adaptive: bool, eps: float) -> list:
+    out = []
+    for g, p in zip(rows, params):
+        n = norm.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype) + eps
+        out.append(rho * (jnp.square(p)[None] * g if adaptive else g) / n)
+    return out
 
 
-def perturbed_task_gradients(loss_fn: Callable, shared, heads, jac_shared, jac_heads, *, rho: float,
-                             adaptive: bool = False):
-    """``(g^SAM_shared, g^SAM_heads)``, each stacked over tasks: ``∇L_t`` at ``θ + e_t``.
+def perturbations(shared_rows: list, specific_rows: list, shared: list, specific: list, rho: float, *,
+                  adaptive: bool = False, balls: str = "separate", eps: float = 1e-12) -> tuple[list, list]:
+    """``e_t`` for every task row: ``(shared part, specific part)``, each a list of ``[T, ...]`` leaves."""
+    if balls not in BALLS:
+        raise ValueError(f"balls: unknown {balls!r}; choose from {BALLS}")
+    def norm_rows(rows, params):
+        return [g * jnp.abs(p)[None] for g, p in zip(rows, params)] if adaptive else rows
 
-    ``loss_fn(shared, heads) -> [T(+extra)]`` is the loss vector; ``jac_*`` are the per-task gradients
-    at ``θ`` (leading task axis).
+    n_s, n_h = _row_norm(norm_rows(shared_rows, shared)), _row_norm(norm_rows(specific_rows, specific))
+    if balls == "joint" and n_h is not None:
+        joint = jnp.sqrt(jnp.square(n_s) + jnp.square(n_h)) if n_s is not None else n_h
+        n_s = n_h = joint
+    return (_scaled(shared_rows, shared, n_s, rho, adaptive, eps),
+            _scaled(specific_rows, specific, n_h, rho, adaptive, eps))
+
+
+def flat_sam(multitask: optax.GradientTransformationExtraArgs, rho: float, *, adaptive: bool = False,
+             balls: str = "separate") -> optax.GradientTransformationExtraArgs:
+    """Wrap a multi-task transform (:func:`mtljax.optim.as_optax`) in task-based flat-region SAM.
+
+    Its input must be a :class:`TaskGradients` built at level ``param`` by
+    :func:`mtljax.optim.task_gradients` (it needs the rows and the loss function).
     """
-    if rho < 0:
-        raise ValueError(f"flat-region SAM: rho must be >= 0, got {rho}")
-    num = jax.tree.leaves(jac_shared)[0].shape[0]
-    e_s, e_h = perturbations((jac_shared, jac_heads), (shared, heads), rho, adaptive)
+    if not rho >= 0:
+        raise ValueError(f"rho: must be >= 0, got {rho}")
+    if balls not in BALLS:
+        raise ValueError(f"balls: unknown {balls!r}; choose from {BALLS}")
 
-    def one(t, es, eh):
-        moved_s = jax.tree.map(jnp.add, shared, es)
-        moved_h = jax.tree.map(jnp.add, heads, eh)
-        return jax.grad(lambda s, h: loss_fn(s, h)[t], argnums=(0, 1))(moved_s, moved_h)
+    def update(grads: TaskGradients, state, params=None, **extra):
+        if not isinstance(grads, TaskGradients):
+            raise ValueError("flat_sam: needs TaskGradients from mtljax.optim.task_gradients (the per-task loss "
+                             "function), not plain stacked gradients")
+        rows, part = grads.rows(), grads.part
+        shared, specific = part.split(params)
+        e_s, e_h = perturbations(rows.shared, rows.specific, shared, specific, rho, adaptive=adaptive, balls=balls)
+        loss_fn = grads.loss_fn
 
-    return jax.vmap(one)(jnp.arange(num), e_s, e_h)
+        def one(t, es, eh):
+            moved = part.merge([p + e for p, e in zip(shared, es)], [p + e for p, e in zip(specific, eh)])
+            return part.split(jax.grad(lambda p: loss_fn(p)[t])(moved))
+
+        sam_s, sam_h = jax.vmap(one)(jnp.arange(grads.num_tasks), e_s, e_h)
+        out, new_state = multitask.update(grads, state, params, **extra)
+        diff = TaskGradients.from_parts([a - b for a, b in zip(sam_s, rows.shared)],
+                                        [a - b for a, b in zip(sam_h, rows.specific)], grads.losses, part,
+                                        key=None if grads.key is None else jax.random.fold_in(grads.key, 1))
+        flat, _ = multitask.update(diff, state, params, **extra)
+        return jax.tree.map(jnp.add, out, flat), new_state
+
+    return optax.GradientTransformationExtraArgs(multitask.init, update)
+
+
+__all__ = ["BALLS", "flat_sam", "perturbations"]

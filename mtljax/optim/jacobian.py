@@ -24,7 +24,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from mtljax.optim.base import gramian_of
+
+def gramian_of(rows) -> jax.Array:
+    """``G = J Jᵀ`` of stacked per-task gradients (every leaf ``[T, ...]``), in at least float32."""
+    leaves = jax.tree.leaves(rows)
+    t = leaves[0].shape[0]
+    dtype = jnp.promote_types(leaves[0].dtype, jnp.float32)
+    return sum(x.reshape(t, -1).astype(dtype) @ x.reshape(t, -1).astype(dtype).T for x in leaves)
+
+
+def combine(rows, w: jax.Array):
+    """``Jᵀ w = Σ_t w_t rows_t``: the weighted sum of stacked per-task gradients (leading task axis)."""
+    return jax.tree.map(lambda j: jnp.tensordot(w.astype(j.dtype), j, axes=1), rows)
 
 
 def _unit_cotangents(num_tasks: int, dtype=jnp.float32) -> jax.Array:

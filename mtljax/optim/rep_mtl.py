@@ -105,6 +105,7 @@ Gaps in the paper and the choices made here
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -293,5 +294,54 @@ def regularized_objective(dec_loss_fn: Callable, rep: jax.Array, *, weights=None
     return task_term + reg, (losses, metrics)
 
 
-__all__ = ["LAMBDA_ENTROPY", "LAMBDA_ALIGN", "TEMPERATURE", "EPS", "task_saliency", "saliency",
+def with_rep_mtl(objective, **kwargs):
+    """An objective (:class:`mtljax.models.objective.Objective`) with the Rep-MTL regulariser added in
+    training as the auxiliary loss ``aux["losses"]["rep_mtl"]`` (weight 1), its metrics in
+    ``aux["metrics"]``; ``kwargs`` go to :func:`rep_mtl_regularizer`.
+
+    The saliency ``S_t = ∂L_t/∂z`` is taken where the task decoders read the shared representation
+    (``objective.rep_keys``): the pooled representation for classification tasks, the patch tokens for
+    dense ones (``[T, B, N, C]``, the analogue of the paper's feature maps). It stays differentiable,
+    so the regulariser's gradient reaches the encoder and the decoders by double backprop (Eq. 10).
+    Tasks that read different entries (pooled and tokens) have saliencies in different spaces that
+    Eqs. 4–9 cannot compare: that mixture is rejected, as are objectives without a shared
+    representation. The returned objective has no ``encode``/``decode`` (its regulariser lives in
+    ``forward``; gradient methods use the parameter or Gramian level).
+    """
+    if not objective.has_representation:
+        raise ValueError("rep_mtl: needs one representation shared by all tasks; this model gives every task its own")
+    keys = sorted(set(objective.rep_keys))
+    if len(keys) != 1:
+        by = {k: [t.name for t, r in zip(objective.tasks, objective.rep_keys) if r == k] for k in keys}
+        raise ValueError(f"rep_mtl: the tasks read different representations ({by}); Rep-MTL compares saliencies "
+                         "on one representation: use tasks that are all dense or all non-dense")
+    key = keys[0]
+    _check_kwargs(kwargs)
+
+    def forward(params, batch, *, train, rng=None, step=None):
+        if not train:
+            return objective.forward(params, batch, train=False, rng=rng, step=step)
+        rep, aux = objective.encode(params, batch, rng=rng)
+        losses, S, outputs = task_saliency(lambda z: objective.decode(params, {**rep, key: z}, batch), rep[key],
+                                           has_aux=True)
+        reg, metrics = rep_mtl_regularizer(S, **kwargs)
+        return losses, outputs, {"losses": {**aux["losses"], "rep_mtl": reg}, "metrics": {**aux["metrics"], **metrics}}
+
+    return dataclasses.replace(objective, forward=forward, encode=None, decode=None, rep_keys=())
+
+
+def _check_kwargs(kwargs) -> None:
+    allowed = {"lambda_entropy", "lambda_align", "temperature", "eps", "positive_in_denominator"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"rep_mtl: unknown argument(s) {unknown}; choose from {sorted(allowed)}")
+    for name in ("lambda_entropy", "lambda_align"):
+        if name in kwargs:
+            _check_nonneg(name, kwargs[name])
+    for name in ("temperature", "eps"):
+        if name in kwargs:
+            _check_pos(name, kwargs[name])
+
+
+__all__ = ["with_rep_mtl", "LAMBDA_ENTROPY", "LAMBDA_ALIGN", "TEMPERATURE", "EPS", "task_saliency", "saliency",
            "entropy_penalty", "alignment_loss", "rep_mtl_regularizer", "regularized_objective"]

@@ -25,9 +25,11 @@ from mtljax.config import ConfigError, validate
 from mtljax.data import base as data_base
 from mtljax.data import build_dataset
 from mtljax.models import build_model
-from mtljax.models.hps import split_params
+from mtljax.models.objective import objective as model_objective
 from mtljax.optim import get_method
 from mtljax.optim.jacobian import sharded_gramian
+from mtljax.optim.rep_mtl import with_rep_mtl
+from mtljax.optim.task_grads import Partition
 from mtljax.parallel import distributed
 from mtljax.parallel.mesh import make_mesh
 from mtljax.parallel.rules import batch_sharding, rules_from_config
@@ -70,18 +72,30 @@ class Experiment:
         except ValueError as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError(msg if "config." in msg else f"config.model: {msg}") from None
-        self.tx = build_optimizer(config.optim, config.train.steps)
         try:
             self.method = get_method(config.optim.method, **dict(config.optim.method_kwargs))
         except ValueError as e:
             raise ConfigError(str(e).splitlines()[0]) from None
-        if self.method.needs == "jacobian" and config.optim.level != "param":
-            raise ConfigError(f"config.optim.level={config.optim.level!r}: method {self.method.name!r} needs "
+        o = config.optim
+        # where per-task gradients are taken; loss weightings never form them
+        self.level = "param" if self.method.needs == "losses" else o.level
+        if self.method.needs == "jacobian" and self.level != "param":
+            raise ConfigError(f"config.optim.level={o.level!r}: method {self.method.name!r} needs "
                               "the per-task gradients themselves; use level 'param'")
-        if config.optim.rep_mtl and config.optim.level == "rep" and self.method.needs != "losses":
+        if o.rep_mtl and self.level == "rep":
             raise ConfigError("config.optim.rep_mtl cannot be combined with config.optim.level='rep'; "
                               "use 'param' or 'gramian'")
-        self.mtl_init = lambda: self.method.init(len(self.tasks))
+        self.objective = model_objective(self.model, self.tasks)
+        if self.level == "rep" and not self.objective.has_representation:
+            raise ConfigError(f"config.optim.level='rep' needs one shared representation, but "
+                              f"config.model.name={config.model.name!r} gives every task its own; use 'param' or 'gramian'")
+        if o.rep_mtl:
+            try:
+                self.objective = with_rep_mtl(self.objective, **dict(o.rep_mtl_kwargs))
+            except ValueError as e:
+                raise ConfigError(f"config.optim.{e}") from None
+        self.task_weights = [float(o.task_weights.get(t.name, 1.0)) for t in self.tasks]
+        self.tx = build_optimizer(o, self.method, len(self.tasks), config.train.steps)
         self.mesh = make_mesh(dict(config.mesh.shape))
         self.rules = rules_from_config(config.mesh.rules)
         self.batch_sharding = batch_sharding(self.mesh, self.rules)
@@ -89,19 +103,14 @@ class Experiment:
 
 def _make_step(exp: Experiment, state_shardings):
     """The train step for ``config.optim`` (method, level, chunking) on this experiment's mesh."""
-    o = exp.config.optim
-    _, aux = jax.eval_shape(lambda x: exp.model.init_with_output(jax.random.PRNGKey(0), x)[0],
-                            jnp.zeros((1, *exp.dataset.input_shape)))
     gramian_fn = None
-    if exp.mesh.size > 1:
-        shared, _ = split_params(state_shardings.params)
-        specs = jax.tree.map(lambda s: s.spec, shared)
-        gramian_fn = lambda js: sharded_gramian(js, exp.mesh, specs)  # noqa: E731
-    return st.make_train_step(
-        exp.model, exp.tasks, exp.tx, dict(o.task_weights), method=exp.method, level=o.level,
-        chunk_size=o.chunk_size or None, head_grads=o.head_grads, has_aux_losses=bool(aux["losses"]),
-        gramian_fn=gramian_fn, sam=o.sam, sam_rho=o.sam_rho, sam_adaptive=o.sam_adaptive,
-        rep_mtl=dict(o.rep_mtl_kwargs) if o.rep_mtl else None)
+    if exp.mesh.size > 1:  # the Gramian of sharded per-task gradients with one all-reduce
+        specs = jax.tree.map(lambda s: s.spec, state_shardings.params)
+        shared_specs, _ = Partition(specs, st.heads_mask(specs)).split(specs)
+        gramian_fn = lambda rows: sharded_gramian(rows, exp.mesh, shared_specs)  # noqa: E731
+    weights = exp.task_weights if any(w != 1.0 for w in exp.task_weights) else None
+    return st.make_train_step(exp.objective, exp.tx, level=exp.level, task_weights=weights,
+                              chunk_size=exp.config.optim.chunk_size or None, gramian_fn=gramian_fn)
 
 
 def _check_model_fits(config, dataset):
@@ -177,7 +186,7 @@ def train(config, *, log: Callable[[str], None] = print) -> dict:
     with jax.set_mesh(exp.mesh):
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.keep_checkpoints)
         state, state_shardings, abstract = create_state(
-            exp.model, exp.tx, exp.dataset.input_shape, config.seed, exp.mesh, exp.rules, exp.mtl_init)
+            exp.model, exp.tx, exp.dataset.input_shape, config.seed, exp.mesh, exp.rules)
         train_ds = data_base.train_dataset(
             exp.dataset.splits["train"], exp.tasks, config.data.batch_size, config.seed,
             indices=exp.dataset.info.get("train_indices"),
@@ -194,7 +203,7 @@ def train(config, *, log: Callable[[str], None] = print) -> dict:
             _prune_metrics(writer.path, start)
         train_step = st.jit_train_step(_make_step(exp, state_shardings), exp.mesh, state_shardings,
                                        exp.batch_sharding)
-        eval_step = st.jit_eval_step(st.make_eval_step(exp.model, exp.tasks), exp.mesh,
+        eval_step = st.jit_eval_step(st.make_eval_step(exp.objective), exp.mesh,
                                      state_shardings.params, exp.batch_sharding)
         results = _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log)
         ckpt.wait()
@@ -296,8 +305,7 @@ def restore_params(exp: Experiment):
         raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints")
     from mtljax.train.state import abstract_state
 
-    abstract, shardings = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules,
-                                         exp.mtl_init)
+    abstract, shardings = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules)
     state, _ = ckpt.restore(step, abstract)
     ckpt.close()
     return step, state.params, shardings.params
@@ -308,7 +316,7 @@ def evaluate_workdir(config, *, log: Callable[[str], None] = print) -> dict:
     exp = Experiment(config)
     with jax.set_mesh(exp.mesh):
         step, params, param_shardings = restore_params(exp)
-        eval_step = st.jit_eval_step(st.make_eval_step(exp.model, exp.tasks), exp.mesh,
+        eval_step = st.jit_eval_step(st.make_eval_step(exp.objective), exp.mesh,
                                      param_shardings, exp.batch_sharding)
         results = evaluate(exp, eval_step, params)
     baselines = bl._load(config.baselines.file) if config.baselines.file else None

@@ -1,13 +1,19 @@
-"""The parameter optimizer from ``config.optim``: gradient clipping, then Adam(W)/SGD on a schedule.
+"""The optax chain of a run, from ``config.optim``: the multi-task transform first, then gradient
+clipping and Adam(W)/SGD on a schedule; SAM or flat-region SAM around it when asked.
 
-With ``config.optim.sam='sam'`` the whole optimizer is wrapped in ``optax.contrib.sam`` (opaque mode:
-the train step passes it the multi-task gradient function). Multi-task methods act before it, in the
-train step.
+    optax.chain(as_optax(method, T), clip_by_global_norm(c), adamw(schedule))
+    flat_sam(as_optax(method, T), rho) followed by the same clipping and optimizer   (sam='flat')
+    sam(<the chain>, adversary=chain(as_optax(method, T), normalize(), sgd(rho)))     (sam='sam')
 """
 
 from __future__ import annotations
 
 import optax
+
+from mtljax.optim import as_optax
+from mtljax.optim.base import Method
+from mtljax.optim.flat_sam import flat_sam
+from mtljax.optim.sam import sam, sam_adversary
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -29,7 +35,8 @@ def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
     raise ValueError(f"config.optim.schedule: unknown schedule {cfg.schedule!r}; choose from {SCHEDULES}")
 
 
-def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def parameter_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+    """Clipping (``grad_clip`` > 0) and the optimizer: what follows the multi-task transform."""
     lr = learning_rate_schedule(cfg, total_steps)
     if cfg.name == "adamw":
         opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
@@ -39,10 +46,18 @@ def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
         opt = optax.sgd(lr, momentum=cfg.b1)
     else:
         raise ValueError(f"config.optim.name: unknown optimizer {cfg.name!r}; choose from {OPTIMIZERS}")
-    if cfg.grad_clip:
-        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
-    if cfg.get("sam", "none") == "sam":
-        # Foret et al. (2021): one normalised ascent step of size rho, then the real step at θ + e.
-        adversary = optax.chain(optax.contrib.normalize(), optax.sgd(cfg.sam_rho))
-        opt = optax.contrib.sam(opt, adversary, sync_period=2, opaque_mode=True)
-    return opt
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt) if cfg.grad_clip else opt
+
+
+def build_optimizer(cfg, method: Method, num_tasks: int, total_steps: int) -> optax.GradientTransformationExtraArgs:
+    """The whole chain of ``config.optim`` for ``method`` over ``num_tasks`` tasks."""
+    mt = as_optax(method, num_tasks, heads=cfg.get("head_grads", "") or "")
+    rest = parameter_optimizer(cfg, total_steps)
+    mode = cfg.get("sam", "none")
+    if mode == "flat":
+        return optax.chain(flat_sam(mt, cfg.sam_rho, adaptive=cfg.sam_adaptive, balls=cfg.get("sam_balls", "separate")),
+                           rest)
+    tx = optax.chain(mt, rest)
+    if mode == "sam":
+        return sam(tx, sam_adversary(mt, cfg.sam_rho))
+    return tx

@@ -1,9 +1,9 @@
 """The train state: everything a checkpoint needs to continue a run bit-for-bit.
 
-``step``, ``params``, ``opt_state``, ``rng`` (a raw ``uint32[2]`` key; per-step randomness is
-``fold_in(rng, step)``, so it never has to be split and stored) and ``mtl_state`` (the state of the
-multi-task method: learned loss weights, loss history, EMA targets...). The data-iterator state travels beside
-it in the checkpoint (see ``mtljax.train.checkpoint``).
+``step``, ``params``, ``opt_state`` (the whole optax chain's state, the multi-task method's included:
+learned loss weights, loss history, EMA targets...) and ``rng`` (a raw ``uint32[2]`` key; per-step
+randomness is ``fold_in(rng, step)``, so it never has to be split and stored). The data-iterator
+state travels beside it in the checkpoint (see ``mtljax.train.checkpoint``).
 """
 
 from __future__ import annotations
@@ -25,40 +25,35 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
-    mtl_state: Any = ()
 
 
 def dummy_inputs(input_shape, batch: int = 1):
     return jnp.zeros((batch, *input_shape), jnp.float32)
 
 
-def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape, mtl_init=None):
-    """``init(seed_key) -> TrainState`` with logically-partitioned (boxed) leaves.
-
-    ``mtl_init()`` gives the multi-task method's initial state (none by default).
-    """
+def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape):
+    """``init(seed_key) -> TrainState`` with logically-partitioned (boxed) leaves."""
 
     def init(key):
         k_params, k_dropout, k_state = jax.random.split(key, 3)
         variables = model.init({"params": k_params, "dropout": k_dropout}, dummy_inputs(input_shape), train=False)
         params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=k_state,
-                          mtl_state=mtl_init() if mtl_init is not None else ())
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=k_state)
 
     return init
 
 
-def create_state(model, tx, input_shape, seed: int, mesh, rules, mtl_init=None):
+def create_state(model, tx, input_shape, seed: int, mesh, rules):
     """Initialise a sharded train state directly on the mesh; returns (state, shardings, abstract)."""
-    abstract, shardings = abstract_state(model, tx, input_shape, mesh, rules, mtl_init)
-    init = make_init_fn(model, tx, input_shape, mtl_init)
+    abstract, shardings = abstract_state(model, tx, input_shape, mesh, rules)
+    init = make_init_fn(model, tx, input_shape)
     state = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(jax.random.PRNGKey(seed))
     return state, shardings, abstract
 
 
-def abstract_state(model, tx, input_shape, mesh, rules, mtl_init=None):
+def abstract_state(model, tx, input_shape, mesh, rules):
     """Shapes, dtypes and shardings of the train state without allocating it."""
-    init = make_init_fn(model, tx, input_shape, mtl_init)
+    init = make_init_fn(model, tx, input_shape)
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = tree_shardings(boxed, mesh, rules)
     return jax.tree.map(

@@ -1,0 +1,71 @@
+"""The redesigned train step gives the same parameters after 5 steps as the step before the redesign
+(goldens recorded at commit fd90ec3 by tests/golden/record.py, see tests/golden/cases.py).
+
+Where issue 10 changed the math on purpose, the case sets the option that restores the old rule:
+flat-region SAM's joint ρ-ball (``sam_balls='joint'``; the default is now one ball for the shared
+parameters and one per head, as the reference code) and Nash-MTL's unweighted head gradients
+(``head_grads='task'``; the default now gives heads α_t ∇L_t, as the official code).
+"""
+
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "golden"))
+from cases import CASES, STEPS, _set, build_config  # noqa: E402
+
+from mtljax.data import base as data_base  # noqa: E402
+from mtljax.train import loop  # noqa: E402
+from mtljax.train import step as st  # noqa: E402
+from mtljax.train.state import create_state  # noqa: E402
+
+OLD_RULES = {"flat_pcgrad": {"optim.sam_balls": "joint"}, "nash_mtl": {"optim.head_grads": "task"}}
+GOLDEN = pathlib.Path(__file__).parents[1] / "golden" / "steps5.npz"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return np.load(GOLDEN)
+
+
+def _flat(tree):
+    return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _run(config):
+    exp = loop.Experiment(config)
+    with jax.set_mesh(exp.mesh):
+        state, shardings, _ = create_state(exp.model, exp.tx, exp.dataset.input_shape, config.seed, exp.mesh,
+                                           exp.rules)
+        init = jax.device_get(state.params)
+        step = st.jit_train_step(loop._make_step(exp, shardings), exp.mesh, shardings, exp.batch_sharding)
+        ds = data_base.train_dataset(exp.dataset.splits["train"], exp.tasks, config.data.batch_size, config.seed,
+                                     indices=exp.dataset.info.get("train_indices"))
+        it = data_base.train_iterator(ds, prefetch=0)
+        losses = []
+        for _ in range(STEPS):
+            state, metrics = step(state, loop._to_global(next(it), exp.batch_sharding))
+            losses.append(np.asarray(metrics["task_losses"]))
+        return _flat(init), _flat(jax.device_get(state.params)), np.stack(losses)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_same_parameters_after_five_steps(golden, name):
+    config = build_config(name)
+    for key, value in OLD_RULES.get(name, {}).items():
+        _set(config, key, value)
+    init, final, losses = _run(config)
+    prefix = f"{name}/final/"
+    want = {k[len(prefix):]: golden[k] for k in golden.files if k.startswith(prefix)}
+    assert sorted(final) == sorted(want), "parameter tree changed"
+    for path, value in init.items():  # same initialisation (sum, sum of squares per leaf)
+        fp = golden[f"{name}/init/{path}"]
+        np.testing.assert_allclose([value.sum(dtype=np.float64), np.square(value, dtype=np.float64).sum()], fp,
+                                   rtol=1e-6, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(losses, golden[f"{name}/losses"], rtol=1e-5, atol=1e-6)
+    for path, value in final.items():
+        np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
