@@ -7,13 +7,61 @@ compiling anything and raises :class:`ConfigError` with one line naming the offe
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import ml_collections as mlc
 
 
 class ConfigError(ValueError):
-    """A configuration mistake, reported as one line naming the config key."""
+    """A configuration mistake, reported as one line naming the config key.
+
+    Builders check their own arguments and raise ``ConfigError(message, key="num_experts")`` with the
+    key relative to the config section they were given; :func:`section` prefixes the key on the way
+    up, so the user reads ``config.model.moe.num_experts: <message>``. Without a key the message is
+    shown as it is.
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.message, self.key = message, key
+
+    def __str__(self) -> str:
+        return f"config.{self.key}: {self.message}" if self.key else self.message
+
+    def within(self, prefix: str) -> "ConfigError":
+        """The same error, its key read inside the config section ``prefix``."""
+        if self.key is None:
+            return self
+        return ConfigError(self.message, f"{prefix}.{self.key}" if self.key else prefix)
+
+
+@contextlib.contextmanager
+def section(prefix: str):
+    """Errors raised inside name their key within config section ``prefix`` (e.g. ``"model.moe"``)."""
+    try:
+        yield
+    except ConfigError as e:
+        raise e.within(prefix) from None
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise ``ConfigError(message, key)`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(message, key)
+
+
+def positive_int(value, key: str) -> int:
+    """``value`` if it is an integer > 0 (not a bool), else a ConfigError naming ``key``."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
+            f"must be a positive integer, got {value!r}")
+    return value
+
+
+def one_of(value, choices, key: str, what: str = "value"):
+    """``value`` if it is one of ``choices``, else a ConfigError listing them."""
+    require(value in choices, key, f"unknown {what} {value!r}; choose from {list(choices)}")
+    return value
 
 
 def base_config() -> mlc.ConfigDict:
@@ -130,19 +178,11 @@ def _positive(config, key: str):
         raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
 
 
-def validate(config, num_devices: int | None = None) -> None:
-    """Check a config before anything is built or compiled. Raises ConfigError (one line)."""
-    from mtljax.data import DATASETS
+def validate_model(config, dataset) -> None:
+    """Check ``config.model`` against the dataset (moving next to the model builders)."""
     from mtljax.models import BACKBONES, DTYPES, MODELS, MOE_MODELS
     from mtljax.models.vit import VARIANTS
-    from mtljax.parallel.mesh import resolve_shape
-    from mtljax.train.optimizer import OPTIMIZERS, SCHEDULES
 
-    for key in ("data.batch_size", "data.eval_batch_size", "train.steps", "train.log_every",
-                "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints"):
-        _positive(config, key)
-    if config.data.name not in DATASETS:
-        raise ConfigError(f"config.data.name: unknown dataset {config.data.name!r}; choose from {sorted(DATASETS)}")
     m = config.model
     if m.name not in MODELS:
         raise ConfigError(f"config.model.name: unknown model {m.name!r}; choose from {list(MODELS)}")
@@ -186,72 +226,22 @@ def validate(config, num_devices: int | None = None) -> None:
     if m.backbone == "mlp":
         if not m.mlp.hidden or any((not isinstance(h, int)) or h <= 0 for h in m.mlp.hidden):
             raise ConfigError(f"config.model.mlp.hidden must be positive integers, got {tuple(m.mlp.hidden)}")
-    o = config.optim
-    if o.name not in OPTIMIZERS:
-        raise ConfigError(f"config.optim.name: unknown optimizer {o.name!r}; choose from {sorted(OPTIMIZERS)}")
-    if o.schedule not in SCHEDULES:
-        raise ConfigError(f"config.optim.schedule: unknown schedule {o.schedule!r}; choose from {sorted(SCHEDULES)}")
-    if not o.learning_rate > 0:
-        raise ConfigError(f"config.optim.learning_rate must be > 0, got {o.learning_rate}")
-    from mtljax.optim import METHODS
-    from mtljax.optim.base import HEADS
-    from mtljax.optim.flat_sam import BALLS
-    from mtljax.optim.task_grads import LEVELS
+    if m.backbone in ("vit", "moe_vit"):
+        if len(dataset.input_shape) != 3:
+            raise ConfigError(f"config.model.backbone='vit' needs image inputs, dataset {dataset.name!r} gives shape "
+                              f"{dataset.input_shape}")
+        h, w, _ = dataset.input_shape
+        if h % m.vit.patch_size or w % m.vit.patch_size:
+            raise ConfigError(f"config.model.vit.patch_size={m.vit.patch_size} does not divide the {h}x{w} images")
+    elif any(t.is_dense for t in dataset.tasks):
+        raise ConfigError("config.model.backbone='mlp' cannot serve dense (per-pixel) tasks; use 'vit'")
 
-    if o.method not in METHODS:
-        raise ConfigError(f"config.optim.method: unknown method {o.method!r}; choose from {sorted(METHODS)}")
-    if o.level not in LEVELS:
-        raise ConfigError(f"config.optim.level: unknown level {o.level!r}; choose from {list(LEVELS)}")
-    if o.head_grads not in ("",) + HEADS:
-        raise ConfigError(f"config.optim.head_grads: unknown value {o.head_grads!r}; choose from {list(HEADS)} or ''")
-    if o.sam_balls not in BALLS:
-        raise ConfigError(f"config.optim.sam_balls: unknown value {o.sam_balls!r}; choose from {list(BALLS)}")
-    SAM_MODES = ("none", "sam", "flat")
 
-    if o.sam not in SAM_MODES:
-        raise ConfigError(f"config.optim.sam: unknown mode {o.sam!r}; choose from {list(SAM_MODES)}")
-    if o.sam != "none" and not o.sam_rho > 0:
-        raise ConfigError(f"config.optim.sam_rho must be > 0 when config.optim.sam={o.sam!r}, got {o.sam_rho}")
-    if o.sam == "flat" and o.level != "param":
-        raise ConfigError(f"config.optim.level={o.level!r}: config.optim.sam='flat' needs level 'param'")
-    for key, value in o.rep_mtl_kwargs.items():
-        if key in ("lambda_entropy", "lambda_align") and not value >= 0:
-            raise ConfigError(f"config.optim.rep_mtl_kwargs.{key} must be >= 0, got {value}")
-        if key == "temperature" and not value > 0:
-            raise ConfigError(f"config.optim.rep_mtl_kwargs.temperature must be > 0, got {value}")
-    if m.name in ("m3vit", "mod_squad", "task_expert") and (o.level == "rep" or o.rep_mtl):
-        key = "config.optim.level='rep'" if o.level == "rep" else "config.optim.rep_mtl"
-        raise ConfigError(f"{key} needs one shared representation, but config.model.name={m.name!r} gives every "
-                          "task its own; use level 'param' or 'gramian'")
-    if not isinstance(o.chunk_size, int) or o.chunk_size < 0:
-        raise ConfigError(f"config.optim.chunk_size must be an integer >= 0, got {o.chunk_size!r}")
-    for name, w in o.task_weights.items():
-        if not w >= 0:
-            raise ConfigError(f"config.optim.task_weights.{name} must be >= 0, got {w}")
+def validate_model_mesh(config, sizes: dict, shards: int) -> None:
+    from mtljax.models import MOE_MODELS
 
-    import jax
-
-    from mtljax.parallel.rules import rules_from_config
-
-    n = jax.device_count() if num_devices is None else num_devices
-    try:
-        sizes = resolve_shape(dict(config.mesh.shape), n)
-        rules = rules_from_config(config.mesh.rules)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    shards = 1
-    batch_axes = dict(rules).get("act_batch")
-    for a in (batch_axes,) if isinstance(batch_axes, str) else (batch_axes or ()):
-        shards *= sizes.get(a, 1)
-    for key in ("batch_size", "eval_batch_size"):
-        if config.data[key] % shards:
-            raise ConfigError(
-                f"config.data.{key}={config.data[key]} is not divisible by the {shards} batch shards "
-                f"of config.mesh.shape={sizes}"
-            )
-    if m.name in MOE_MODELS or m.backbone == "moe_vit":
+    if config.model.name in MOE_MODELS or config.model.backbone == "moe_vit":
         _validate_moe_mesh(config, sizes, shards)
-    check_workdir(config.workdir)
 
 
 def _validate_moe(config) -> None:
@@ -305,19 +295,3 @@ def _validate_moe_mesh(config, sizes: dict, shards: int) -> None:
         if (config.data[key] // shards) % e.group_size:
             raise ConfigError(f"config.model.moe.group_size={e.group_size} does not divide the per-device batch "
                               f"of config.data.{key}={config.data[key]} over {shards} shards")
-
-
-def check_workdir(workdir: str) -> None:
-    if not workdir:
-        raise ConfigError("config.workdir is empty")
-    if "://" in workdir:  # remote storage (gs://...): checked by orbax when it writes
-        return
-    path = os.path.abspath(workdir)
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"config.workdir={workdir!r} is not writable ({probe} is not a writable directory)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from mtljax.config import ConfigError
 from mtljax.optim.base import Method, MultiTaskState, as_optax
 from mtljax.optim.flat_sam import flat_sam
 from mtljax.optim.jacobian import combine, gramian_of
@@ -44,17 +45,33 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 
 
-def get_method(name: str, **kwargs) -> Method:
-    """Build the method called ``name`` with its keyword arguments."""
-    if name not in METHODS:
-        raise ValueError(f"config.optim.method: unknown method {name!r}; choose from {sorted(METHODS)}")
+def _constructor(name: str):
     module, ctor = METHODS[name]
+    return getattr(importlib.import_module(module), ctor)
+
+
+# every method's constructor, by its own name (ConFIG's is ``conflict_free``)
+equal, uncertainty_weighting, dwa, random_loss_weighting, geometric_loss, famo, db_mtl, smooth_tchebycheff, \
+    gradnorm = (_constructor(n) for n in ("equal", "uw", "dwa", "rlw", "gls", "famo", "db_mtl", "stch", "gradnorm"))
+mgda, pcgrad, gradvac, cagrad, imtl_g, nash_mtl, aligned_mtl, upgrad, dualproj, conflict_free, fairgrad, graddrop = (
+    _constructor(n) for n in ("mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad",
+                              "dualproj", "config", "fairgrad", "graddrop"))
+
+
+def get_method(name: str, **kwargs) -> Method:
+    """Build the method called ``name`` with its keyword arguments (its hyperparameters, whose
+    defaults are the constructor's). Raises :class:`~mtljax.config.ConfigError` keyed ``method`` or
+    ``method_kwargs`` (relative to ``config.optim``)."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose from {sorted(METHODS)}", "method")
     try:
-        return getattr(importlib.import_module(module), ctor)(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"config.optim.method_kwargs for {name!r}: {e}") from None
+        return _constructor(name)(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: {str(e).removeprefix(name + ': ')}", "method_kwargs") from None
 
 
-__all__ = ["METHODS", "LossFunction", "Method", "MultiTaskState", "TaskGradients", "apply_if_finite", "as_optax",
+__all__ = ["METHODS", "aligned_mtl", "cagrad", "conflict_free", "db_mtl", "dualproj", "dwa", "equal", "famo",
+           "fairgrad", "geometric_loss", "graddrop", "gradnorm", "gradvac", "imtl_g", "mgda", "nash_mtl", "pcgrad",
+           "random_loss_weighting", "smooth_tchebycheff", "uncertainty_weighting", "upgrad", "LossFunction", "Method", "MultiTaskState", "TaskGradients", "apply_if_finite", "as_optax",
            "combine", "flat_sam", "get_method", "gramian_of", "multi_steps", "sam", "sam_adversary",
            "task_gradients"]

@@ -13,32 +13,33 @@ from typing import Mapping
 import jax
 from jax.sharding import AxisType
 
+from mtljax.config import ConfigError
+
 
 def resolve_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
-    """Fill the ``-1`` entry and check that the sizes multiply to ``num_devices``."""
+    """Fill the ``-1`` entry and check that the sizes multiply to ``num_devices``.
+
+    Raises :class:`~mtljax.config.ConfigError` keyed ``shape`` (relative to ``config.mesh``).
+    """
     sizes = dict(shape)
     if not sizes:
-        raise ValueError("config.mesh.shape is empty; give e.g. {'data': -1}")
+        raise ConfigError("is empty; give e.g. {'data': -1}", "shape")
     free = [k for k, v in sizes.items() if v == -1]
     if len(free) > 1:
-        raise ValueError(f"config.mesh.shape: only one axis may be -1, got {free}")
+        raise ConfigError(f"only one axis may be -1, got {free}", "shape")
     bad = {k: v for k, v in sizes.items() if v != -1 and (not isinstance(v, int) or v < 1)}
     if bad:
-        raise ValueError(f"config.mesh.shape: axis sizes must be positive integers or -1, got {bad}")
+        raise ConfigError(f"axis sizes must be positive integers or -1, got {bad}", "shape")
     fixed = 1
     for k, v in sizes.items():
         if v != -1:
             fixed *= v
     if free:
         if num_devices % fixed:
-            raise ValueError(
-                f"config.mesh.shape={dict(shape)}: {num_devices} devices are not divisible by {fixed}"
-            )
+            raise ConfigError(f"{dict(shape)}: {num_devices} devices are not divisible by {fixed}", "shape")
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
-        raise ValueError(
-            f"config.mesh.shape={dict(shape)} needs {fixed} devices but {num_devices} are available"
-        )
+        raise ConfigError(f"{dict(shape)} needs {fixed} devices but {num_devices} are available", "shape")
     return sizes
 
 

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mtljax.config import ConfigError
+
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("act_batch", ("data", "expert")),
     ("act_len", None),
@@ -42,7 +44,7 @@ def rules_from_config(rules: Sequence | None) -> tuple:
     out = []
     for item in rules:
         if len(item) != 2:
-            raise ValueError(f"config.mesh.rules: each rule is [logical_name, mesh_axis], got {item!r}")
+            raise ConfigError(f"each rule is [logical_name, mesh_axis], got {item!r}", "rules")
         name, axis = item
         out.append((name, tuple(axis) if isinstance(axis, (list, tuple)) else axis))
     return tuple(out)

@@ -17,10 +17,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "golden"))
 from cases import CASES, STEPS, _set, build_config  # noqa: E402
 
-from mtljax.data import base as data_base  # noqa: E402
-from mtljax.train import loop  # noqa: E402
-from mtljax.train import step as st  # noqa: E402
-from mtljax.train.state import create_state  # noqa: E402
+from mtljax.trainer.experiment import Experiment  # noqa: E402
 
 OLD_RULES = {"flat_pcgrad": {"optim.sam_balls": "joint"}, "nash_mtl": {"optim.head_grads": "task"}}
 GOLDEN = pathlib.Path(__file__).parents[1] / "golden" / "steps5.npz"
@@ -37,18 +34,14 @@ def _flat(tree):
 
 
 def _run(config):
-    exp = loop.Experiment(config)
+    exp = Experiment(config)
     with jax.set_mesh(exp.mesh):
-        state, shardings, _ = create_state(exp.model, exp.tx, exp.dataset.input_shape, config.seed, exp.mesh,
-                                           exp.rules)
+        state, shardings = exp.init_state()
         init = jax.device_get(state.params)
-        step = st.jit_train_step(loop._make_step(exp, shardings), exp.mesh, shardings, exp.batch_sharding)
-        ds = data_base.train_dataset(exp.dataset.splits["train"], exp.tasks, config.data.batch_size, config.seed,
-                                     indices=exp.dataset.info.get("train_indices"))
-        it = data_base.train_iterator(ds, prefetch=0)
+        step, batches = exp.jit_train_step(shardings), exp.train_batches()
         losses = []
         for _ in range(STEPS):
-            state, metrics = step(state, loop._to_global(next(it), exp.batch_sharding))
+            state, metrics = step(state, next(batches))
             losses.append(np.asarray(metrics["task_losses"]))
         return _flat(init), _flat(jax.device_get(state.params)), np.stack(losses)
 

@@ -14,7 +14,7 @@ import os
 from mtljax.config import ConfigError
 
 
-def _load(path: str) -> dict:
+def load(path: str) -> dict:
     try:
         with open(path) as f:
             data = json.load(f)
@@ -23,15 +23,19 @@ def _load(path: str) -> dict:
     return data.get("metrics", data)
 
 
-def resolve(config, *, log, train_fn) -> dict | None:
-    """The baseline metrics ``{task: {metric: value}}``, training them first if asked to."""
+def resolve(config, *, log, tasks=None) -> dict | None:
+    """The baseline metrics ``{task: {metric: value}}``, training them first if asked to.
+
+    ``tasks``: the run's task names (default: ``config.data.tasks`` or all of the dataset's).
+    """
     if config.baselines.file:
-        return _load(config.baselines.file)
+        return load(config.baselines.file)
     if not config.baselines.train:
         return None
     from mtljax.data import build_dataset
+    from mtljax.trainer.loop import fit
 
-    names = list(config.data.tasks) or [t.name for t in build_dataset(config.data).tasks]
+    names = list(tasks or config.data.tasks) or [t.name for t in build_dataset(config.data).tasks]
     if len(names) < 2:
         return None
     out = {}
@@ -42,12 +46,12 @@ def resolve(config, *, log, train_fn) -> dict | None:
         sub.optim.task_weights = {}
         sub.workdir = os.path.join(config.workdir, "baselines", name)
         final = os.path.join(sub.workdir, "final_metrics.json")
-        if os.path.exists(final) and _load(final) and json.load(open(final)).get("steps") == sub.train.steps:
+        if os.path.exists(final) and load(final) and json.load(open(final)).get("steps") == sub.train.steps:
             log(f"baseline {name}: reusing {final}")
         else:
             log(f"baseline {name}: training a single-task model in {sub.workdir}")
-            train_fn(sub, log=log)
-        out[name] = _load(final)[name]
+            fit(sub, log=log)
+        out[name] = load(final)[name]
     path = os.path.join(config.workdir, "baselines.json")
     os.makedirs(config.workdir, exist_ok=True)
     with open(path, "w") as f:

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mtljax.models.objective import Objective
 from mtljax.optim.task_grads import task_gradients
-from mtljax.train.state import TrainState
+from mtljax.trainer.state import TrainState
 
 
 def batch_stats(tasks, outputs, batch):

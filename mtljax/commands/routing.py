@@ -94,7 +94,8 @@ def routing_report(config, outdir: str | None = None, *, max_examples: int = 512
                    log: Callable[[str], None] = print) -> dict:
     """Heatmaps and ``routing.json`` of the newest checkpoint of ``config.workdir``."""
     from mtljax.models import MOE_MODELS
-    from mtljax.train.loop import Experiment, restore_params
+    from mtljax.trainer.experiment import Experiment
+    from mtljax.trainer.loop import restore_params
 
     m = config.model
     if not (m.name in MOE_MODELS or m.name == "task_expert" or m.backbone == "moe_vit"):

@@ -40,23 +40,11 @@ from mtljax.config import ConfigError
 
 
 def _restore_params(exp):
-    from mtljax.train.checkpoint import Checkpointer
-    from mtljax.train.state import abstract_state
+    from mtljax.trainer.loop import restore_params
 
-    directory = os.path.join(os.path.abspath(exp.config.workdir), "checkpoints")
-    if not os.path.isdir(directory):
-        raise ConfigError(f"config.workdir={exp.config.workdir!r} holds no checkpoints; train it first "
-                          "(mtljax train with the same --config)")
     with jax.set_mesh(exp.mesh):
-        ckpt = Checkpointer(directory, keep=exp.config.train.keep_checkpoints)
-        step = ckpt.latest_step()
-        if step is None:
-            ckpt.close()
-            raise ConfigError(f"config.workdir={exp.config.workdir!r} holds no checkpoints")
-        abstract, _ = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules, exp.mtl_init)
-        state, _ = ckpt.restore(step, abstract)
-        ckpt.close()
-    return step, jax.device_get(state.params)
+        step, params, _ = restore_params(exp)
+    return step, jax.device_get(params)
 
 
 def _tag(budget: str, preference: list[float]) -> str:
@@ -86,7 +74,7 @@ def run_slim(config, *, budget: str | None = None, preference: str | None = None
     from mtljax.slim import evaluate as ev
     from mtljax.slim.flops import cached_flops_table
     from mtljax.slim.search import check_preference, parse_budget, parse_preference, search
-    from mtljax.train.loop import Experiment
+    from mtljax.trainer.experiment import Experiment
 
     if config.model.name != "controllable":
         raise ConfigError(f"config.model.name={config.model.name!r}: mtljax slim needs a controllable model "

@@ -22,7 +22,7 @@ import numpy as np
 from mtljax import metrics as mt
 from mtljax.config import ConfigError
 from mtljax.optim import METHODS
-from mtljax.train.step import LEVELS
+from mtljax.optim.task_grads import LEVELS
 
 
 def parse_spec(spec: str) -> dict:
@@ -53,7 +53,9 @@ def _configure(config, spec: str, seed: int, workdir: str):
 
 def compare(config, methods: Sequence[str], seeds: int, outdir: str, *,
             log: Callable[[str], None] = print) -> dict:
-    from mtljax.train.loop import Experiment, train
+    from mtljax.commands import baselines as bl
+    from mtljax.trainer.experiment import Experiment
+    from mtljax.trainer.loop import fit
 
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
@@ -65,9 +67,7 @@ def compare(config, methods: Sequence[str], seeds: int, outdir: str, *,
         seed = config.seed + k
         base_cfg = _configure(config, "equal", seed, os.path.join(outdir, f"seed{k}"))
         base_cfg.baselines.train = True
-        from mtljax.train import baselines as bl
-
-        baselines = bl.resolve(base_cfg, log=log, train_fn=train)
+        baselines = bl.resolve(base_cfg, log=log)
         for spec in methods:
             workdir = os.path.join(outdir, f"seed{k}", spec)
             final = os.path.join(workdir, "final_metrics.json")
@@ -82,7 +82,7 @@ def compare(config, methods: Sequence[str], seeds: int, outdir: str, *,
                 log(f"seed {seed}: training {spec}")
                 c = _configure(config, spec, seed, workdir)
                 c.baselines.file = os.path.join(base_cfg.workdir, "baselines.json")
-                summary = train(c, log=lambda s: None)
+                summary = fit(c, baselines=baselines, log=lambda s: None)
             summary["delta_m"] = mt.delta_m(tasks, summary["metrics"], baselines)
             runs[spec].append(summary)
     results = _aggregate(tasks, runs)

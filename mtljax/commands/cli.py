@@ -25,7 +25,7 @@ COMMANDS = ("train", "eval", "compare", "routing", "slim")
 
 
 def default_config_path() -> str:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.path.join(here, "configs", "default.py")
     return path if os.path.exists(path) else os.path.join("configs", "default.py")
 
@@ -91,36 +91,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
 
+    from mtljax.commands.train import evaluate, train
     from mtljax.config import ConfigError
-    from mtljax.train import loop
+    from mtljax.trainer.loop import NonFiniteLossError
 
     if parsed.workdir:
         with config.unlocked():
             config.workdir = parsed.workdir
     try:
         if command == "train":
-            loop.train(config)
+            train(config)
         elif command == "eval":
-            loop.evaluate_workdir(config)
+            evaluate(config)
         elif command == "routing":
-            from mtljax.train.routing import routing_report
+            from mtljax.commands.routing import routing_report
 
             routing_report(config, parsed.outdir, max_examples=parsed.max_examples)
         elif command == "slim":
-            from mtljax.slim.command import run_slim
+            from mtljax.commands.slim import run_slim
 
             run_slim(config, budget=parsed.budget, preference=parsed.preference, export_dir=parsed.export_dir,
                      do_sweep=parsed.sweep, num_budgets=parsed.num_budgets, num_preferences=parsed.num_preferences,
                      widths=parsed.widths)
         else:
-            from mtljax.train.compare import compare, parse_methods
+            from mtljax.commands.compare import compare, parse_methods
 
             outdir = parsed.outdir or os.path.join(config.workdir, "compare")
             compare(config, parse_methods(parsed.methods), parsed.seeds, outdir)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except loop.NonFiniteLossError as e:
+    except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,29 @@
+"""The ``train`` and ``eval`` commands, also the one-call Python entry points ``mtljax.train(config)``
+and ``mtljax.evaluate(config)``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mtljax.commands import baselines as bl
+from mtljax.trainer.experiment import Experiment
+from mtljax.trainer.loop import evaluate_workdir, fit
+
+
+def train(config, *, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) the run of ``config`` in ``config.workdir``; returns the final summary
+    ``{"steps", "metrics": {task: {metric: value}}[, "baselines", "delta_m"]}``.
+
+    With ``config.baselines.train`` it first trains one single-task model per task (reused when
+    already finished) and reports Δm; ``config.baselines.file`` reads their metrics instead.
+    A config mistake raises :class:`~mtljax.config.ConfigError` before anything is trained or written.
+    """
+    exp = Experiment(config)  # checks the whole config first
+    baselines = bl.resolve(config, log=log, tasks=[t.name for t in exp.tasks])
+    return fit(config, baselines=baselines, experiment=exp, log=log)
+
+
+def evaluate(config, *, log: Callable[[str], None] = print) -> dict:
+    """Per-task test metrics of the newest checkpoint in ``config.workdir``."""
+    baselines = bl.load(config.baselines.file) if config.baselines.file else None
+    return evaluate_workdir(config, log=log, baselines=baselines)

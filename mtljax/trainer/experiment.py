@@ -1,0 +1,158 @@
+"""An experiment: everything a run builds from its config before anything is compiled.
+
+``Experiment(config)`` builds the dataset, the model and its objective, the multi-task method and the
+optax chain, and the device mesh. Each builder checks the arguments it reads and raises
+:class:`~mtljax.config.ConfigError` naming the offending key (``config.model.moe.top_k: ...``), so a
+mistake stops here, before compilation and before anything is written. Then::
+
+    exp = Experiment(config)
+    with jax.set_mesh(exp.mesh):
+        state, shardings = exp.init_state()
+        step = exp.jit_train_step(shardings)
+        batches = exp.train_batches()
+        state, metrics = step(state, next(batches))
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from mtljax.config import positive_int, require, section
+from mtljax.data import base as data_base
+from mtljax.data import build_dataset
+from mtljax.models import build_model
+from mtljax.models.objective import objective as model_objective
+from mtljax.optim import get_method
+from mtljax.optim.jacobian import sharded_gramian
+from mtljax.optim.task_grads import Partition
+from mtljax.parallel import distributed
+from mtljax.parallel.mesh import make_mesh, resolve_shape
+from mtljax.parallel.rules import batch_sharding, batch_shards, rules_from_config
+from mtljax.trainer import step as st
+from mtljax.trainer.optimizer import build_objective, build_optimizer, training_level
+from mtljax.trainer.state import abstract_state, create_state
+
+TRAIN_KEYS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
+class Experiment:
+    """Data, model, objective, method, optax chain and mesh of ``config`` (see the module docstring)."""
+
+    def __init__(self, config, *, devices=None):
+        distributed.maybe_initialize()
+        self.config = config
+        with section("train"):
+            for key in TRAIN_KEYS:
+                positive_int(config.train[key], key)
+        with section("data"):
+            for key in ("batch_size", "eval_batch_size"):
+                positive_int(config.data[key], key)
+            dataset = build_dataset(config.data)
+            if config.data.tasks:
+                dataset = dataset.select_tasks(list(config.data.tasks))
+        self.dataset, self.tasks = dataset, dataset.tasks
+        from mtljax.config import validate_model  # moves next to the model builders
+
+        validate_model(config, dataset)
+        with section("model"):
+            self.model = build_model(config.model, self.tasks, dataset.input_shape)
+        with section("optim"):
+            o = config.optim
+            self.method = get_method(o.method, **dict(o.method_kwargs))
+            self.level = training_level(o, self.method)
+            self.objective = build_objective(o, model_objective(self.model, self.tasks), self.level,
+                                             config.model.name)
+            names = [t.name for t in self.tasks]
+            for name, w in o.task_weights.items():
+                require(name in names, f"task_weights.{name}", f"no such task; tasks are {names}")
+                require(w >= 0, f"task_weights.{name}", f"must be >= 0, got {w}")
+            self.task_weights = [float(o.task_weights.get(n, 1.0)) for n in names]
+            self.tx = build_optimizer(o, self.method, len(self.tasks), config.train.steps)
+        with section("mesh"):
+            devices = jax.devices() if devices is None else devices
+            sizes = resolve_shape(dict(config.mesh.shape), len(devices))
+            self.rules = rules_from_config(config.mesh.rules)
+            self.mesh = make_mesh(dict(config.mesh.shape), devices)
+        self.batch_sharding = batch_sharding(self.mesh, self.rules)
+        shards = batch_shards(self.mesh, self.rules)
+        for key in ("batch_size", "eval_batch_size"):
+            require(config.data[key] % shards == 0, f"data.{key}",
+                    f"{config.data[key]} is not divisible by the {shards} batch shards of config.mesh.shape={sizes}")
+        from mtljax.config import validate_model_mesh  # moves next to the MoE code
+
+        validate_model_mesh(config, sizes, shards)
+        check_workdir(config.workdir)
+
+    # ---- state and steps ----------------------------------------------------------------------------
+    def init_state(self):
+        """``(state, shardings)``: the initial train state, created directly on the mesh."""
+        state, shardings, _ = create_state(self.model, self.tx, self.dataset.input_shape, self.config.seed,
+                                           self.mesh, self.rules)
+        return state, shardings
+
+    def abstract_state(self):
+        """``(abstract, shardings)`` of the train state without allocating it (for restoring)."""
+        return abstract_state(self.model, self.tx, self.dataset.input_shape, self.mesh, self.rules)
+
+    def train_step(self, shardings):
+        """The (unjitted) train step of ``config.optim`` on this mesh."""
+        gramian_fn = None
+        if self.mesh.size > 1:  # the Gramian of sharded per-task gradients with one all-reduce
+            specs = jax.tree.map(lambda s: s.spec, shardings.params)
+            shared_specs, _ = Partition(specs, st.heads_mask(specs)).split(specs)
+            gramian_fn = lambda rows: sharded_gramian(rows, self.mesh, shared_specs)  # noqa: E731
+        weights = self.task_weights if any(w != 1.0 for w in self.task_weights) else None
+        return st.make_train_step(self.objective, self.tx, level=self.level, task_weights=weights,
+                                  chunk_size=self.config.optim.chunk_size or None, gramian_fn=gramian_fn)
+
+    def jit_train_step(self, shardings):
+        return st.jit_train_step(self.train_step(shardings), self.mesh, shardings, self.batch_sharding)
+
+    def jit_eval_step(self, param_shardings):
+        return st.jit_eval_step(st.make_eval_step(self.objective), self.mesh, param_shardings, self.batch_sharding)
+
+    # ---- data ----------------------------------------------------------------------------------------
+    def train_iterator(self, prefetch: int | None = None):
+        """This process's checkpointable iterator over its rows of the global training batches."""
+        c = self.config
+        ds = data_base.train_dataset(self.dataset.splits["train"], self.tasks, c.data.batch_size, c.seed,
+                                     indices=self.dataset.info.get("train_indices"),
+                                     process_index=jax.process_index(), process_count=jax.process_count())
+        return data_base.train_iterator(ds, prefetch=c.data.prefetch if prefetch is None else prefetch)
+
+    def to_global(self, local_batch):
+        """A batch of this process's rows as global arrays sharded over the mesh's batch axes."""
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)),
+                            local_batch)
+
+    def train_batches(self, prefetch: int = 0) -> Iterator:
+        """Global training batches, ready for the jitted step."""
+        for batch in self.train_iterator(prefetch):
+            yield self.to_global(batch)
+
+    def eval_batches(self, split: str = "test", max_examples: int = 0) -> Iterator:
+        """Every example of ``split`` once, as global batches (the last padded with zero masks)."""
+        for batch in data_base.eval_batches(
+                self.dataset.splits[split], self.tasks, self.config.data.eval_batch_size,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                max_examples=max_examples or None):
+            yield self.to_global(batch)
+
+
+def check_workdir(workdir: str) -> None:
+    """``config.workdir`` must be creatable and writable (remote ``gs://`` paths are left to orbax)."""
+    require(bool(workdir), "workdir", "is empty")
+    if "://" in workdir:
+        return
+    probe = os.path.abspath(workdir)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    require(os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK), "workdir",
+            f"{workdir!r} is not writable ({probe} is not a writable directory)")

@@ -1,0 +1,224 @@
+"""The training loop: an experiment in, a trained and evaluated multi-task model out.
+
+``fit(config)`` builds the :class:`~mtljax.trainer.experiment.Experiment` (a config mistake raises a
+one-line :class:`~mtljax.config.ConfigError` before anything is compiled or written), puts the state
+on the mesh, resumes from the newest checkpoint in ``config.workdir`` if there is one (train state
+*and* data-iterator state, so a killed run continues bit-for-bit), trains with periodic evaluation
+and checkpoints, and finishes with a per-task summary (and Δm when single-task baseline metrics are
+given).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+import tqdm
+
+from mtljax import metrics as mt
+from mtljax.config import ConfigError
+from mtljax.trainer.checkpoint import Checkpointer
+from mtljax.trainer.experiment import Experiment
+from mtljax.trainer.logging import MetricWriter
+
+# Config sections that must match when a run directory is reused (train.steps may grow).
+_RESUME_KEYS = ("seed", "data", "model", "optim", "mesh")
+# Layout of the train state in checkpoints; a run directory written with another one is refused.
+STATE_FORMAT = 2
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the run stopped with its last good checkpoint."""
+
+
+def fit(config, *, baselines: dict | None = None, experiment: Experiment | None = None,
+        log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) the run described by ``config``; returns the final summary dict.
+
+    ``baselines``: single-task metrics ``{task: {metric: value}}`` for Δm (see
+    :mod:`mtljax.commands.baselines`, which the ``train`` command uses to produce them).
+    ``experiment``: ``Experiment(config)`` if already built.
+    """
+    exp = experiment or Experiment(config)
+    workdir = os.path.abspath(config.workdir)
+    _check_workdir_config(config, workdir)
+    c = config.train
+    with jax.set_mesh(exp.mesh):
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.keep_checkpoints)
+        state, shardings = exp.init_state()
+        it = exp.train_iterator()
+        start = ckpt.latest_step()
+        if start is not None:
+            state, data_state = ckpt.restore(start, exp.abstract_state()[0])
+            it.set_state(data_state)
+            log(f"resumed from step {start} in {ckpt.directory}")
+        start = int(start or 0)
+        writer = MetricWriter(workdir)
+        if start:
+            _prune_metrics(writer.path, start)
+        train_step = exp.jit_train_step(shardings)
+        eval_step = exp.jit_eval_step(shardings.params)
+        results = _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log)
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    return _finish(exp, workdir, results, baselines, log)
+
+
+def evaluate(exp: Experiment, eval_step, params, split: str = "test", max_examples: int = 0) -> dict:
+    """Per-task metrics and losses of ``params`` over a whole split."""
+    total = None
+    for batch in exp.eval_batches(split, max_examples):
+        total = mt.add_stats(total, eval_step(params, batch))
+    results = mt.finalize(exp.tasks, total["stats"])
+    for t in exp.tasks:
+        loss = total["loss"][t.name]
+        results[t.name]["loss"] = float(loss["sum"] / max(float(loss["count"]), 1.0))
+    return results
+
+
+def _check_workdir_config(config, workdir: str):
+    """Refuse to resume a run directory written by an incompatible config (nothing is touched)."""
+    path = os.path.join(workdir, "config.json")
+    current = {**json.loads(config.to_json_best_effort()), "state_format": STATE_FORMAT}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if os.path.isdir(os.path.join(workdir, "checkpoints")) and saved.get("state_format") != STATE_FORMAT:
+            raise ConfigError(f"config.workdir={workdir!r} holds checkpoints of an older mtljax (train-state "
+                              "layout changed); use a new --config.workdir (nothing was changed there)")
+        for key in _RESUME_KEYS:
+            if saved.get(key) != current.get(key):
+                raise ConfigError(
+                    f"config.{key} differs from the run already in workdir {workdir!r}; "
+                    "use a new --config.workdir (nothing was changed there)"
+                )
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(current, f, indent=1)
+
+
+def _summarise_train(tasks, acc):
+    """Mean losses and metrics over a logging interval from accumulated step metrics."""
+    out = {"loss": acc["loss"] / acc["n"], "grad_norm": acc["grad_norm"] / acc["n"]}
+    out.update({k: v / acc["n"] for k, v in acc["aux"].items()})  # MoE balancing losses, dropped tokens...
+    finals = mt.finalize(tasks, acc["stats"])
+    for i, t in enumerate(tasks):
+        out[t.name] = {"loss": acc["task_losses"][i] / acc["n"], "weight": acc["task_weights"][i] / acc["n"],
+                       **finals[t.name]}
+    return out
+
+
+def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log):
+    c, tasks = exp.config.train, exp.tasks
+    bar = tqdm.tqdm(total=c.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 10.0,
+                    disable=not c.progress or jax.process_index() != 0)
+    acc, pending, results, t0 = None, None, None, time.perf_counter()
+
+    def check(step, metrics):
+        nonlocal acc
+        m = jax.device_get(metrics)
+        if not bool(m["finite"]):
+            bad = [t.name for t, v in zip(tasks, m["task_losses"]) if not np.isfinite(v)]
+            what = f"task(s) {', '.join(bad)}" if bad else "the gradient (all task losses finite)"
+            ckpt.wait()
+            last = ckpt.latest_step()
+            bar.close()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} in {what}; run stopped, last good checkpoint: "
+                f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}")
+        stats = {k: m[k] for k in ("loss", "task_losses", "task_weights", "grad_norm", "aux")}
+        stats["stats"], stats["n"] = m["stats"], 1
+        acc = stats if acc is None else jax.tree.map(np.add, acc, stats)
+
+    for step in range(start + 1, c.steps + 1):
+        state, metrics = train_step(state, exp.to_global(next(it)))
+        if pending is not None:
+            check(*pending)
+        pending = (step, metrics)
+        bar.update(1)
+        boundary = step % c.log_every == 0 or step % c.eval_every == 0 or step % c.checkpoint_every == 0
+        if boundary or step == c.steps:
+            check(*pending)
+            pending = None
+        if acc is not None and (step % c.log_every == 0 or step == c.steps):
+            summary = _summarise_train(tasks, acc)
+            summary["steps_per_s"] = acc["n"] / (time.perf_counter() - t0)
+            writer.write(step, "train", summary)
+            bar.set_postfix(loss=f"{summary['loss']:.4f}")
+            acc, t0 = None, time.perf_counter()
+        if step % c.eval_every == 0 or step == c.steps:
+            results = evaluate(exp, eval_step, state.params, max_examples=c.eval_max_examples)
+            record = dict(results)
+            if baselines:
+                record["delta_m"] = mt.delta_m(tasks, results, baselines)
+            writer.write(step, "eval", record)
+            t0 = time.perf_counter()  # steps/s counts training only
+        if step % c.checkpoint_every == 0 or step == c.steps:
+            ckpt.save(step, state, it.get_state(), force=True)
+            t0 = time.perf_counter()
+    bar.close()
+    if results is None:  # nothing left to train: evaluate the restored state
+        results = evaluate(exp, eval_step, state.params, max_examples=c.eval_max_examples)
+    return results
+
+
+def _prune_metrics(path: str, step: int):
+    """Drop records logged after ``step`` by a run that was killed, so the log has no duplicates."""
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def _finish(exp, workdir, results, baselines, log):
+    summary = {"steps": exp.config.train.steps, "metrics": results}
+    if baselines:
+        summary["baselines"] = baselines
+        summary["delta_m"] = mt.delta_m(exp.tasks, results, baselines)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+    log(mt.format_table(exp.tasks, results, baselines))
+    return summary
+
+
+def restore_params(exp: Experiment):
+    """``(step, params, param_shardings)`` of the newest checkpoint in ``exp.config.workdir``, on ``exp.mesh``.
+
+    Call inside ``jax.set_mesh(exp.mesh)``. Raises ConfigError when the run directory holds no checkpoint.
+    """
+    config = exp.config
+    directory = os.path.join(os.path.abspath(config.workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints; train it first (mtljax train "
+                          "with the same --config)")
+    ckpt = Checkpointer(directory, keep=config.train.keep_checkpoints)
+    step = ckpt.latest_step()
+    if step is None:
+        ckpt.close()
+        raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints")
+    abstract, shardings = exp.abstract_state()
+    state, _ = ckpt.restore(step, abstract)
+    ckpt.close()
+    return step, state.params, shardings.params
+
+
+def evaluate_workdir(config, *, log: Callable[[str], None] = print, baselines: dict | None = None) -> dict:
+    """Evaluate the newest checkpoint in ``config.workdir`` on the test split."""
+    exp = Experiment(config)
+    with jax.set_mesh(exp.mesh):
+        step, params, param_shardings = restore_params(exp)
+        results = evaluate(exp, exp.jit_eval_step(param_shardings), params)
+    log(f"step {step}")
+    log(mt.format_table(exp.tasks, results, baselines))
+    return results
