@@ -26,7 +26,7 @@ Where wrappers go: transforms that expect updates shaped like the parameters (``
 ``optax.MultiSteps``, ``optax.masked``, ``optax.multi_transform``, clipping) go *after* the
 multi-task transform, inside the chain. ``optax.inject_hyperparams`` may wrap the whole chain. To
 guard or accumulate the per-task gradients themselves use :func:`mtljax.optim.apply_if_finite` and
-:func:`mtljax.optim.MultiSteps`, which wrap a chain that starts with a multi-task transform.
+:func:`mtljax.optim.multi_steps`, which wrap a chain that starts with a multi-task transform.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def as_optax(method: Method, num_tasks: int, *, heads: str = "") -> optax.Gradie
 def _check_stacked(name: str, task_grads, num_tasks: int, params) -> None:
     """A clear error when stacked per-task gradients miss their leading task axis."""
     hint = ("optax wrappers that expect updates shaped like the parameters (MultiSteps, apply_if_finite, "
-            "masked) go inside the chain after the multi-task transform, or use mtljax.optim.MultiSteps / "
+            "masked) go inside the chain after the multi-task transform, or use mtljax.optim.multi_steps / "
             "mtljax.optim.apply_if_finite around it")
     flat = jax.tree_util.tree_flatten_with_path(task_grads)[0]
     like = jax.tree.leaves(params) if params is not None else [None] * len(flat)
