@@ -73,7 +73,7 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> PairedTest | None:
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # zero-spread differences: t = ±inf or NaN
         result = scipy.stats.ttest_rel(a, b)
-    return PairedTest(float(result.statistic), int(result.df), float(result.pvalue))
+    return PairedTest(float(result.statistic), len(a) - 1, float(result.pvalue))
 
 
 __all__ = ["PairedTest", "Summary", "mean_ci", "paired_t_test", "t_quantile"]
