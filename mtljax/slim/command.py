@@ -54,7 +54,7 @@ def _restore_params(exp):
             ckpt.close()
             raise ConfigError(f"config.workdir={exp.config.workdir!r} holds no checkpoints")
         abstract, _ = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules, exp.mtl_init)
-        state, _ = ckpt.restore(step, abstract)
+        state = ckpt.restore(step, abstract)
         ckpt.close()
     return step, jax.device_get(state.params)
 

@@ -185,8 +185,7 @@ def train(config, *, log: Callable[[str], None] = print) -> dict:
         it = data_base.train_iterator(train_ds, prefetch=config.data.prefetch)
         start = ckpt.latest_step()
         if start is not None:
-            state, data_state = ckpt.restore(start, abstract)
-            it.set_state(data_state)
+            state = ckpt.restore(start, abstract, it)
             log(f"resumed from step {start} in {ckpt.directory}")
         start = int(start or 0)
         writer = MetricWriter(workdir)
@@ -250,7 +249,7 @@ def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, 
             writer.write(step, "eval", record)
             t0 = time.perf_counter()  # steps/s counts training only
         if step % c.checkpoint_every == 0 or step == c.steps:
-            ckpt.save(step, state, it.get_state(), force=True)
+            ckpt.save(step, state, it, force=True)
             t0 = time.perf_counter()
     bar.close()
     if results is None:  # nothing left to train: evaluate the restored state
@@ -298,7 +297,7 @@ def restore_params(exp: Experiment):
 
     abstract, shardings = abstract_state(exp.model, exp.tx, exp.dataset.input_shape, exp.mesh, exp.rules,
                                          exp.mtl_init)
-    state, _ = ckpt.restore(step, abstract)
+    state = ckpt.restore(step, abstract)
     ckpt.close()
     return step, state.params, shardings.params
 
