@@ -54,8 +54,7 @@ def fit(config, *, baselines: dict | None = None, experiment: Experiment | None 
         it = exp.train_iterator()
         start = ckpt.latest_step()
         if start is not None:
-            state, data_state = ckpt.restore(start, exp.abstract_state()[0])
-            it.set_state(data_state)
+            state = ckpt.restore(start, exp.abstract_state()[0], it)
             log(f"resumed from step {start} in {ckpt.directory}")
         start = int(start or 0)
         writer = MetricWriter(workdir)
@@ -162,7 +161,7 @@ def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, 
             writer.write(step, "eval", record)
             t0 = time.perf_counter()  # steps/s counts training only
         if step % c.checkpoint_every == 0 or step == c.steps:
-            ckpt.save(step, state, it.get_state(), force=True)
+            ckpt.save(step, state, it, force=True)
             t0 = time.perf_counter()
     bar.close()
     if results is None:  # nothing left to train: evaluate the restored state
@@ -208,7 +207,7 @@ def restore_params(exp: Experiment):
         ckpt.close()
         raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints")
     abstract, shardings = exp.abstract_state()
-    state, _ = ckpt.restore(step, abstract)
+    state = ckpt.restore(step, abstract)
     ckpt.close()
     return step, state.params, shardings.params
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mtljax.config import ConfigError, base_config
-from mtljax.train.loop import train
+from mtljax.commands.train import train
 
 
 def tiny_config(workdir):
@@ -99,14 +99,14 @@ def test_failed_restart_keeps_checkpoints(tmp_path):
 
 def test_cli_prints_one_line_and_exit_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "mtljax.cli", "train", "--config.data.name=nope", f"--workdir={tmp_path / 'w'}"],
+        [sys.executable, "-m", "mtljax", "train", "--config.data.name=nope", f"--workdir={tmp_path / 'w'}"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         proc.stderr.strip().splitlines()[-1]
     ] and proc.stderr.strip().startswith("error: config.data.name: unknown dataset 'nope'")
-    proc = subprocess.run([sys.executable, "-m", "mtljax.cli", "train", "--config.train.stepz=3"],
+    proc = subprocess.run([sys.executable, "-m", "mtljax", "train", "--config.train.stepz=3"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "stepz" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 

@@ -8,12 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from mtljax.cli import main
+from mtljax.commands.cli import main
 from mtljax.config import ConfigError, base_config
 from mtljax.models import build_model
 from mtljax.tasks import Task
-from mtljax.train.loop import train
-from mtljax.train.routing import routing_report, usage_matrices
+from mtljax.commands.train import train
+from mtljax.commands.routing import routing_report, usage_matrices
 
 
 def _config(name, workdir):

@@ -11,7 +11,7 @@ import numpy as np
 from mtljax import cli
 from mtljax.models.controllable import load_subnetwork
 from mtljax.slim.command import _restore_params
-from mtljax.train.loop import Experiment
+from mtljax.trainer.experiment import Experiment
 
 TINY = [
     "--config=configs/slim_digits.py", "--config.data.num_train=256", "--config.data.num_test=64",

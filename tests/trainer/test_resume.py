@@ -22,7 +22,7 @@ ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "J
 
 
 def _cmd(workdir):
-    return [sys.executable, "-m", "mtljax.cli", "train", f"--workdir={workdir}", *ARGS]
+    return [sys.executable, "-m", "mtljax", "train", f"--workdir={workdir}", *ARGS]
 
 
 def _final_params(workdir):
