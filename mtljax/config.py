@@ -8,6 +8,7 @@ compiling anything and raises :class:`ConfigError` with one line naming the offe
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import ml_collections as mlc
@@ -33,7 +34,9 @@ class ConfigError(ValueError):
         """The same error, its key read inside the config section ``prefix``."""
         if self.key is None:
             return self
-        return ConfigError(self.message, f"{prefix}.{self.key}" if self.key else prefix)
+        err = copy.copy(self)
+        err.key = f"{prefix}.{self.key}" if self.key else prefix
+        return err
 
 
 @contextlib.contextmanager

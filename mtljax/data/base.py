@@ -21,6 +21,7 @@ from typing import Iterator, Protocol, Sequence
 import grain
 import numpy as np
 
+from mtljax.config import ConfigError
 from mtljax.tasks import Task
 
 Batch = dict
@@ -76,7 +77,7 @@ class Dataset:
         by_name = {t.name: t for t in self.tasks}
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise ValueError(f"dataset {self.name!r} has no task(s) {unknown}; it has {list(by_name)}")
+            raise ConfigError(f"dataset {self.name!r} has no task(s) {unknown}; it has {list(by_name)}", "tasks")
         return dataclasses.replace(self, tasks=tuple(by_name[n] for n in names))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtljax.config import ConfigError
 from mtljax.data.base import Dataset
 from mtljax.data.tfds_util import open_source, read_examples
 from mtljax.tasks import Task
@@ -63,11 +64,10 @@ def select_attributes(requested) -> tuple[str, ...]:
     by_lower = {a.lower(): a for a in ATTRIBUTES}
     unknown = [a for a in requested if str(a).lower() not in by_lower]
     if unknown:
-        raise ValueError(f"config.data.attributes: unknown CelebA attribute(s) {unknown}; "
-                         f"choose from {sorted(by_lower)}")
+        raise ConfigError(f"unknown CelebA attribute(s) {unknown}; choose from {sorted(by_lower)}", "attributes")
     chosen = [by_lower[str(a).lower()] for a in requested]
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"config.data.attributes: repeated attribute(s) in {list(requested)}")
+        raise ConfigError(f"repeated attribute(s) in {list(requested)}", "attributes")
     return tuple(chosen)
 
 
@@ -105,7 +105,7 @@ def build(cfg) -> Dataset:
     attributes (optional list of attribute names; empty = all 40)."""
     size = int(cfg.get("image_size", 64))
     if not 1 <= size <= 178:
-        raise ValueError(f"config.data.image_size={size}: CelebA images are resized to 1..178 pixels")
+        raise ConfigError(f"{size}: CelebA images are resized to 1..178 pixels", "image_size")
     attributes = select_attributes(list(cfg.get("attributes", ()) or ()))
     data_dir = cfg.get("data_dir", "") or None
     splits = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtljax.config import ConfigError
 from mtljax.data.base import ArraySource, Dataset
 from mtljax.tasks import Task
 
@@ -35,7 +36,7 @@ def load_digit_pools(test_fraction: float, seed: int = 0):
 def compose(images, labels, num: int, image_size: int, jitter: int, rng: np.random.Generator):
     """``num`` two-digit canvases from a pool; returns (inputs, left labels, right labels)."""
     if image_size < DIGIT + jitter:
-        raise ValueError(f"image_size {image_size} is too small for {DIGIT}px digits and jitter {jitter}")
+        raise ConfigError(f"{image_size} is too small for {DIGIT}px digits and jitter {jitter}", "image_size")
     left_id = rng.integers(0, len(images), num)
     right_id = rng.integers(0, len(images), num)
     rows_l = rng.integers(0, image_size - DIGIT + 1, num)

@@ -37,7 +37,9 @@ import grain
 import ml_collections as mlc
 import numpy as np
 
+from mtljax.config import ConfigError, section
 from mtljax.data.base import Dataset, index_stream
+from mtljax.data.registry import build_section
 
 SAMPLINGS = ("proportional", "temperature", "uniform")
 
@@ -52,12 +54,12 @@ def mixing_rates(sizes: Sequence[int], sampling: str = "proportional", cap: floa
         w = np.minimum(n, cap) if cap and cap > 0 else n
     elif sampling == "temperature":
         if not temperature or temperature <= 0:
-            raise ValueError(f"config.data.temperature={temperature} must be > 0")
+            raise ConfigError(f"must be > 0, got {temperature}", "temperature")
         w = np.exp(np.log(n) / temperature)
     elif sampling == "uniform":
         w = np.ones_like(n)
     else:
-        raise ValueError(f"config.data.sampling={sampling!r}: choose from {SAMPLINGS}")
+        raise ConfigError(f"unknown {sampling!r}; choose from {SAMPLINGS}", "sampling")
     return w / w.sum()
 
 
@@ -137,10 +139,8 @@ def _task_specs(datasets, names) -> dict[str, tuple]:
         probe = ds.splits["train"].get_batch(np.zeros(1, np.int64))
         for task in ds.tasks:
             if task.name in owner:
-                raise ValueError(
-                    f"config.data.components: task {task.name!r} is defined by both component "
-                    f"{owner[task.name]} and component {name}; task names must be unique"
-                )
+                raise ConfigError(f"task {task.name!r} is defined by both component {owner[task.name]} and "
+                                  f"component {name}; task names must be unique", "components")
             owner[task.name] = name
             target, mask = np.asarray(probe["targets"][task.name]), np.asarray(probe["masks"][task.name])
             specs[task.name] = (k, target.shape[1:], target.dtype, mask.shape[1:])
@@ -151,16 +151,16 @@ def combine(datasets: Sequence[Dataset], sampling: str = "proportional", cap: fl
             temperature: float = 1.0, names: Sequence[str] | None = None) -> Dataset:
     """The mixture of already built ``datasets``; ``names`` label the components in errors."""
     if not datasets:
-        raise ValueError("config.data.components: a mixture needs at least one component")
+        raise ConfigError("a mixture needs at least one component", "components")
     names = [f"{k}:{d.name}" for k, d in enumerate(datasets)] if names is None else list(names)
     shapes = {tuple(d.input_shape) for d in datasets}
     if len(shapes) > 1:
         listing = ", ".join(f"{n} {tuple(d.input_shape)}" for n, d in zip(names, datasets))
-        raise ValueError(f"config.data.components: input shapes differ ({listing}); "
-                         "a mixture needs one input shape (e.g. set image_size)")
+        raise ConfigError(f"input shapes differ ({listing}); a mixture needs one input shape (e.g. set image_size)",
+                          "components")
     for n, d in zip(names, datasets):
         if "train" not in d.splits or len(d.splits["train"]) == 0:
-            raise ValueError(f"config.data.components: component {n} has no training examples")
+            raise ConfigError(f"component {n} has no training examples", "components")
     input_shape = shapes.pop()
     specs = _task_specs(datasets, names)
     sizes = [len(d.splits["train"]) for d in datasets]
@@ -187,19 +187,18 @@ def combine(datasets: Sequence[Dataset], sampling: str = "proportional", cap: fl
 def build(cfg) -> Dataset:
     """Config keys (``config.data``): components (list of data configs), sampling, cap, temperature.
     The training order is seeded by the run's ``config.seed``."""
-    from mtljax.data import build_dataset  # the registry imports this module
-
     components = list(cfg.get("components", ()) or ())
     if not components:
-        raise ValueError("config.data.components: a mixture needs a non-empty list of data configs")
+        raise ConfigError("a mixture needs a non-empty list of data configs", "components")
     datasets, names = [], []
     for k, comp in enumerate(components):
         sub = _component_config(comp, cfg)
         if "name" not in sub:
-            raise ValueError(f"config.data.components[{k}]: missing 'name'")
-        ds = build_dataset(sub)
-        if sub.get("tasks"):
-            ds = ds.select_tasks(list(sub.tasks))
+            raise ConfigError("missing 'name'", f"components[{k}]")
+        with section(f"components[{k}]"):
+            ds = build_section(sub)
+            if sub.get("tasks"):
+                ds = ds.select_tasks(list(sub.tasks))
         datasets.append(ds)
         names.append(f"components[{k}] ({sub.name!r})")
     return combine(datasets, cfg.get("sampling", "proportional"), cfg.get("cap", 0) or 0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtljax.config import ConfigError
 from mtljax.data.base import ArraySource, Dataset
 from mtljax.tasks import Task
 
@@ -20,16 +21,12 @@ from mtljax.tasks import Task
 def task_vectors(num_tasks: int, num_features: int, rho: float, rng: np.random.Generator) -> np.ndarray:
     """``T × D`` matrix of unit vectors with pairwise cosine ``rho``."""
     if num_tasks > num_features:
-        raise ValueError(
-            f"config.data.num_tasks={num_tasks} exceeds config.data.num_features={num_features}"
-        )
+        raise ConfigError(f"{num_tasks} exceeds config.data.num_features={num_features}", "num_tasks")
     if num_tasks > 1 and rho < -1.0 / (num_tasks - 1) - 1e-12:
-        raise ValueError(
-            f"config.data.rho={rho} is below -1/(T-1) = {-1.0 / (num_tasks - 1):.4f}: "
-            "no unit vectors have that pairwise cosine"
-        )
+        raise ConfigError(f"{rho} is below -1/(T-1) = {-1.0 / (num_tasks - 1):.4f}: no unit vectors have that "
+                          "pairwise cosine", "rho")
     if rho > 1:
-        raise ValueError(f"config.data.rho={rho} must be <= 1")
+        raise ConfigError(f"must be <= 1, got {rho}", "rho")
     p = np.full((num_tasks, num_tasks), rho) + (1.0 - rho) * np.eye(num_tasks)
     lam, q = np.linalg.eigh(p)
     u, _ = np.linalg.qr(rng.standard_normal((num_features, num_tasks)))  # D × T, orthonormal columns
@@ -50,7 +47,7 @@ def build(cfg) -> Dataset:
     T, D = int(cfg.num_tasks), int(cfg.num_features)
     degrees = list(cfg.degrees)
     if len(degrees) != T or min(degrees) < 1:
-        raise ValueError(f"config.data.degrees must list {T} degrees >= 1, got {degrees}")
+        raise ConfigError(f"must list {T} degrees >= 1, got {degrees}", "degrees")
     noise = np.broadcast_to(np.asarray(cfg.noise, np.float64), (T,))
     rng = np.random.default_rng(cfg.seed)
     w = task_vectors(T, D, float(cfg.rho), rng)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mtljax.config import ConfigError
 from mtljax.data.base import ArraySource, Dataset
 from mtljax.tasks import Task
 
@@ -36,9 +37,9 @@ NEAR, FAR = 1.5, 6.0
 def render(num: int, image_size: int, max_objects: int, rng: np.random.Generator):
     """``num`` scenes: ``(images [N, H, W, 3], segment [N, H, W] int32, depth [N, H, W] float32, edges)``."""
     if image_size < 8:
-        raise ValueError(f"config.data.image_size={image_size} is too small for scenes (>= 8)")
+        raise ConfigError(f"{image_size} is too small for scenes (>= 8)", "image_size")
     if max_objects < 1:
-        raise ValueError(f"config.data.max_objects must be >= 1, got {max_objects}")
+        raise ConfigError(f"must be >= 1, got {max_objects}", "max_objects")
     s = image_size
     yy, xx = np.meshgrid((np.arange(s) + 0.5) / s, (np.arange(s) + 0.5) / s, indexing="ij")
     depth = np.broadcast_to(FAR - (FAR - NEAR) * yy, (num, s, s)).astype(np.float32).copy()

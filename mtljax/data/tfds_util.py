@@ -16,8 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mtljax.config import ConfigError
 
-class DatasetNotPreparedError(FileNotFoundError):
+
+class DatasetNotPreparedError(ConfigError):
     """A tfds dataset needed by the config is not available (prepared) in the data directory."""
 
 
@@ -47,15 +49,15 @@ def open_source(config_name: str, tfds_name: str, split: str, data_dir: str | No
         prepared, root = False, data_dir or "~/tensorflow_datasets"
     if not prepared:
         raise DatasetNotPreparedError(
-            f"config.data.name={config_name!r}: tfds dataset {tfds_name!r} is not prepared in {root}; "
+            f"{config_name!r}: tfds dataset {tfds_name!r} is not prepared in {root}; "
             f"prepare it with 'tfds build {tfds_name} --data_dir={root} --file_format=array_record' "
-            "(needs network and tensorflow once) or point --config.data.data_dir at a prepared copy"
+            "(needs network and tensorflow once) or point --config.data.data_dir at a prepared copy", "name"
         ) from None
     first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    raise ValueError(
-        f"config.data.name={config_name!r}: cannot open split {split!r} of tfds dataset {tfds_name!r} "
+    raise ConfigError(
+        f"{config_name!r}: cannot open split {split!r} of tfds dataset {tfds_name!r} "
         f"in {root} for random access ({type(cause).__name__}: {first}); it must be prepared with "
-        "--file_format=array_record"
+        "--file_format=array_record", "name"
     ) from None
 
 

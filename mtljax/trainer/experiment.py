@@ -48,11 +48,11 @@ class Experiment:
         with section("train"):
             for key in TRAIN_KEYS:
                 positive_int(config.train[key], key)
-        with section("data"):
-            for key in ("batch_size", "eval_batch_size"):
-                positive_int(config.data[key], key)
-            dataset = build_dataset(config.data)
-            if config.data.tasks:
+        for key in ("batch_size", "eval_batch_size"):
+            positive_int(config.data[key], f"data.{key}")
+        dataset = build_dataset(config.data)
+        if config.data.tasks:
+            with section("data"):
                 dataset = dataset.select_tasks(list(config.data.tasks))
         self.dataset, self.tasks = dataset, dataset.tasks
         from mtljax.config import validate_model  # moves next to the model builders

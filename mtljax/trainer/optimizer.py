@@ -75,13 +75,13 @@ def training_level(cfg, method: Method) -> str:
 
 def build_objective(cfg, objective, level: str, model_name: str = "this model"):
     """The model's objective with the training terms of ``config.optim`` (Rep-MTL)."""
-    if level == "rep":
+    if "rep" in (level, cfg.level):
         require(objective.has_representation, "level",
                 f"'rep' needs one representation shared by all tasks, but config.model.name={model_name!r} "
                 "gives every task its own; use 'param' or 'gramian'")
     if not cfg.rep_mtl:
         return objective
-    require(level != "rep", "rep_mtl", "cannot be combined with config.optim.level='rep'; use 'param' or 'gramian'")
+    require("rep" not in (level, cfg.level), "rep_mtl", "cannot be combined with config.optim.level='rep'; use 'param' or 'gramian'")
     try:
         return with_rep_mtl(objective, **dict(cfg.rep_mtl_kwargs))
     except ValueError as e:

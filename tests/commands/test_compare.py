@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mtljax import cli
+from mtljax.commands import cli
 from mtljax.config import ConfigError
 from mtljax.tasks import Task
 from mtljax.commands.compare import aggregate, format_results, parse_methods, parse_spec

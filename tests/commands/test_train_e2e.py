@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mtljax import cli
+from mtljax.commands import cli
 from mtljax.trainer.logging import read_metrics
 
 TINY = [

@@ -7,6 +7,7 @@ import tensorflow_datasets as tfds
 
 from mtljax.data import build_dataset, eval_batches, train_dataset, train_iterator
 from mtljax.data import cifar100_mtl as c100
+from mtljax.config import ConfigError
 from mtljax.data.tfds_util import DatasetNotPreparedError, read_examples
 
 # The standard CIFAR-100 fine -> coarse table as commonly published (fine ids in alphabetical order),
@@ -87,8 +88,8 @@ def test_not_prepared_is_one_clear_line(tmp_path):
     with pytest.raises(DatasetNotPreparedError) as err:
         build_dataset(_cfg(data_dir=str(tmp_path)))
     msg = str(err.value)
-    assert isinstance(err.value, FileNotFoundError) and "\n" not in msg
-    assert msg.startswith("config.data.name='cifar100_mtl': tfds dataset 'cifar100' is not prepared")
+    assert isinstance(err.value, ConfigError) and "\n" not in msg
+    assert msg.startswith("config.data.name: 'cifar100_mtl': tfds dataset 'cifar100' is not prepared")
     assert str(tmp_path) in msg and "tfds build cifar100" in msg and "--config.data.data_dir" in msg
 
 

@@ -42,8 +42,8 @@ def test_mixing_rates():
     np.testing.assert_allclose(mixing_rates(sizes, "temperature", temperature=2.0), sq / sq.sum())
     np.testing.assert_allclose(mixing_rates(sizes, "temperature", temperature=1e6), [1 / 3] * 3, atol=1e-4)
     np.testing.assert_allclose(mixing_rates(sizes, "uniform"), [1 / 3] * 3)
-    for bad, match in [(dict(sampling="weird"), "config.data.sampling"),
-                       (dict(sampling="temperature", temperature=0), "config.data.temperature")]:
+    for bad, match in [(dict(sampling="weird"), "sampling"),
+                       (dict(sampling="temperature", temperature=0), "temperature")]:
         with pytest.raises(ValueError, match=match):
             mixing_rates(sizes, **bad)
     with pytest.raises(ValueError, match="positive"):

@@ -7,14 +7,10 @@ import numpy as np
 import pytest
 
 from mtljax.config import base_config
-from mtljax.data import build_dataset, train_dataset, train_iterator
-from mtljax.models import build_model
-from mtljax.parallel.mesh import make_mesh, resolve_shape
-from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding, batch_shards
+from mtljax.parallel.mesh import resolve_shape
+from mtljax.parallel.rules import batch_shards
 from mtljax.slim.config import slim_defaults
-from mtljax.train import step as st
-from mtljax.train.optimizer import build_optimizer
-from mtljax.train.state import create_state
+from mtljax.trainer.experiment import Experiment
 
 
 def _config(model="hps"):
@@ -41,22 +37,16 @@ def _reference(model="hps"):
 
 def _run(mesh_shape, devices, steps=3, model="hps"):
     c = _config(model)
-    data = build_dataset(c.data)
-    model = build_model(c.model, data.tasks, data.input_shape)
-    tx = build_optimizer(c.optim, 100)
-    mesh = make_mesh(mesh_shape, devices)
-    with jax.set_mesh(mesh):
-        state, shardings, _ = create_state(model, tx, data.input_shape, 0, mesh, DEFAULT_RULES)
-        bsh = batch_sharding(mesh)
-        step = st.jit_train_step(st.make_train_step(model, data.tasks, tx, has_aux_losses=c.model.name != "hps"),
-                                 mesh, shardings, bsh)
-        it = train_iterator(train_dataset(data.splits["train"], data.tasks, c.data.batch_size, 0), prefetch=0)
+    c.mesh.shape = mesh_shape
+    exp = Experiment(c, devices=devices)
+    with jax.set_mesh(exp.mesh):
+        state, shardings = exp.init_state()
+        step, batches = exp.jit_train_step(shardings), exp.train_batches()
         losses = []
         for _ in range(steps):
-            batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(bsh, np.asarray(x)), next(it))
-            state, m = step(state, batch)
+            state, m = step(state, next(batches))
             losses.append(np.asarray(m["task_losses"]))
-        return jax.device_get(state.params), np.stack(losses), state, mesh
+        return jax.device_get(state.params), np.stack(losses), state, exp.mesh
 
 
 @pytest.mark.parametrize("model, mesh_shape", [("hps", {"data": 8}), ("hps", {"data": 2, "expert": 2, "model": 2}),

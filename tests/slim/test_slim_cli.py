@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 
-from mtljax import cli
+from mtljax.commands import cli
 from mtljax.models.controllable import load_subnetwork
 from mtljax.slim.command import _restore_params
 from mtljax.trainer.experiment import Experiment
