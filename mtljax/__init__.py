@@ -21,7 +21,8 @@ The main nouns, importable from the top (loaded on first use, so ``import mtljax
 ``apply_if_finite``       multi-task transform
 ``Experiment``            everything a run builds from a config (``mtljax.trainer``)
 ``train``, ``evaluate``   one call from a config to a trained / evaluated run (``mtljax.commands``)
-``base_config``,          the default config and the one-line config error
+``base_config``,          the default config, a config file (``"configs/multitab.py:conflict"``) and
+``load_config``,          the one-line config error
 ``ConfigError``
 ========================  ==========================================================================
 """
@@ -33,7 +34,7 @@ import importlib
 __version__ = "0.2.0"
 
 _EXPORTS = {
-    "base_config": "mtljax.config", "ConfigError": "mtljax.config",
+    "base_config": "mtljax.config", "load_config": "mtljax.config", "ConfigError": "mtljax.config",
     "Task": "mtljax.tasks",
     "build_dataset": "mtljax.data", "Dataset": "mtljax.data",
     "build_model": "mtljax.models", "MultiTaskModel": "mtljax.models", "ViT": "mtljax.models",

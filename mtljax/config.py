@@ -158,6 +158,20 @@ def base_config() -> mlc.ConfigDict:
     return c
 
 
+def load_config(spec: str) -> mlc.ConfigDict:
+    """The config of a file as the command line names it: ``"configs/m3vit.py"`` or
+    ``"configs/multitab.py:conflict"`` (its ``get_config(arg)``)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"no config file {path!r}")
+    module_spec = importlib.util.spec_from_file_location(f"mtljax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
 def use_dataset(c: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
     """Point a config at ``digits`` (multi-digits, the default) or ``scenes`` (dense segmentation, depth,
     edges on generated 32×32 scenes), with the sizes the model configs in ``configs/`` use."""
