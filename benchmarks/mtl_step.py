@@ -3,7 +3,8 @@
 Model: mtljax's hard-parameter-sharing model with the ``mlp`` backbone (3 x 512 hidden layers by
 default: Dense, GELU, LayerNorm) and one linear head per task; batch 256 of 64 random features.
 Even-numbered tasks are scalar regressions, odd-numbered ones 5-class classifications. Every step is
-mtljax's real train step (``make_train_step`` + ``jit_train_step`` on a 1-device mesh, Adam 1e-3),
+mtljax's real train step (``make_train_step`` + ``jit_train_step`` on a 1-device mesh, the chain
+``as_optax(method, T)`` then Adam 1e-3),
 compiled once with ``.lower(...).compile()`` and then called with the state donated, exactly as the
 trainer does.
 
@@ -55,8 +56,10 @@ from mtljax.optim import METHODS, get_method
 from mtljax.parallel.mesh import make_mesh
 from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding
 from mtljax.tasks import Task
-from mtljax.train.state import create_state
-from mtljax.train.step import jit_train_step, make_train_step
+from mtljax.models.objective import objective
+from mtljax.optim import as_optax
+from mtljax.trainer.state import create_state
+from mtljax.trainer.step import jit_train_step, make_train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -150,15 +153,14 @@ def jax_contenders(num_tasks: int, variants, *, batch: int, in_dim: int, hidden,
         "masks": {t.name: jnp.ones((batch,), jnp.float32) for t in tasks},
     }
     batch_tree = jax.device_put(batch_tree, b_shard)
-    tx = optax.adam(1e-3)
+    obj = objective(model, tasks)
     out = []
     for name, level, method in variants:
         label = f"{name}/{level}"
         try:
-            state, shardings, _ = create_state(model, tx, (in_dim,), 0, mesh, rules,
-                                               mtl_init=lambda m=method: m.init(num_tasks))
-            step = make_train_step(model, tasks, tx, method=method, level=level if level != "-" else "param",
-                                   chunk_size=chunk_size)
+            tx = optax.chain(as_optax(method, num_tasks), optax.adam(1e-3))
+            state, shardings, _ = create_state(model, tx, (in_dim,), 0, mesh, rules)
+            step = make_train_step(obj, tx, level=level if level != "-" else "param", chunk_size=chunk_size)
             jitted = jit_train_step(step, mesh, shardings, b_shard)
             t0 = time.perf_counter()
             compiled = jitted.lower(state, batch_tree).compile()
