@@ -7,6 +7,8 @@
   ``{d : J d ≥ 0}``; UPGrad, DualProj). An exact primal active-set method (at most 4T + 8 steps).
 * :func:`regularize` — ``G + ε·(trace(G)/T + tiny)·I``: keeps the problems well posed when gradients
   are zero or identical (degenerate ``G``), without changing well-conditioned solutions noticeably.
+
+All of them compute in the dtype of their inputs, at least float32 (:mod:`mtljax.optim.dtypes`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtljax.optim.dtypes import working_dtype
+
 
 def regularize(gram: jax.Array, eps: float = 1e-6) -> jax.Array:
-    gram = 0.5 * (gram + gram.T).astype(jnp.float32)
+    gram = jnp.asarray(gram, working_dtype(gram))
+    gram = 0.5 * (gram + gram.T)
     t = gram.shape[0]
     scale = jnp.trace(gram) / t + 1e-12
     return gram + eps * scale * jnp.eye(t, dtype=gram.dtype)
@@ -36,10 +41,10 @@ def project_simplex(v: jax.Array) -> jax.Array:
 
 def min_norm_simplex(gram: jax.Array, iters: int = 250) -> jax.Array:
     """Weights ``w ∈ Δ`` minimising ``‖Jᵀ w‖² = wᵀ G w``."""
-    gram = gram.astype(jnp.float32)
+    gram = jnp.asarray(gram, working_dtype(gram))
     t = gram.shape[0]
     if t == 1:
-        return jnp.ones((1,), jnp.float32)
+        return jnp.ones((1,), gram.dtype)
     if t == 2:
         # minimise |γ g1 + (1-γ) g2|²: γ = (g2·g2 − g1·g2) / |g1 − g2|², clipped to [0, 1]
         denom = gram[0, 0] + gram[1, 1] - 2 * gram[0, 1]
@@ -47,7 +52,7 @@ def min_norm_simplex(gram: jax.Array, iters: int = 250) -> jax.Array:
         gamma = jnp.clip(gamma, 0.0, 1.0)
         return jnp.stack([gamma, 1.0 - gamma])
     step = 1.0 / (jnp.linalg.eigvalsh(regularize(gram))[-1] + 1e-20)
-    w0 = jnp.full((t,), 1.0 / t, jnp.float32)
+    w0 = jnp.full((t,), 1.0 / t, gram.dtype)
 
     def body(_, carry):
         w, y, s = carry
@@ -56,7 +61,7 @@ def min_norm_simplex(gram: jax.Array, iters: int = 250) -> jax.Array:
         y_next = w_next + ((s - 1.0) / s_next) * (w_next - w)
         return w_next, y_next, s_next
 
-    w, _, _ = jax.lax.fori_loop(0, iters, body, (w0, w0, jnp.ones((), jnp.float32)))
+    w, _, _ = jax.lax.fori_loop(0, iters, body, (w0, w0, jnp.ones((), gram.dtype)))
     return w
 
 
@@ -67,10 +72,10 @@ def box_qp(gram: jax.Array, lower: jax.Array, max_iter: int | None = None) -> ja
     current free set, adding the first bound it would cross, or frees the bound with the most negative
     multiplier. Exact after finitely many steps; at most ``max_iter`` (default 4T + 8) steps.
     """
-    gram = gram.astype(jnp.float32)
-    lower = lower.astype(jnp.float32)
+    dtype = working_dtype(gram, lower)
+    gram, lower = jnp.asarray(gram, dtype), jnp.asarray(lower, dtype)
     t = gram.shape[0]
-    eye = jnp.eye(t, dtype=jnp.float32)
+    eye = jnp.eye(t, dtype=dtype)
     tol = 1e-7 * (jnp.max(jnp.abs(jnp.diag(gram))) + 1e-30) * (jnp.max(jnp.abs(lower)) + 1e-30)
 
     def subproblem(fixed):  # minimiser with v_i = lower_i on the fixed set, free elsewhere
