@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from optax.projections import projection_simplex
 
 from mtljax.optim.base import Method
 from mtljax.optim.dtypes import working_dtype
-from mtljax.optim.solvers import project_simplex, regularize
+from mtljax.optim.solvers import regularize
 
 
 def cagrad_dual(gram, c: float, iters: int):
@@ -37,7 +38,7 @@ def cagrad_dual(gram, c: float, iters: int):
 
     def body(_, carry):
         w, y, s = carry
-        w_next = project_simplex(y - step * grad(y))
+        w_next = projection_simplex(y - step * grad(y)).astype(gram.dtype)  # float32 stays float32 under x64
         s_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * s * s))
         return w_next, w_next + ((s - 1.0) / s_next) * (w_next - w), s_next
 

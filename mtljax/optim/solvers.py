@@ -2,7 +2,8 @@
 
 * :func:`min_norm_simplex` — ``min_{w ∈ Δ} wᵀ G w`` (the minimum-norm point of the convex hull of the
   task gradients; MGDA). Exact for ``T = 2``; otherwise accelerated projected gradient (FISTA) with
-  step ``1 / λ_max(G)`` and Euclidean projection onto the simplex.
+  step ``1 / λ_max(G)`` and Euclidean projection onto the simplex
+  (``optax.projections.projection_simplex``).
 * :func:`box_qp` — ``min_{v ≥ u} vᵀ G v`` for a lower bound ``u`` (projections onto the dual cone
   ``{d : J d ≥ 0}``; UPGrad, DualProj). An exact primal active-set method (at most 4T + 8 steps).
 * :func:`regularize` — ``G + ε·(trace(G)/T + tiny)·I``: keeps the problems well posed when gradients
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from optax.projections import projection_simplex
 
 from mtljax.optim.dtypes import working_dtype
 
@@ -25,18 +27,6 @@ def regularize(gram: jax.Array, eps: float = 1e-6) -> jax.Array:
     t = gram.shape[0]
     scale = jnp.trace(gram) / t + 1e-12
     return gram + eps * scale * jnp.eye(t, dtype=gram.dtype)
-
-
-def project_simplex(v: jax.Array) -> jax.Array:
-    """Euclidean projection onto ``{w ≥ 0, Σ w = 1}`` (sort-based, Held et al. / Duchi et al.)."""
-    t = v.shape[0]
-    u = jnp.sort(v)[::-1]
-    css = jnp.cumsum(u) - 1.0
-    idx = jnp.arange(1, t + 1, dtype=v.dtype)
-    cond = u - css / idx > 0
-    rho = jnp.max(jnp.where(cond, jnp.arange(t), 0))
-    theta = css[rho] / (rho + 1.0)
-    return jnp.maximum(v - theta, 0.0)
 
 
 def min_norm_simplex(gram: jax.Array, iters: int = 250) -> jax.Array:
@@ -56,7 +46,8 @@ def min_norm_simplex(gram: jax.Array, iters: int = 250) -> jax.Array:
 
     def body(_, carry):
         w, y, s = carry
-        w_next = project_simplex(y - step * (gram @ y))  # ∇(wᵀGw) = 2Gw, Lipschitz 2λ_max
+        # ∇(wᵀGw) = 2Gw, Lipschitz 2λ_max; the cast keeps float32 under x64 (optax promotes there)
+        w_next = projection_simplex(y - step * (gram @ y)).astype(gram.dtype)
         s_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * s * s))
         y_next = w_next + ((s - 1.0) / s_next) * (w_next - w)
         return w_next, y_next, s_next
