@@ -21,12 +21,12 @@ from optax.projections import projection_simplex
 
 from mtljax.optim.base import Method
 from mtljax.optim.dtypes import working_dtype
-from mtljax.optim.solvers import regularize
+from mtljax.optim.solvers import check_gramian, regularize
 
 
 def cagrad_dual(gram, c: float, iters: int):
     """``w*`` of the dual problem (FISTA on the simplex)."""
-    t = gram.shape[0]
+    t = check_gramian(gram, "cagrad_dual")
     mean = jnp.full((t,), 1.0 / t, gram.dtype)
     sqrt_phi = c * jnp.sqrt(jnp.maximum(mean @ gram @ mean, 0.0))
     lip = jnp.linalg.eigvalsh(regularize(gram))[-1] * (1.0 + c) + 1e-12

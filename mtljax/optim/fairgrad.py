@@ -35,12 +35,14 @@ import numpy as np
 
 from mtljax.optim.base import Method
 from mtljax.optim.dtypes import working_dtype
+from mtljax.optim.solvers import check_gramian
 
 _STEPS = (2.0 ** -np.arange(12)).astype(np.float32)  # backtracking grid 1, 1/2, ..., 1/2048
 
 
 def solve_fair_weights(gram: jax.Array, alpha: float, iters: int = 30, reg: float = 1e-6) -> jax.Array:
     """The w > 0 with ``G w = w^(−1/alpha)`` (damped Newton on a convex potential; see module doc)."""
+    check_gramian(gram, "solve_fair_weights")
     gram = jnp.asarray(gram, working_dtype(gram))
     gram = 0.5 * (gram + gram.T)
     t = gram.shape[0]

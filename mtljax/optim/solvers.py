@@ -9,11 +9,13 @@
 * :func:`regularize` — ``G + ε·(trace(G)/T + tiny)·I``: keeps the problems well posed when gradients
   are zero or identical (degenerate ``G``), without changing well-conditioned solutions noticeably.
 
-All of them compute in the dtype of their inputs, at least float32 (:mod:`mtljax.optim.dtypes`).
+All of them compute in the dtype of their inputs, at least float32 (:mod:`mtljax.optim.dtypes`), and
+check their arguments' shapes (:func:`check_gramian`) with a message naming the function.
 """
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from optax.projections import projection_simplex
@@ -21,7 +23,16 @@ from optax.projections import projection_simplex
 from mtljax.optim.dtypes import working_dtype
 
 
+def check_gramian(gram, where: str) -> int:
+    """``T`` of a ``[T, T]`` Gramian; a chex shape error naming ``where`` for anything else."""
+    chex.assert_rank(gram, 2, custom_message=f"{where}: the Gramian must be a [T, T] matrix")
+    t = jnp.shape(gram)[0]
+    chex.assert_shape(gram, (t, t), custom_message=f"{where}: the Gramian must be a [T, T] matrix")
+    return t
+
+
 def regularize(gram: jax.Array, eps: float = 1e-6) -> jax.Array:
+    check_gramian(gram, "regularize")
     gram = jnp.asarray(gram, working_dtype(gram))
     gram = 0.5 * (gram + gram.T)
     t = gram.shape[0]
@@ -31,6 +42,7 @@ def regularize(gram: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 def min_norm_simplex(gram: jax.Array, iters: int = 250) -> jax.Array:
     """Weights ``w ∈ Δ`` minimising ``‖Jᵀ w‖² = wᵀ G w``."""
+    check_gramian(gram, "min_norm_simplex")
     gram = jnp.asarray(gram, working_dtype(gram))
     t = gram.shape[0]
     if t == 1:
@@ -63,9 +75,10 @@ def box_qp(gram: jax.Array, lower: jax.Array, max_iter: int | None = None) -> ja
     current free set, adding the first bound it would cross, or frees the bound with the most negative
     multiplier. Exact after finitely many steps; at most ``max_iter`` (default 4T + 8) steps.
     """
+    t = check_gramian(gram, "box_qp")
+    chex.assert_shape(lower, (t,), custom_message="box_qp: the lower bound must be a [T] vector")
     dtype = working_dtype(gram, lower)
     gram, lower = jnp.asarray(gram, dtype), jnp.asarray(lower, dtype)
-    t = gram.shape[0]
     eye = jnp.eye(t, dtype=dtype)
     tol = 1e-7 * (jnp.max(jnp.abs(jnp.diag(gram))) + 1e-30) * (jnp.max(jnp.abs(lower)) + 1e-30)
 
