@@ -4,6 +4,7 @@ Finiteness (degenerate gradients included), state round trips and jit/eager runs
 are checked in ``test_dtypes.py``.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,5 +62,5 @@ def test_optax_face_chains(name):
     update = jax.jit(lambda j, s, p, k: tx.update(j, s, p, losses=jnp.asarray([1.0, 2.0]), key=k))
     for i in range(2):
         updates, state = update(jac, state, params, jax.random.PRNGKey(i))
-    assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
-    assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
+    chex.assert_trees_all_equal_shapes(updates, params)
+    chex.assert_tree_all_finite(updates)

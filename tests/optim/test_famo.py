@@ -1,6 +1,7 @@
 """FAMO: w = c·z/L with z = softmax(ξ), c = 1/Σ(z/L); ξ descends J_softmaxᵀ δ + γξ (Adam), δ = the
 decrease of log L between consecutive calls — so tasks whose loss falls least gain weight."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,9 +85,8 @@ def test_single_task_zero_losses_and_purity():
     f, state = jax.jit(m.weights), m.init(2)
     a = f(jnp.asarray([1.0, 2.0]), state, jax.random.PRNGKey(0))
     b = f(jnp.asarray([1.0, 2.0]), state, jax.random.PRNGKey(1))
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert jax.tree.structure(a[1]) == jax.tree.structure(state)
-    assert [x.dtype for x in jax.tree.leaves(a[1])] == [x.dtype for x in jax.tree.leaves(state)]
+    chex.assert_trees_all_equal(a, b)
+    chex.assert_trees_all_equal_dtypes(a[1], state)  # structure and dtypes
 
 
 def test_optax_face():
@@ -98,8 +98,8 @@ def test_optax_face():
     upd = jax.jit(lambda j, s, l: tx.update(j, s, params, losses=l))
     for i in range(3):
         out, st = upd(jac, st, jnp.asarray([1.0, 2.0]) / (i + 1))
-    assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, params)
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(out))
+    chex.assert_trees_all_equal_shapes(out, params)
+    chex.assert_tree_all_finite(out)
 
 
 @pytest.mark.parametrize("kw", [{"lr": 0.0}, {"lr": float("inf")}, {"gamma": -1e-3}, {"gamma": float("nan")}])

@@ -1,5 +1,6 @@
 """GLS: Σ_t w_t ∇L_t is the gradient of the geometric mean (Π_t L_t)^{1/T}."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +53,7 @@ def test_jit_pure():
     f = jax.jit(m.weights)
     a = f(jnp.asarray([1.0, 2.0]), m.init(2), jax.random.PRNGKey(0))
     b = f(jnp.asarray([1.0, 2.0]), m.init(2), jax.random.PRNGKey(1))
-    jax.tree.map(np.testing.assert_array_equal, a, b)
+    chex.assert_trees_all_equal(a, b)
 
 
 def test_optax_face():
@@ -62,8 +63,8 @@ def test_optax_face():
     jac = {"a": jnp.arange(6.0).reshape(t, 3), "b": jnp.ones((t, 2, 2))}
     st = tx.init(params)
     out, st = jax.jit(lambda j, s, l: tx.update(j, s, params, losses=l))(jac, st, jnp.asarray([1.0, 4.0]))
-    assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, params)
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(out))
+    chex.assert_trees_all_equal_shapes(out, params)
+    chex.assert_tree_all_finite(out)
 
 
 @pytest.mark.parametrize("eps", [0.0, -1.0, float("nan")])

@@ -1,5 +1,6 @@
 """STCH: w = ∂/∂L of T·μ·log Σ exp(λ(ℓ − z)/μ); μ → 0 concentrates on the worst task."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,9 +77,8 @@ def test_single_task_degenerate_and_purity():
         assert np.isfinite(w).all()
     a = f(jnp.asarray([1.0, 2.0]), m.init(2), jax.random.PRNGKey(0))
     b = f(jnp.asarray([1.0, 2.0]), m.init(2), jax.random.PRNGKey(1))
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert jax.tree.structure(a[1]) == jax.tree.structure(m.init(2))
-    assert [x.dtype for x in jax.tree.leaves(a[1])] == [x.dtype for x in jax.tree.leaves(m.init(2))]
+    chex.assert_trees_all_equal(a, b)
+    chex.assert_trees_all_equal_dtypes(a[1], m.init(2))  # structure and dtypes
 
 
 def test_optax_face():
@@ -90,8 +90,8 @@ def test_optax_face():
     upd = jax.jit(lambda j, s, l: tx.update(j, s, params, losses=l))
     for i in range(3):
         out, st = upd(jac, st, jnp.asarray([1.0, 2.0]) / (i + 1))
-    assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, params)
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(out))
+    chex.assert_trees_all_equal_shapes(out, params)
+    chex.assert_tree_all_finite(out)
 
 
 @pytest.mark.parametrize("kw", [{"mu": 0.0}, {"mu": float("inf")}, {"warmup_steps": -1}, {"warmup_steps": 2.0},

@@ -1,5 +1,6 @@
 """Uncertainty weighting: w = ½e^{-s}, s learned by Adam on Σ ½e^{-s}L + ½s, so s → log L."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,9 +59,8 @@ def test_pure_and_fixed_state_structure():
     f = jax.jit(m.weights)
     a = f(jnp.asarray([1.0, 2.0]), state, jax.random.PRNGKey(1))
     b = f(jnp.asarray([1.0, 2.0]), state, jax.random.PRNGKey(2))
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-    assert jax.tree.structure(a[1]) == jax.tree.structure(state)
-    assert [x.dtype for x in jax.tree.leaves(a[1])] == [x.dtype for x in jax.tree.leaves(state)]
+    chex.assert_trees_all_equal(a, b)
+    chex.assert_trees_all_equal_dtypes(a[1], state)  # structure and dtypes
     w, _ = f(jnp.asarray([0.0, 1e30]), state, None)  # extreme losses stay finite
     assert np.isfinite(w).all()
 
@@ -74,8 +74,8 @@ def test_optax_face():
     upd = jax.jit(lambda j, s, l: tx.update(j, s, params, losses=l))
     for _ in range(3):
         out, st = upd(jac, st, jnp.asarray([1.0, 2.0]))
-    assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, params)
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(out))
+    chex.assert_trees_all_equal_shapes(out, params)
+    chex.assert_tree_all_finite(out)
 
 
 @pytest.mark.parametrize("kw", [{"lr": 0.0}, {"lr": -1.0}, {"lr": float("nan")}, {"init_log_var": float("inf")}])
