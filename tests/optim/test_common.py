@@ -59,8 +59,8 @@ def test_optax_face_chains(name):
     params = {"a": jnp.ones((3,)), "b": jnp.ones((2, 2))}
     jac = {"a": jnp.stack([jnp.ones(3), -jnp.ones(3) * 0.5]), "b": jnp.stack([jnp.ones((2, 2)), jnp.eye(2)])}
     state = tx.init(params)
-    update = jax.jit(lambda j, s, p, k: tx.update(j, s, p, losses=jnp.asarray([1.0, 2.0]), key=k))
-    for i in range(2):
-        updates, state = update(jac, state, params, jax.random.PRNGKey(i))
+    update = jax.jit(lambda j, s, p, l, k: tx.update(j, s, p, losses=l, key=k))
+    for i in range(3):  # losses that change from step to step, for the stateful weightings
+        updates, state = update(jac, state, params, jnp.asarray([1.0, 2.0]) / (i + 1), jax.random.PRNGKey(i))
     chex.assert_trees_all_equal_shapes(updates, params)
     chex.assert_tree_all_finite(updates)

@@ -4,7 +4,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mtljax.optim import as_optax, get_method
@@ -54,17 +53,6 @@ def test_jit_pure():
     a = f(jnp.asarray([1.0, 2.0]), m.init(2), jax.random.PRNGKey(0))
     b = f(jnp.asarray([1.0, 2.0]), m.init(2), jax.random.PRNGKey(1))
     chex.assert_trees_all_equal(a, b)
-
-
-def test_optax_face():
-    t = 2
-    tx = optax.chain(as_optax(geometric_loss(), t), optax.adam(1e-2))
-    params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
-    jac = {"a": jnp.arange(6.0).reshape(t, 3), "b": jnp.ones((t, 2, 2))}
-    st = tx.init(params)
-    out, st = jax.jit(lambda j, s, l: tx.update(j, s, params, losses=l))(jac, st, jnp.asarray([1.0, 4.0]))
-    chex.assert_trees_all_equal_shapes(out, params)
-    chex.assert_tree_all_finite(out)
 
 
 @pytest.mark.parametrize("eps", [0.0, -1.0, float("nan")])

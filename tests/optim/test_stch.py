@@ -4,10 +4,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from mtljax.optim import as_optax, get_method
+from mtljax.optim import get_method
 from mtljax.optim.stch import smooth_tchebycheff
 
 
@@ -79,19 +78,6 @@ def test_single_task_degenerate_and_purity():
     b = f(jnp.asarray([1.0, 2.0]), m.init(2), jax.random.PRNGKey(1))
     chex.assert_trees_all_equal(a, b)
     chex.assert_trees_all_equal_dtypes(a[1], m.init(2))  # structure and dtypes
-
-
-def test_optax_face():
-    t = 2
-    tx = optax.chain(as_optax(smooth_tchebycheff(warmup_steps=1), t), optax.adam(1e-2))
-    params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
-    jac = {"a": jnp.arange(6.0).reshape(t, 3), "b": jnp.ones((t, 2, 2))}
-    st = tx.init(params)
-    upd = jax.jit(lambda j, s, l: tx.update(j, s, params, losses=l))
-    for i in range(3):
-        out, st = upd(jac, st, jnp.asarray([1.0, 2.0]) / (i + 1))
-    chex.assert_trees_all_equal_shapes(out, params)
-    chex.assert_tree_all_finite(out)
 
 
 @pytest.mark.parametrize("kw", [{"mu": 0.0}, {"mu": float("inf")}, {"warmup_steps": -1}, {"warmup_steps": 2.0},
