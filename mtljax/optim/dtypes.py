@@ -1,10 +1,11 @@
 """The dtype policy of the multi-task methods: compute in the inputs' dtype, keep the state's dtypes.
 
-* **Weights** (and GradDrop's update) are computed in the *working dtype*: the promoted dtype of the
-  floating inputs a method reads (the Gramian, and the losses where it uses them; GradDrop: the stacked
-  gradients), but at least float32 — bfloat16/float16 or integer inputs are computed in float32, as
-  before this policy. Float32 inputs therefore give exactly the float32 computation, and with
-  ``jax_enable_x64`` float64 inputs give float64 weights computed in float64 (solvers included).
+* **Weights** are computed in the *working dtype* (:func:`working_dtype`): the promoted dtype of the
+  inputs a method reads (the Gramian, and the losses where it uses them), but at least float32 —
+  bfloat16/float16 or integer inputs are computed in float32, as before this policy. Float32 inputs
+  therefore give exactly the float32 computation, and with ``jax_enable_x64`` float64 inputs give
+  float64 weights computed in float64 (solvers included). GradDrop, which returns an update rather
+  than weights, computes it in the stacked gradients' dtype, as :func:`~mtljax.optim.base.combine` does.
 * **State** keeps the dtypes ``init`` gave it (float32 arrays, int32 counters) whatever the inputs: a
   state is a fixed-structure carry (``jit``, ``scan``, checkpoints), so a call never changes its
   dtypes. State arithmetic runs in the working dtype and the new state is cast back
