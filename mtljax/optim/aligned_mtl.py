@@ -15,7 +15,7 @@ gradients (as in the official code; TorchJD's port uses the mean, i.e. divides b
 ``scale`` chooses σ: "min" (default, σ = λ_R, the paper's choice: no aligned gradient is longer than
 the smallest singular direction allows), "median" (the lower median of the kept eigenvalues, as
 ``torch.median`` in the official code) or "rmse" (their mean). Eigenvalues at or below
-λ_max · T · ε_float32 are dropped (pseudo-inverse; the official tolerance), so zero or repeated
+λ_max · T · ε are dropped (ε: machine epsilon of G's dtype, as the official tolerance), so zero or repeated
 gradients are handled; if all are dropped (G ≈ 0), w = 1. With one task, w = [1].
 
 The paper's "UB" variant (Aligned-MTL-UB) is the same aggregator applied to the Gramian of the
@@ -27,16 +27,18 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 
 SCALES = ("min", "median", "rmse")
 
 
 def balance_matrix(gram, scale: str = "min"):
     """B (T × T) such that B J has orthogonal, equal-norm rows spanning the rows of J."""
-    gram = 0.5 * (gram + gram.T).astype(jnp.float32)
+    gram = jnp.asarray(gram, working_dtype(gram))
+    gram = 0.5 * (gram + gram.T)
     t = gram.shape[0]
     lam, vec = jnp.linalg.eigh(gram)  # ascending
-    tol = jnp.max(lam) * t * jnp.finfo(jnp.float32).eps
+    tol = jnp.max(lam) * t * jnp.finfo(gram.dtype).eps
     keep = lam > tol
     rank = jnp.sum(keep)
     if scale == "min":
@@ -47,7 +49,7 @@ def balance_matrix(gram, scale: str = "min"):
         sigma = jnp.sum(jnp.where(keep, lam, 0.0)) / jnp.maximum(rank, 1)
     inv_sqrt = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
     b = jnp.sqrt(jnp.where(rank > 0, sigma, 1.0)) * (vec * inv_sqrt[None, :]) @ vec.T
-    return jnp.where(rank > 0, b, jnp.eye(t, dtype=jnp.float32))
+    return jnp.where(rank > 0, b, jnp.eye(t, dtype=gram.dtype))
 
 
 def aligned_mtl(*, scale: str = "min") -> Method:

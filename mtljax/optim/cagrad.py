@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from optax.projections import projection_simplex
 
 from mtljax.optim.base import Method
-from mtljax.optim.solvers import project_simplex, regularize
+from mtljax.optim.dtypes import working_dtype
+from mtljax.optim.solvers import check_gramian, regularize
 
 
 def cagrad_dual(gram, c: float, iters: int):
     """``w*`` of the dual problem (FISTA on the simplex)."""
-    t = gram.shape[0]
-    mean = jnp.full((t,), 1.0 / t, jnp.float32)
+    t = check_gramian(gram, "cagrad_dual")
+    mean = jnp.full((t,), 1.0 / t, gram.dtype)
     sqrt_phi = c * jnp.sqrt(jnp.maximum(mean @ gram @ mean, 0.0))
     lip = jnp.linalg.eigvalsh(regularize(gram))[-1] * (1.0 + c) + 1e-12
     step = 1.0 / lip
@@ -36,11 +38,11 @@ def cagrad_dual(gram, c: float, iters: int):
 
     def body(_, carry):
         w, y, s = carry
-        w_next = project_simplex(y - step * grad(y))
+        w_next = projection_simplex(y - step * grad(y)).astype(gram.dtype)  # float32 stays float32 under x64
         s_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * s * s))
         return w_next, w_next + ((s - 1.0) / s_next) * (w_next - w), s_next
 
-    w, _, _ = jax.lax.fori_loop(0, iters, body, (mean, mean, jnp.ones((), jnp.float32)))
+    w, _, _ = jax.lax.fori_loop(0, iters, body, (mean, mean, jnp.ones((), gram.dtype)))
     return w, sqrt_phi
 
 
@@ -52,12 +54,12 @@ def cagrad(*, c: float = 0.4, iters: int = 200, rescale: bool = True) -> Method:
 
     def weights(losses, state, key, *, gramian=None):
         del losses, key
-        gram = gramian.astype(jnp.float32)
+        gram = jnp.asarray(gramian, working_dtype(gramian))
         t = gram.shape[0]
         w, sqrt_phi = cagrad_dual(gram, c, iters)
         norm_gw = jnp.sqrt(jnp.maximum(w @ gram @ w, 0.0))
         lam = jnp.where(norm_gw > 1e-12, sqrt_phi / jnp.maximum(norm_gw, 1e-12), 0.0)
-        out = jnp.full((t,), 1.0 / t) + lam * w
+        out = jnp.full((t,), 1.0 / t, gram.dtype) + lam * w
         return out / (1.0 + c * c) if rescale else out, state
 
     return Method("cagrad", "gramian", init=lambda num_tasks: (), weights=weights)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 
 
 def config(*, rcond: float = 1e-6) -> Method:
@@ -35,7 +36,8 @@ def config(*, rcond: float = 1e-6) -> Method:
 
     def weights(losses, state, key, *, gramian=None):
         del losses, key
-        gram = 0.5 * (gramian + gramian.T).astype(jnp.float32)
+        gram = jnp.asarray(gramian, working_dtype(gramian))
+        gram = 0.5 * (gram + gram.T)
         t = gram.shape[0]
         sq = jnp.diag(gram)
         nonzero = sq > 1e-30 * jnp.maximum(jnp.max(sq), 1e-30)
@@ -44,7 +46,7 @@ def config(*, rcond: float = 1e-6) -> Method:
         lam, vec = jnp.linalg.eigh(cos)
         keep = lam > rcond * jnp.maximum(jnp.max(lam), 0.0)
         inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
-        c = vec @ (inv * (vec.T @ jnp.ones((t,), jnp.float32)))  # Ĝ⁺ 1
+        c = vec @ (inv * (vec.T @ jnp.ones((t,), gram.dtype)))  # Ĝ⁺ 1
         a = inv_norm * c
         sq_len = a @ gram @ a
         w = a * (jnp.sum(gram @ a) / jnp.where(sq_len > 0, sq_len, 1.0))

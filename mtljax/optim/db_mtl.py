@@ -36,6 +36,7 @@ import math
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import cast_like, working_dtype
 
 _EPS = 1e-8
 _ZERO_NORM = 1e-12
@@ -55,8 +56,10 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0) -> Method:
         del key
         if gramian is None:
             raise ValueError("db_mtl: needs the Gramian of the task gradients (gramian=...)")
-        losses = jnp.asarray(losses, jnp.float32)
-        norms = jnp.sqrt(jnp.maximum(jnp.diag(jnp.asarray(gramian, jnp.float32)), 0.0))  # ‖∇L_t‖
+        losses, gramian = jnp.asarray(losses), jnp.asarray(gramian)
+        dtype = working_dtype(losses, gramian)
+        losses = losses.astype(dtype)
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gramian.astype(dtype)), 0.0))  # ‖∇L_t‖
         log_norms = norms / (losses + _EPS)  # ‖∇log L_t‖
         step = state["step"] + 1
         b = beta / step.astype(jnp.float32) ** beta_sigma
@@ -64,6 +67,6 @@ def db_mtl(*, beta: float = 0.9, beta_sigma: float = 0.0) -> Method:
         alpha = jnp.max(ema)
         nonzero = norms > _ZERO_NORM
         w = jnp.where(nonzero, alpha / jnp.where(nonzero, norms, 1.0), 0.0)
-        return w.astype(jnp.float32), {"norm_ema": ema, "step": step}
+        return w.astype(dtype), cast_like({"norm_ema": ema, "step": step}, state)
 
     return Method("db_mtl", "gramian", init=init, weights=weights)

@@ -30,6 +30,6 @@ def dualproj(*, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Method:
         del losses, key
         g = dual_cone_gramian(gramian, norm_eps, reg_eps)
         t = g.shape[0]
-        return box_qp(g, jnp.full((t,), 1.0 / t, jnp.float32)), state
+        return box_qp(g, jnp.full((t,), 1.0 / t, g.dtype)), state
 
     return Method("dualproj", "gramian", init=lambda num_tasks: (), weights=weights)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import cast_like, working_dtype
 
 _TINY = 1e-12
 
@@ -49,7 +50,8 @@ def dwa(*, temperature: float = 2.0, period: int = 1) -> Method:
 
     def weights(losses, state, key, *, gramian=None):
         del key, gramian
-        losses = jnp.asarray(losses, jnp.float32)
+        losses = jnp.asarray(losses)
+        losses = losses.astype(working_dtype(losses))
         t = losses.shape[0]
         ratio = jnp.maximum(state["last"], _TINY) / jnp.maximum(state["before_last"], _TINY)
         w = t * jax.nn.softmax(ratio / temperature)
@@ -65,6 +67,6 @@ def dwa(*, temperature: float = 2.0, period: int = 1) -> Method:
             "before_last": jnp.where(done, state["last"], state["before_last"]),
             "blocks": jnp.minimum(state["blocks"] + done.astype(jnp.int32), 2).astype(jnp.int32),
         }
-        return w.astype(jnp.float32), new_state
+        return w.astype(losses.dtype), cast_like(new_state, state)
 
     return Method("dwa", "losses", init=init, weights=weights)

@@ -34,13 +34,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
+from mtljax.optim.solvers import check_gramian
 
 _STEPS = (2.0 ** -np.arange(12)).astype(np.float32)  # backtracking grid 1, 1/2, ..., 1/2048
 
 
 def solve_fair_weights(gram: jax.Array, alpha: float, iters: int = 30, reg: float = 1e-6) -> jax.Array:
     """The w > 0 with ``G w = w^(−1/alpha)`` (damped Newton on a convex potential; see module doc)."""
-    gram = 0.5 * (gram + gram.T).astype(jnp.float32)
+    check_gramian(gram, "solve_fair_weights")
+    gram = jnp.asarray(gram, working_dtype(gram))
+    gram = 0.5 * (gram + gram.T)
     t = gram.shape[0]
     scale = jnp.trace(gram) / t
     scale = jnp.where(scale > 1e-30, scale, 1.0)
@@ -88,7 +92,9 @@ def clip_weights(w: jax.Array, gram: jax.Array, max_norm: float) -> jax.Array:
     """Scale ``w`` so that ‖Jᵀw‖ = sqrt(wᵀ G w) ≤ ``max_norm`` (no-op when ``max_norm`` is 0)."""
     if max_norm <= 0:
         return w
-    norm = jnp.sqrt(jnp.maximum(w @ gram.astype(jnp.float32) @ w, 0.0))
+    dtype = working_dtype(w, gram)
+    w = jnp.asarray(w, dtype)
+    norm = jnp.sqrt(jnp.maximum(w @ jnp.asarray(gram, dtype) @ w, 0.0))
     return w * jnp.where(norm > max_norm, max_norm / jnp.maximum(norm, 1e-30), 1.0)
 
 

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import cast_like, working_dtype
 
 _EPS = 1e-8
 
@@ -57,7 +58,8 @@ def famo(*, lr: float = 0.025, gamma: float = 1e-3) -> Method:
 
     def weights(losses, state, key, *, gramian=None):
         del key, gramian
-        d = jnp.asarray(losses, jnp.float32) + _EPS
+        losses = jnp.asarray(losses)
+        d = losses.astype(working_dtype(losses)) + _EPS
         xi = state["logits"]
 
         # logit step from the decrease of the log-losses since the previous call
@@ -72,6 +74,6 @@ def famo(*, lr: float = 0.025, gamma: float = 1e-3) -> Method:
         z = jax.nn.softmax(xi)
         w = (z / d) / jnp.sum(z / d)
         new_state = {"logits": xi, "opt": opt_state, "prev_losses": d, "step": state["step"] + 1}
-        return w.astype(jnp.float32), new_state
+        return w.astype(d.dtype), cast_like(new_state, state)
 
     return Method("famo", "losses", init=init, weights=weights)

@@ -25,6 +25,7 @@ import math
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 
 
 def geometric_loss(*, eps: float = 1e-8) -> Method:
@@ -34,9 +35,10 @@ def geometric_loss(*, eps: float = 1e-8) -> Method:
 
     def weights(losses, state, key, *, gramian=None):
         del key, gramian
-        log_l = jnp.log(jnp.maximum(jnp.asarray(losses, jnp.float32), eps))
+        losses = jnp.asarray(losses)
+        log_l = jnp.log(jnp.maximum(losses.astype(working_dtype(losses)), eps))
         t = log_l.shape[0]
         w = jnp.exp(jnp.mean(log_l) - log_l) / t
-        return w.astype(jnp.float32), state
+        return w, state
 
     return Method("gls", "losses", init=lambda num_tasks: (), weights=weights)

@@ -29,7 +29,7 @@ def graddrop(*, leak: float = 0.0, eps: float = 1e-12) -> Method:
 
         def one(g, k):
             purity = 0.5 * (1.0 + jnp.sum(g, axis=0) / (jnp.sum(jnp.abs(g), axis=0) + eps))
-            u = jax.random.uniform(k, purity.shape)
+            u = jax.random.uniform(k, purity.shape, jnp.float32)  # float32 draws in every mode
             keep = ((purity > u)[None] & (g > 0)) | ((purity < u)[None] & (g < 0))
             mask = keep.astype(g.dtype)
             return jnp.sum((mask + leak * (1.0 - mask)) * g, axis=0)

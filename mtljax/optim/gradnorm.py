@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import optax
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import cast_like, working_dtype
 
 _EPS = 1e-8
 _MIN_WEIGHT = 1e-4
@@ -59,10 +60,12 @@ def gradnorm(*, alpha: float = 1.5, lr: float = 0.025) -> Method:
         del key
         if gramian is None:
             raise ValueError("gradnorm: needs the Gramian of the task gradients (gramian=...)")
-        losses = jnp.asarray(losses, jnp.float32)
+        losses, gramian = jnp.asarray(losses), jnp.asarray(gramian)
+        dtype = working_dtype(losses, gramian)
+        losses = losses.astype(dtype)
         t = losses.shape[0]
         initial = jnp.where(state["step"] == 0, losses, state["initial_losses"])
-        norms = jnp.sqrt(jnp.maximum(jnp.diag(jnp.asarray(gramian, jnp.float32)), 0.0))
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gramian.astype(dtype)), 0.0))
         w = state["w"]
         g_w = w * norms
         rate = losses / jnp.maximum(initial, _EPS)
@@ -74,6 +77,6 @@ def gradnorm(*, alpha: float = 1.5, lr: float = 0.025) -> Method:
         w_next = t * w_next / jnp.sum(w_next)
         new_state = {"w": w_next, "opt": opt_state, "initial_losses": initial,
                      "step": jnp.minimum(state["step"] + 1, 1).astype(jnp.int32)}
-        return w.astype(jnp.float32), new_state
+        return w.astype(dtype), cast_like(new_state, state)
 
     return Method("gradnorm", "gramian", init=init, weights=weights)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 
 
 def gradvac(*, beta: float = 0.01, eps: float = 1e-8) -> Method:
@@ -27,11 +28,11 @@ def gradvac(*, beta: float = 0.01, eps: float = 1e-8) -> Method:
 
     def weights(losses, state, key, *, gramian=None):
         del losses
-        gram = gramian.astype(jnp.float32)
+        gram = jnp.asarray(gramian, working_dtype(gramian))
         t = gram.shape[0]
         norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
         order = jax.vmap(lambda k: jax.random.permutation(k, t))(jax.random.split(key, t))
-        eye = jnp.eye(t, dtype=jnp.float32)
+        eye = jnp.eye(t, dtype=gram.dtype)
 
         def one(i, perm, targets):
             def visit(k, carry):
@@ -46,7 +47,8 @@ def gradvac(*, beta: float = 0.01, eps: float = 1e-8) -> Method:
                     jnp.maximum(norms[j], eps) * root)
                 active = (j != i) & (phi < target) & (denom > eps)
                 c = jnp.where(active, c + coef * eye[j], c)
-                targets = jnp.where(j != i, targets.at[j].set((1 - beta) * target + beta * phi), targets)
+                ema = ((1 - beta) * target + beta * phi).astype(targets.dtype)  # the state's dtype
+                targets = jnp.where(j != i, targets.at[j].set(ema), targets)
                 return c, targets
 
             return jax.lax.fori_loop(0, t, visit, (eye[i], targets))

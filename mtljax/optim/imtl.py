@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 
 
 def imtl_g(*, rcond: float = 1e-6) -> Method:
@@ -26,10 +27,10 @@ def imtl_g(*, rcond: float = 1e-6) -> Method:
 
     def weights(losses, state, key, *, gramian=None):
         del losses, key
-        gram = gramian.astype(jnp.float32)
+        gram = jnp.asarray(gramian, working_dtype(gramian))
         t = gram.shape[0]
         if t == 1:
-            return jnp.ones((1,), jnp.float32), state
+            return jnp.ones((1,), gram.dtype), state
         norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
         norms = jnp.where(norms > 1e-12, norms, 1.0)
         gu = gram / norms[None, :]  # gu[a, b] = g_a · u_b
@@ -37,6 +38,6 @@ def imtl_g(*, rcond: float = 1e-6) -> Method:
         du = (gu[0, 0] - gu[0, 1:][None, :]) - (gu[1:, 0][:, None] - gu[1:, 1:])  # (g_1 − g_s)·(u_1 − u_t)
         alpha = jnp.linalg.lstsq(du.T, g1u, rcond=rcond)[0]  # α (D Uᵀ) = g_1 Uᵀ
         w = jnp.concatenate([1.0 - jnp.sum(alpha, keepdims=True), alpha])
-        return jnp.where(jnp.all(jnp.isfinite(w)), w, jnp.full((t,), 1.0 / t)), state
+        return jnp.where(jnp.all(jnp.isfinite(w)), w, jnp.full((t,), 1.0 / t, gram.dtype)), state
 
     return Method("imtl_g", "gramian", init=lambda num_tasks: (), weights=weights)

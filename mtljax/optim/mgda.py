@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 from mtljax.optim.solvers import min_norm_simplex
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -31,9 +32,10 @@ def mgda(*, normalization: str = "none", iters: int = 250) -> Method:
 
     def weights(losses, state, key, *, gramian=None):
         del key
-        gram = gramian.astype(jnp.float32)
+        dtype = working_dtype(gramian, losses)
+        gram = jnp.asarray(gramian, dtype)
         norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
-        losses = jnp.maximum(losses.astype(jnp.float32), 1e-12)
+        losses = jnp.maximum(jnp.asarray(losses, dtype), 1e-12)
         scale = {"none": jnp.ones_like(norms), "l2": norms, "loss": losses, "loss+": losses * norms}[normalization]
         scale = jnp.where(scale > 1e-12, scale, 1.0)
         w = min_norm_simplex(gram / (scale[:, None] * scale[None, :]), iters)

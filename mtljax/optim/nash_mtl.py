@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 from mtljax.optim.fairgrad import clip_weights, solve_fair_weights
 
 
@@ -49,13 +50,14 @@ def nash_mtl(*, max_norm: float = 1.0, update_weights_every: int = 1, optim_nite
 
     def weights(losses, state, key, *, gramian=None):
         del losses, key
-        gram = gramian.astype(jnp.float32)
+        gram = jnp.asarray(gramian, working_dtype(gramian))
         if update_weights_every == 1:
             alpha = solve_fair_weights(gram, 1.0, optim_niter)
         else:
             alpha = jax.lax.cond(state["step"] % update_weights_every == 0,
-                                 lambda: solve_fair_weights(gram, 1.0, optim_niter), lambda: state["alpha"])
-        new_state = {"alpha": alpha, "step": state["step"] + 1}
+                                 lambda: solve_fair_weights(gram, 1.0, optim_niter),
+                                 lambda: state["alpha"].astype(gram.dtype))
+        new_state = {"alpha": alpha.astype(state["alpha"].dtype), "step": state["step"] + 1}
         return clip_weights(alpha, gram, max_norm), new_state
 
     return Method("nash_mtl", "gramian", init=init, weights=weights)

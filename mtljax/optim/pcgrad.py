@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 
 
 def project_conflicts(gram, order, eps: float = 1e-20):
@@ -29,7 +30,7 @@ def project_conflicts(gram, order, eps: float = 1e-20):
             j = perm[k]
             dot = c @ gram[:, j]
             remove = (j != i) & (dot < 0) & (gram[j, j] > eps)
-            return jnp.where(remove, c - dot / jnp.maximum(gram[j, j], eps) * jnp.eye(t)[j], c)
+            return jnp.where(remove, c - dot / jnp.maximum(gram[j, j], eps) * jnp.eye(t, dtype=c.dtype)[j], c)
 
         return jax.lax.fori_loop(0, t, visit, jnp.eye(t, dtype=gram.dtype)[i])
 
@@ -38,7 +39,7 @@ def project_conflicts(gram, order, eps: float = 1e-20):
 
 def pcgrad() -> Method:
     def weights(losses, state, key, *, gramian=None):
-        gram = gramian.astype(jnp.float32)
+        gram = jnp.asarray(gramian, working_dtype(gramian))
         t = gram.shape[0]
         order = jax.vmap(lambda k: jax.random.permutation(k, t))(jax.random.split(key, t))
         return jnp.sum(project_conflicts(gram, order), axis=0), state

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet", "bernoulli")
 _BERNOULLI_TRIES = 32
@@ -41,11 +42,12 @@ def random_loss_weighting(*, distribution: str = "normal", sum_to_one: bool = Fa
 
     def weights(losses, state, key, *, gramian=None):
         del gramian
-        t = jnp.shape(losses)[0]
+        losses = jnp.asarray(losses)
+        t, dtype = losses.shape[0], working_dtype(losses)
         if distribution == "bernoulli":
             draws = jax.random.bernoulli(key, 0.5, (_BERNOULLI_TRIES, t))
             first = jnp.argmax(draws.any(axis=1))  # index of the first non-zero draw (0 if none)
-            w = draws[first].astype(jnp.float32)
+            w = draws[first].astype(dtype)
             w = jnp.where(w.sum() > 0, w, jnp.zeros_like(w).at[0].set(1.0))
             return w, state
         if distribution == "normal":
@@ -55,7 +57,7 @@ def random_loss_weighting(*, distribution: str = "normal", sum_to_one: bool = Fa
         else:
             e = jax.random.exponential(key, (t,), jnp.float32)  # Dir(1, …, 1) = E / ΣE, E ~ Exp(1)
             raw = e / jnp.sum(e)
-        w = jax.nn.softmax(raw)
-        return (w if sum_to_one else t * w).astype(jnp.float32), state
+        w = jax.nn.softmax(raw.astype(dtype))  # draws are float32 in every mode (same key, same draws)
+        return (w if sum_to_one else t * w), state
 
     return Method("rlw", "losses", init=lambda num_tasks: (), weights=weights, stochastic=True)

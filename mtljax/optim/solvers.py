@@ -2,44 +2,51 @@
 
 * :func:`min_norm_simplex` — ``min_{w ∈ Δ} wᵀ G w`` (the minimum-norm point of the convex hull of the
   task gradients; MGDA). Exact for ``T = 2``; otherwise accelerated projected gradient (FISTA) with
-  step ``1 / λ_max(G)`` and Euclidean projection onto the simplex.
+  step ``1 / λ_max(G)`` and Euclidean projection onto the simplex
+  (``optax.projections.projection_simplex``).
 * :func:`box_qp` — ``min_{v ≥ u} vᵀ G v`` for a lower bound ``u`` (projections onto the dual cone
   ``{d : J d ≥ 0}``; UPGrad, DualProj). An exact primal active-set method (at most 4T + 8 steps).
 * :func:`regularize` — ``G + ε·(trace(G)/T + tiny)·I``: keeps the problems well posed when gradients
   are zero or identical (degenerate ``G``), without changing well-conditioned solutions noticeably.
+
+All of them compute in the dtype of their inputs, at least float32 (:mod:`mtljax.optim.dtypes`), and
+check their arguments' shapes (:func:`check_gramian`) with a message naming the function.
 """
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
+from optax.projections import projection_simplex
+
+from mtljax.optim.dtypes import working_dtype
+
+
+def check_gramian(gram, where: str) -> int:
+    """``T`` of a ``[T, T]`` Gramian; a chex shape error naming ``where`` for anything else."""
+    chex.assert_rank(gram, 2, custom_message=f"{where}: the Gramian must be a [T, T] matrix")
+    t = jnp.shape(gram)[0]
+    chex.assert_shape(gram, (t, t), custom_message=f"{where}: the Gramian must be a [T, T] matrix")
+    return t
 
 
 def regularize(gram: jax.Array, eps: float = 1e-6) -> jax.Array:
-    gram = 0.5 * (gram + gram.T).astype(jnp.float32)
+    check_gramian(gram, "regularize")
+    gram = jnp.asarray(gram, working_dtype(gram))
+    gram = 0.5 * (gram + gram.T)
     t = gram.shape[0]
     scale = jnp.trace(gram) / t + 1e-12
     return gram + eps * scale * jnp.eye(t, dtype=gram.dtype)
 
 
-def project_simplex(v: jax.Array) -> jax.Array:
-    """Euclidean projection onto ``{w ≥ 0, Σ w = 1}`` (sort-based, Held et al. / Duchi et al.)."""
-    t = v.shape[0]
-    u = jnp.sort(v)[::-1]
-    css = jnp.cumsum(u) - 1.0
-    idx = jnp.arange(1, t + 1, dtype=v.dtype)
-    cond = u - css / idx > 0
-    rho = jnp.max(jnp.where(cond, jnp.arange(t), 0))
-    theta = css[rho] / (rho + 1.0)
-    return jnp.maximum(v - theta, 0.0)
-
-
 def min_norm_simplex(gram: jax.Array, iters: int = 250) -> jax.Array:
     """Weights ``w ∈ Δ`` minimising ``‖Jᵀ w‖² = wᵀ G w``."""
-    gram = gram.astype(jnp.float32)
+    check_gramian(gram, "min_norm_simplex")
+    gram = jnp.asarray(gram, working_dtype(gram))
     t = gram.shape[0]
     if t == 1:
-        return jnp.ones((1,), jnp.float32)
+        return jnp.ones((1,), gram.dtype)
     if t == 2:
         # minimise |γ g1 + (1-γ) g2|²: γ = (g2·g2 − g1·g2) / |g1 − g2|², clipped to [0, 1]
         denom = gram[0, 0] + gram[1, 1] - 2 * gram[0, 1]
@@ -47,16 +54,17 @@ def min_norm_simplex(gram: jax.Array, iters: int = 250) -> jax.Array:
         gamma = jnp.clip(gamma, 0.0, 1.0)
         return jnp.stack([gamma, 1.0 - gamma])
     step = 1.0 / (jnp.linalg.eigvalsh(regularize(gram))[-1] + 1e-20)
-    w0 = jnp.full((t,), 1.0 / t, jnp.float32)
+    w0 = jnp.full((t,), 1.0 / t, gram.dtype)
 
     def body(_, carry):
         w, y, s = carry
-        w_next = project_simplex(y - step * (gram @ y))  # ∇(wᵀGw) = 2Gw, Lipschitz 2λ_max
+        # ∇(wᵀGw) = 2Gw, Lipschitz 2λ_max; the cast keeps float32 under x64 (optax promotes there)
+        w_next = projection_simplex(y - step * (gram @ y)).astype(gram.dtype)
         s_next = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * s * s))
         y_next = w_next + ((s - 1.0) / s_next) * (w_next - w)
         return w_next, y_next, s_next
 
-    w, _, _ = jax.lax.fori_loop(0, iters, body, (w0, w0, jnp.ones((), jnp.float32)))
+    w, _, _ = jax.lax.fori_loop(0, iters, body, (w0, w0, jnp.ones((), gram.dtype)))
     return w
 
 
@@ -67,10 +75,11 @@ def box_qp(gram: jax.Array, lower: jax.Array, max_iter: int | None = None) -> ja
     current free set, adding the first bound it would cross, or frees the bound with the most negative
     multiplier. Exact after finitely many steps; at most ``max_iter`` (default 4T + 8) steps.
     """
-    gram = gram.astype(jnp.float32)
-    lower = lower.astype(jnp.float32)
-    t = gram.shape[0]
-    eye = jnp.eye(t, dtype=jnp.float32)
+    t = check_gramian(gram, "box_qp")
+    chex.assert_shape(lower, (t,), custom_message="box_qp: the lower bound must be a [T] vector")
+    dtype = working_dtype(gram, lower)
+    gram, lower = jnp.asarray(gram, dtype), jnp.asarray(lower, dtype)
+    eye = jnp.eye(t, dtype=dtype)
     tol = 1e-7 * (jnp.max(jnp.abs(jnp.diag(gram))) + 1e-30) * (jnp.max(jnp.abs(lower)) + 1e-30)
 
     def subproblem(fixed):  # minimiser with v_i = lower_i on the fixed set, free elsewhere

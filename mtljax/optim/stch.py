@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import cast_like, working_dtype
 
 _EPS = 1e-8
 
@@ -57,12 +58,12 @@ def smooth_tchebycheff(*, mu: float = 1.0, warmup_steps: int = 0, preference=Non
     else:
         pref = None
 
-    def _lam(t):
+    def _lam(t, dtype=jnp.float32):
         if pref is None:
-            return jnp.ones((t,), jnp.float32)
+            return jnp.ones((t,), dtype)
         if len(pref) != t:
             raise ValueError(f"stch: preference has {len(pref)} entries but there are {t} tasks")
-        return jnp.asarray(pref, jnp.float32)
+        return jnp.asarray(pref, dtype)
 
     def init(num_tasks):
         _lam(num_tasks)
@@ -71,11 +72,12 @@ def smooth_tchebycheff(*, mu: float = 1.0, warmup_steps: int = 0, preference=Non
 
     def weights(losses, state, key, *, gramian=None):
         del key, gramian
-        losses = jnp.asarray(losses, jnp.float32)
+        losses = jnp.asarray(losses)
+        losses = losses.astype(working_dtype(losses))
         t = losses.shape[0]
-        lam = _lam(t)
+        lam = _lam(t, losses.dtype)
         if not log_losses:
-            return (t * lam * jax.nn.softmax(lam * losses / mu)).astype(jnp.float32), state
+            return t * lam * jax.nn.softmax(lam * losses / mu), state
 
         step = state["step"]
         in_warmup = step < warmup_steps
@@ -87,6 +89,6 @@ def smooth_tchebycheff(*, mu: float = 1.0, warmup_steps: int = 0, preference=Non
         w = jnp.where(in_warmup, 1.0 / (losses + _EPS), w_stch)
         new_state = {"step": jnp.minimum(step + 1, warmup_steps + 1).astype(jnp.int32),
                      "warmup_sum": warmup_sum, "nadir": nadir}
-        return w.astype(jnp.float32), new_state
+        return w.astype(losses.dtype), cast_like(new_state, state)
 
     return Method("stch", "losses", init=init, weights=weights)

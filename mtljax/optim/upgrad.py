@@ -14,7 +14,7 @@ Numerics as in TorchJD: the QPs are solved on the normalised, regularised Gramia
 G' = G / trace(G) + reg_eps·I (G' = reg_eps·I when trace(G) < ``norm_eps``, i.e. all gradients
 (near) zero — then w is the mean weighting), defaults norm_eps = reg_eps = 1e-4. Normalisation does
 not change the solution (the QP is scale invariant); reg_eps makes it strictly convex (zero or identical
-gradients). Solver: :func:`mtljax.optim.solvers.box_qp`, an exact active-set method (float32, ``while_loop`` with at most
+gradients). Solver: :func:`mtljax.optim.solvers.box_qp`, an exact active-set method (in G's dtype, ``while_loop`` with at most
 4T + 8 steps), vmapped over the T problems. (Cyclic coordinate descent was measured too slow on low-rank / near-collinear Gramians — relative
 error of d above 100% after 500 sweeps at T = 6 — as expected at condition number ~1/reg_eps.)
 With one task w = [1].
@@ -26,17 +26,19 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 from mtljax.optim.solvers import box_qp
 
 
 def dual_cone_gramian(gram: jax.Array, norm_eps: float, reg_eps: float) -> jax.Array:
     """TorchJD's conditioning of G: divide by trace(G) (0 if below ``norm_eps``), add ``reg_eps``·I."""
-    gram = 0.5 * (gram + gram.T).astype(jnp.float32)
+    gram = jnp.asarray(gram, working_dtype(gram))
+    gram = 0.5 * (gram + gram.T)
     t = gram.shape[0]
     trace = jnp.trace(gram)
     big = (trace >= norm_eps) & (trace > 0)
     normed = jnp.where(big, gram / jnp.where(big, trace, 1.0), 0.0)
-    return normed + reg_eps * jnp.eye(t, dtype=jnp.float32)
+    return normed + reg_eps * jnp.eye(t, dtype=gram.dtype)
 
 
 def check_eps(name: str, norm_eps: float, reg_eps: float) -> None:
@@ -54,7 +56,7 @@ def upgrad(*, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> Method:
         del losses, key
         g = dual_cone_gramian(gramian, norm_eps, reg_eps)
         t = g.shape[0]
-        lowers = jnp.eye(t, dtype=jnp.float32) / t  # row i: e_i / T
+        lowers = jnp.eye(t, dtype=g.dtype) / t  # row i: e_i / T
         v = jax.vmap(lambda u: box_qp(g, u))(lowers)
         return jnp.sum(v, axis=0), state
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import cast_like, working_dtype
 
 
 def uncertainty_weighting(*, lr: float = 1e-3, init_log_var: float = 0.0) -> Method:
@@ -48,11 +49,13 @@ def uncertainty_weighting(*, lr: float = 1e-3, init_log_var: float = 0.0) -> Met
 
     def weights(losses, state, key, *, gramian=None):
         del key, gramian
-        losses = jnp.asarray(losses, jnp.float32)
+        losses = jnp.asarray(losses)
+        losses = losses.astype(working_dtype(losses))
         s = state["log_var"]
         w = 0.5 * jnp.exp(-s)
         grad_s = 0.5 - w * losses  # ∂L_UW/∂s_t
         upd, opt_state = opt.update(grad_s, state["opt"], s)
-        return w, {"log_var": optax.apply_updates(s, upd), "opt": opt_state}
+        new_state = {"log_var": optax.apply_updates(s, upd), "opt": opt_state}
+        return w.astype(losses.dtype), cast_like(new_state, state)
 
     return Method("uw", "losses", init=init, weights=weights)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mtljax.optim.base import Method
+from mtljax.optim.dtypes import working_dtype
 
 
 def equal() -> Method:
     def weights(losses, state, key, *, gramian=None):
         del key, gramian
-        return jnp.ones_like(losses, dtype=jnp.float32), state
+        losses = jnp.asarray(losses)
+        return jnp.ones(losses.shape, working_dtype(losses)), state
 
     return Method("equal", "losses", init=lambda num_tasks: (), weights=weights)

@@ -1,5 +1,10 @@
-"""Properties every registered multi-task method must have (in addition to its own tests)."""
+"""Properties every registered multi-task method must have (in addition to its own tests).
 
+Finiteness (degenerate gradients included), state round trips and jit/eager runs in float32 and float64
+are checked in ``test_dtypes.py``.
+"""
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,32 +29,6 @@ def _update(method, jac, state, key, losses):
     gram = gramian_of({"x": jac}) if method.needs == "gramian" else None
     w, state = method.weights(losses, state, key, gramian=gram)
     return combine({"x": jac}, w), state
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_jit_state_structure_and_finiteness(name):
-    method = get_method(name)
-    t = 3
-    state = method.init(t)
-    step = jax.jit(lambda j, s, k, l: _update(method, j, s, k, l))
-    for i in range(4):
-        jac = _jacobian(t, seed=i)
-        losses = jnp.asarray([1.0, 2.0, 0.5]) * (0.9 ** i)
-        out, new_state = step(jac, state, jax.random.PRNGKey(i), losses)
-        assert jax.tree.structure(new_state) == jax.tree.structure(state)
-        assert all(a.shape == b.shape and a.dtype == b.dtype
-                   for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)))
-        assert np.all(np.isfinite(out["x"]))
-        state = new_state
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_degenerate_gradients_stay_finite(name):
-    method = get_method(name)
-    g = _jacobian(1)[0]
-    for jac in (jnp.zeros((3, 6)), jnp.stack([g, g, g]), jnp.stack([g, -g, jnp.zeros_like(g)])):
-        out, _ = _update(method, jac, method.init(3), jax.random.PRNGKey(0), jnp.asarray([1.0, 1.0, 1.0]))
-        assert np.all(np.isfinite(out["x"])), (name, jac)
 
 
 def _needs(name):
@@ -80,8 +59,8 @@ def test_optax_face_chains(name):
     params = {"a": jnp.ones((3,)), "b": jnp.ones((2, 2))}
     jac = {"a": jnp.stack([jnp.ones(3), -jnp.ones(3) * 0.5]), "b": jnp.stack([jnp.ones((2, 2)), jnp.eye(2)])}
     state = tx.init(params)
-    update = jax.jit(lambda j, s, p, k: tx.update(j, s, p, losses=jnp.asarray([1.0, 2.0]), key=k))
-    for i in range(2):
-        updates, state = update(jac, state, params, jax.random.PRNGKey(i))
-    assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
-    assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
+    update = jax.jit(lambda j, s, p, l, k: tx.update(j, s, p, losses=l, key=k))
+    for i in range(3):  # losses that change from step to step, for the stateful weightings
+        updates, state = update(jac, state, params, jnp.asarray([1.0, 2.0]) / (i + 1), jax.random.PRNGKey(i))
+    chex.assert_trees_all_equal_shapes(updates, params)
+    chex.assert_tree_all_finite(updates)

@@ -1,5 +1,6 @@
 """ConFIG: the update has the same positive cosine to every task gradient and length Σ_t g_tᵀd̂."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,9 +74,9 @@ def test_optax_face_under_jit():
            "b": jnp.asarray(rng.standard_normal((2, 2, 2)), jnp.float32)}
     tx = optax.chain(as_optax(METHOD, 2), optax.adam(1e-2))
     updates, state = jax.jit(lambda j, s: tx.update(j, s, params, losses=jnp.ones(2)))(jac, tx.init(params))
-    assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
+    chex.assert_tree_all_finite(updates)
     # Adam's first moment after one step is 0.1 × its input, the combined update Jᵀw
     out = jax.tree.map(lambda m: m / 0.1, optax.tree_utils.tree_get(state, "mu"))
     flat = np.concatenate([np.asarray(jac["a"]), np.asarray(jac["b"]).reshape(2, -1)], axis=1)
     expected = combine(jac, jnp.asarray(_weights(flat), jnp.float32))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out, expected)
+    chex.assert_trees_all_close(out, expected, rtol=1e-4, atol=1e-6)

@@ -1,5 +1,6 @@
 """DualProj: the update is the projection of the mean gradient onto the dual cone {d : J d ≥ 0}."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,9 +92,9 @@ def test_optax_face_under_jit():
     jac["a"] = jac["a"].at[1].set(-2 * jac["a"][0])
     tx = optax.chain(as_optax(METHOD, 2), optax.adam(1e-2))
     updates, state = jax.jit(lambda j, s: tx.update(j, s, params, losses=jnp.ones(2)))(jac, tx.init(params))
-    assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
+    chex.assert_tree_all_finite(updates)
     # Adam's first moment after one step is 0.1 × its input, the combined update Jᵀw
     out = jax.tree.map(lambda m: m / 0.1, optax.tree_utils.tree_get(state, "mu"))
     flat = np.concatenate([np.asarray(jac["a"]), np.asarray(jac["b"]).reshape(2, -1)], axis=1)
     expected = combine(jac, jnp.asarray(_weights(flat), jnp.float32))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out, expected)
+    chex.assert_trees_all_close(out, expected, rtol=1e-4, atol=1e-6)

@@ -1,5 +1,6 @@
 """RLW: weights are T·softmax of fresh N(0, I) draws (key-driven), independent of the losses."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,8 +63,8 @@ def test_optax_face_with_and_without_key():
     out, st = upd(jac, st, jnp.asarray([1.0, 2.0]), jax.random.PRNGKey(5))
     out2, st = jax.jit(lambda j, s, l: tx.update(j, s, params, losses=l))(jac, st, jnp.asarray([1.0, 2.0]))
     for o in (out, out2):
-        assert jax.tree.map(jnp.shape, o) == jax.tree.map(jnp.shape, params)
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(o))
+        chex.assert_trees_all_equal_shapes(o, params)
+        chex.assert_tree_all_finite(o)
 
 
 @pytest.mark.parametrize("kw", [{"distribution": "gamma"}, {"distribution": "Normal"}, {"sum_to_one": 1}])
