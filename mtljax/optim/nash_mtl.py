@@ -19,11 +19,15 @@ history except through ``update_weights_every``. A relative diagonal ridge (1e-6
 a gradient is zero or gradients cancel (a zero-gradient task then gets a large but finite α that
 multiplies a zero gradient).
 
-Defaults as in the official code: ``max_norm = 1.0`` — the combined update Jᵀα is rescaled to norm
-``max_norm`` when longer (``max_norm = 0`` disables this; since ‖Jᵀα‖ = √T, with T ≥ 2 the default
-always yields an update of norm 1); ``update_weights_every = 1`` — α is recomputed every that many
-steps and otherwise reused from the state (then re-clipped against the current Gramian);
-``optim_niter = 20``. With one task, α = 1/‖g‖: the update is the unit gradient (by definition).
+As in the official code, the update is the gradient of ``Σ_t α_t L_t``: task-specific parameters
+(heads) get ``α_t ∇L_t`` (``Method.heads = "weighted"``), and only the *shared* update ``J_sᵀα`` is
+rescaled to global norm ``max_norm`` when longer (``torch.nn.utils.clip_grad_norm_(shared_parameters,
+max_norm)``; ``Method.clip_shared``; ``max_norm = 0`` disables it; since ‖J_sᵀα‖ = √T, with T ≥ 2 the
+default always yields a shared update of norm 1). ``weights`` returns the unclipped α; the transform
+(:func:`mtljax.optim.as_optax`) clips the combined shared update. Defaults as in the official code:
+``max_norm = 1.0``; ``update_weights_every = 1`` — α is recomputed every that many steps and
+otherwise reused from the state; ``optim_niter = 20``. With one task, α = 1/‖g‖: the update is the unit
+gradient (by definition).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import jax.numpy as jnp
 
 from mtljax.optim.base import Method
 from mtljax.optim.dtypes import working_dtype
-from mtljax.optim.fairgrad import clip_weights, solve_fair_weights
+from mtljax.optim.fairgrad import solve_fair_weights
 
 
 def nash_mtl(*, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20) -> Method:
@@ -58,6 +62,6 @@ def nash_mtl(*, max_norm: float = 1.0, update_weights_every: int = 1, optim_nite
                                  lambda: solve_fair_weights(gram, 1.0, optim_niter),
                                  lambda: state["alpha"].astype(gram.dtype))
         new_state = {"alpha": alpha.astype(state["alpha"].dtype), "step": state["step"] + 1}
-        return clip_weights(alpha, gram, max_norm), new_state
+        return alpha, new_state
 
-    return Method("nash_mtl", "gramian", init=init, weights=weights)
+    return Method("nash_mtl", "gramian", init=init, weights=weights, heads="weighted", clip_shared=max_norm)

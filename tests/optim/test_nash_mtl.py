@@ -1,4 +1,5 @@
-"""Nash-MTL: the weights solve the bargaining equation α ⊙ (Gα) = 1, α > 0; the update is clipped."""
+"""Nash-MTL: the weights solve the bargaining equation α ⊙ (Gα) = 1, α > 0; the shared update is
+clipped to max_norm, heads get α_t ∇L_t unclipped (as the official code's backward of Σ α_t L_t)."""
 
 import chex
 import jax
@@ -13,7 +14,17 @@ from mtljax.optim.nash_mtl import nash_mtl
 
 UNCLIPPED = nash_mtl(max_norm=0.0)
 RAW = jax.jit(UNCLIPPED.weights)
-CLIPPED = jax.jit(nash_mtl().weights)
+
+
+@jax.jit
+def _clipped_update(jac):
+    """The default Nash-MTL update Jᵀα (clipped to norm 1) through its optax transform."""
+    tx = as_optax(nash_mtl(), jac.shape[0])
+    return tx.update({"x": jac}, tx.init({"x": jac[0]}), losses=jnp.ones(jac.shape[0]))[0]["x"]
+
+
+def clipped_update(jac):
+    return np.asarray(_clipped_update(jnp.asarray(jac, jnp.float32)), np.float64)
 
 
 def _weights(jac, fn=RAW, state=None):
@@ -37,8 +48,7 @@ def test_torchjd_documented_example():
     # TorchJD, docstring of torchjd.aggregation.NashMTL (cvxpy solver adapted from the official code):
     # J = [[-4, 1, 1], [6, 1, 1]] → [0.0542, 0.7061, 0.7061] (the bargaining direction clipped to norm 1)
     jac = np.array([[-4.0, 1, 1], [6, 1, 1]])
-    w, _ = _weights(jac, CLIPPED)
-    np.testing.assert_allclose(jac.T @ w, [0.0542, 0.7061, 0.7061], atol=2e-4)
+    np.testing.assert_allclose(clipped_update(jac), [0.0542, 0.7061, 0.7061], atol=2e-4)
 
 
 def test_bargaining_equation_and_root_finding_reference():
@@ -53,9 +63,9 @@ def test_bargaining_equation_and_root_finding_reference():
         np.testing.assert_allclose(np.linalg.norm(jac.T @ alpha) ** 2, 3.0, rtol=1e-3)  # ‖d‖² = αᵀGα = T
         # scale equivariance α(cG) = α(G)/√c, and the default clipping to norm max_norm = 1
         np.testing.assert_allclose(_weights(10.0 * jac)[0], alpha / 10.0, rtol=1e-3)
-        clipped, _ = _weights(jac, CLIPPED)
-        np.testing.assert_allclose(np.linalg.norm(jac.T @ clipped), 1.0, rtol=1e-4)
-        np.testing.assert_allclose(clipped / np.linalg.norm(clipped), alpha / np.linalg.norm(alpha), rtol=1e-5)
+        clipped = clipped_update(jac)
+        np.testing.assert_allclose(np.linalg.norm(clipped), 1.0, rtol=1e-4)
+        np.testing.assert_allclose(clipped, jac.T @ alpha / np.linalg.norm(jac.T @ alpha), rtol=1e-4, atol=1e-6)
 
 
 def test_single_task_gives_unit_gradient_by_definition():
@@ -69,11 +79,29 @@ def test_degenerate_gramians_stay_finite():
     w, _ = _weights(np.stack([g, g, g]))  # identical: α = 1/(√3‖g‖) each (exact solution)
     np.testing.assert_allclose(w, np.full(3, 1 / (np.sqrt(3) * np.linalg.norm(g))), rtol=1e-4)
     for jac in (np.stack([g, np.zeros(6), g + 1.0]), np.stack([g, -g, g + 1.0]), np.zeros((3, 6))):
-        for fn in (RAW, CLIPPED):
-            w, _ = _weights(jac, fn)
-            assert np.all(np.isfinite(w)) and np.all(np.isfinite(jac.T @ w))
-    w, _ = _weights(np.stack([g, np.zeros(6), g + 1.0]), CLIPPED)
-    assert np.linalg.norm(np.stack([g, np.zeros(6), g + 1.0]).T @ w) <= 1.0 + 1e-5
+        w, _ = _weights(jac)
+        assert np.all(np.isfinite(w)) and np.all(np.isfinite(jac.T @ w))
+        assert np.all(np.isfinite(clipped_update(jac)))
+    assert np.linalg.norm(clipped_update(np.stack([g, np.zeros(6), g + 1.0]))) <= 1.0 + 1e-5
+
+
+def test_heads_get_unclipped_weighted_gradients():
+    """Official code: backward of Σ α_t L_t, then clip_grad_norm_(shared parameters): heads get
+    α_t ∇L_t at full scale, the shared update is clipped."""
+    rng = np.random.default_rng(4)
+    shared, h0, h1 = rng.standard_normal((2, 6)), rng.standard_normal(3), rng.standard_normal(3)
+    jac = {"shared": jnp.asarray(shared, jnp.float32),
+           "heads_a": jnp.asarray(np.stack([h0, np.zeros(3)]), jnp.float32),
+           "heads_b": jnp.asarray(np.stack([np.zeros(3), h1]), jnp.float32)}
+    from mtljax.optim.task_grads import TaskGradients
+
+    grads = TaskGradients.from_rows(jac, jnp.ones(2), specific={"shared": False, "heads_a": True, "heads_b": True})
+    tx = as_optax(nash_mtl(), 2)
+    out, _ = tx.update(grads, tx.init({k: v[0] for k, v in jac.items()}))
+    alpha = _weights(shared)[0]
+    np.testing.assert_allclose(out["heads_a"], alpha[0] * h0, rtol=1e-4)
+    np.testing.assert_allclose(out["heads_b"], alpha[1] * h1, rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(out["shared"]), 1.0, rtol=1e-4)
 
 
 def test_update_weights_every_keeps_alpha_in_state():
