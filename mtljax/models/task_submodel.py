@@ -12,7 +12,7 @@ full model's capacity; the sub-model then gives **exactly** the full model's out
 ``threshold=0`` and the usage measured on the inputs at hand, that holds for those inputs by
 construction; a larger threshold trades exactness on rare routes for a smaller model.
 
-:func:`compiled_flops` reads the FLOPs of a compiled function from XLA's cost analysis.
+The FLOPs a sub-model saves are measured with :func:`mtljax.cost.compiled_flops`.
 """
 
 from __future__ import annotations
@@ -24,14 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtljax.models.hps import HEAD_PREFIX, MultiTaskModel
-
-
-def compiled_flops(fn, *args) -> float:
-    """FLOPs of ``jax.jit(fn)(*args)`` from the compiled program's cost analysis."""
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", 0.0))
 
 
 def _moe_paths(intermediates) -> dict[tuple[str, ...], np.ndarray]:

@@ -34,21 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtljax.cost import compiled_flops
 from mtljax.models.controllable import SlimConfig
-
-
-STAGES = ("compiled", "lowered")
-
-
-def compiled_flops(fn, *args, stage: str = "compiled") -> float:
-    """FLOPs of ``jax.jit(fn)(*args)`` from XLA's cost analysis (args may be abstract shapes)."""
-    if stage not in STAGES:
-        raise ValueError(f"stage: unknown {stage!r}; choose from {STAGES}")
-    lowered = jax.jit(fn).lower(*args)
-    cost = lowered.compile().cost_analysis() if stage == "compiled" else lowered.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax returned one dict per device program
-        cost = cost[0]
-    return float(cost["flops"])
 
 
 def abstract_params(model, input_shape):

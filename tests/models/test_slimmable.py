@@ -9,7 +9,7 @@ import pytest
 
 from mtljax.models.slimmable import (SlimAttention, SlimConv, SlimDense, SlimMlp, SlimNorm, active_count,
                                      check_widths, counts, width_index)
-from mtljax.slim.flops import compiled_flops
+from mtljax.cost import compiled_flops
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
