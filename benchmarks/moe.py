@@ -194,7 +194,7 @@ def bench_train_steps(args) -> dict:
 # ------------------------------------------------------------------------------ single-task pathway
 def bench_pathway(args) -> dict:
     from mtljax.cost import compiled_flops
-    from mtljax.models.task_submodel import expert_usage, extract_task_model
+    from mtljax.models.moe.submodel import expert_usage, extract_task_model
     from mtljax.train.loop import Experiment, restore_params
 
     thresholds = [float(t) for t in args.thresholds.split(",")]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from mtljax.models.hps import MultiTaskModel
 from mtljax.models.mlp import MLP
 from mtljax.models.moe_vit import MoeViT
-from mtljax.models.task_expert import TaskExpertViT
+from mtljax.models.moe.task_expert import TaskExpertViT
 from mtljax.models.vit import VARIANTS, ViT
 
 MODELS = ("hps", "m3vit", "mod_squad", "task_expert", "controllable")

@@ -16,7 +16,7 @@ One backbone serves three families:
 auxiliary losses and averaged routing metrics of all MoE layers.
 
 ``experts_kept`` (per block: ``(mlp_kept, attn_kept)``, each a tuple of expert indices or ``None``)
-describes a task sub-model with fewer experts (:mod:`mtljax.models.task_submodel`).
+describes a task sub-model with fewer experts (:mod:`mtljax.models.moe.submodel`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mtljax.models.layers import Dtype, MlpBlock, SelfAttention, layer_norm
-from mtljax.models.moe import MoeMlp, merge_aux
-from mtljax.models.moe_attention import MoeAttention
+from mtljax.models.moe.mlp import MoeMlp, merge_aux
+from mtljax.models.moe.attention import MoeAttention
 from mtljax.models.vit import embed_patches, pool_tokens
 
 

@@ -26,9 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models import routing as rt
+from mtljax.models.moe import routing as rt
 from mtljax.models.layers import dense
-from mtljax.models.moe import Gate
+from mtljax.models.moe.gate import Gate
 
 Dtype = Any
 _init = nn.initializers.xavier_uniform(batch_axis=(0,))

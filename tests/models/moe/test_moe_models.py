@@ -11,8 +11,8 @@ import pytest
 from mtljax.config import base_config
 from mtljax.cost import flops_of
 from mtljax.models import build_model
-from mtljax.models.task_submodel import expert_usage, extract_task_model
-from mtljax.models.task_expert import MemorialMoE
+from mtljax.models.moe.submodel import expert_usage, extract_task_model
+from mtljax.models.moe.task_expert import MemorialMoE
 from mtljax.tasks import Task
 
 TASKS = (Task("a", "multiclass", num_classes=3), Task("b", "binary"), Task("c", "dense", num_classes=2))

@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtljax.models.moe import MoeMlp
-from mtljax.models.moe_attention import MoeAttention
+from mtljax.models.moe import MoeAttention, MoeMlp
 
 X = jax.random.normal(jax.random.PRNGKey(0), (6, 10, 16))
 

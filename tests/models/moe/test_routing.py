@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from mtljax.models import routing as rt
+from mtljax.models.moe import routing as rt
 
 
 def _probs(g=3, s=16, e=4, seed=0, scale=3.0):

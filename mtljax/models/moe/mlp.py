@@ -11,7 +11,7 @@ Gates (:class:`Gate`)
     concatenated with ``MLP(onehot(task))`` (M³ViT's task-conditioned variant). In training the logits
     get Gaussian noise of std ``noise_std / E`` (V-MoE, M³ViT).
 
-Routers (``router=``; see :mod:`mtljax.models.routing`)
+Routers (``router=``; see :mod:`mtljax.models.moe.routing`)
     ``tokens_choose`` (top-k, capacity, batch-priority routing), ``experts_choose``, ``soft`` (Soft MoE:
     ``slots_per_expert`` slots per expert, dispatch softmax over tokens, combine softmax over slots).
 
@@ -24,7 +24,7 @@ Dispatch (``dispatch=``)
     tokens-choose: token copies are sorted by expert and every expert multiplies its contiguous rows
     with ``jax.lax.ragged_dot`` (no capacity, nothing dropped; experts are not sharded in this mode).
 
-Expert parallelism (:mod:`mtljax.models.dispatch`)
+Expert parallelism (:mod:`mtljax.models.moe.dispatch`)
     When the mesh in context (``jax.set_mesh``) has an ``expert`` axis of size > 1, the expert part runs
     under ``jax.shard_map``: each device builds its slots ``[E, G_local, C, D]`` from its own tokens,
     one ``all_to_all`` over ``expert`` sends every expert's slots to the device that holds that
@@ -54,67 +54,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models import routing as rt
-from mtljax.models.dispatch import (EinsumDispatch, experts_choose_gather, grouped_moe, sharded_ragged_moe,
-                                    tokens_choose_gather)
+from mtljax.models.moe import routing as rt
+from mtljax.models.moe.dispatch import (EinsumDispatch, experts_choose_gather, grouped_moe, sharded_ragged_moe,
+                                        tokens_choose_gather)
+from mtljax.models.moe.gate import GATES, Gate
 
 Dtype = Any
 ROUTERS = ("tokens_choose", "experts_choose", "soft")
-GATES = ("shared", "task", "task_conditioned")
 DISPATCH = ("einsum", "gather", "ragged")
 _expert_init = nn.initializers.xavier_uniform(batch_axis=(0,))
-
-
-class Gate(nn.Module):
-    """Router logits ``[B, S, num_outputs]`` (float32) from tokens and, for task gates, task ids."""
-
-    num_outputs: int
-    mode: str = "shared"
-    num_tasks: int = 1
-    zero_init: bool = False
-    task_embed_dim: int = 64
-    normalize: bool = False  # Soft MoE: l2-normalised tokens and gate columns, learned scale
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, task_ids=None):
-        if self.mode not in GATES:
-            raise ValueError(f"gate: unknown mode {self.mode!r}; choose from {GATES}")
-        x = x.astype(jnp.float32)
-        init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(0.02)
-        if self.mode == "task_conditioned":
-            if task_ids is None:
-                raise ValueError("a task-conditioned gate needs task ids")
-            onehot = jax.nn.one_hot(task_ids, self.num_tasks, dtype=jnp.float32)
-            dense = lambda name: nn.Dense(  # noqa: E731
-                self.task_embed_dim, param_dtype=self.param_dtype, name=name,
-                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None)),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
-            emb = dense("task_mlp1")(nn.gelu(dense("task_mlp0")(onehot)))
-            x = jnp.concatenate([x, jnp.broadcast_to(emb[:, None, :], (*x.shape[:2], emb.shape[-1]))], axis=-1)
-        if self.mode == "task":
-            if task_ids is None:
-                raise ValueError("per-task gates need task ids")
-            kernel = self.param("kernel", nn.with_logical_partitioning(init, (None, "embed", None)),
-                                (self.num_tasks, x.shape[-1], self.num_outputs), self.param_dtype)
-            kernel = jnp.take(kernel.astype(jnp.float32), task_ids, axis=0)  # [B, D, O]
-            if self.normalize:
-                x, kernel = _l2(x, -1), _l2(kernel, -2)
-            logits = jnp.einsum("bsd,bdo->bso", x, kernel)
-        else:
-            kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", None)),
-                                (x.shape[-1], self.num_outputs), self.param_dtype).astype(jnp.float32)
-            if self.normalize:
-                x, kernel = _l2(x, -1), _l2(kernel, 0)
-            logits = jnp.einsum("bsd,do->bso", x, kernel)
-        if self.normalize:
-            logits = logits * self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ()), (),
-                                         self.param_dtype)
-        return logits
-
-
-def _l2(x, axis):
-    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True) + 1e-6)
 
 
 class MoeMlp(nn.Module):

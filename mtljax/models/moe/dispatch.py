@@ -1,6 +1,6 @@
 """How routed tokens reach their experts and come back: on one device, or across a device mesh.
 
-A router (:mod:`mtljax.models.routing`) decides which token fills which slot of which expert; a
+A router (:mod:`mtljax.models.moe.routing`) decides which token fills which slot of which expert; a
 *dispatcher* moves the tokens: :class:`EinsumDispatch` multiplies by one-hot ``[G, S, E, C]`` tensors
 (the TPU-friendly form), :class:`GatherDispatch` gathers each slot's token and gathers (tokens choose)
 or scatter-adds (experts choose) the outputs back, with gradients that are gathers too.
@@ -144,7 +144,7 @@ class GatherDispatch:
 
 
 def tokens_choose_gather(slots: dict, num_experts: int, capacity: int) -> GatherDispatch:
-    """A :class:`GatherDispatch` from :func:`~mtljax.models.routing.tokens_choose_slots`."""
+    """A :class:`GatherDispatch` from :func:`~mtljax.models.moe.routing.tokens_choose_slots`."""
     g, s, k = slots["top_idx"].shape
     ec = num_experts * capacity
     flat = jnp.where(slots["kept"], slots["top_idx"] * capacity + slots["position"], ec)
