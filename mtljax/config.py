@@ -132,7 +132,7 @@ def _positive(config, key: str):
 def validate(config, num_devices: int | None = None) -> None:
     """Check a config before anything is built or compiled. Raises ConfigError (one line)."""
     from mtljax.data import DATASETS
-    from mtljax.models import BACKBONES, DTYPES, MODELS, MOE_MODELS
+    from mtljax.models import BACKBONES, DTYPES, MOE_MODELS, check_name
     from mtljax.models.vit import VARIANTS
     from mtljax.parallel.mesh import resolve_shape
     from mtljax.train.optimizer import OPTIMIZERS, SCHEDULES
@@ -143,8 +143,10 @@ def validate(config, num_devices: int | None = None) -> None:
     if config.data.name not in DATASETS:
         raise ConfigError(f"config.data.name: unknown dataset {config.data.name!r}; choose from {sorted(DATASETS)}")
     m = config.model
-    if m.name not in MODELS:
-        raise ConfigError(f"config.model.name: unknown model {m.name!r}; choose from {list(MODELS)}")
+    try:
+        check_name(m.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if m.backbone not in BACKBONES:
         raise ConfigError(f"config.model.backbone: unknown backbone {m.backbone!r}; choose from {list(BACKBONES)}")
     for key in ("dtype", "param_dtype"):
@@ -152,7 +154,7 @@ def validate(config, num_devices: int | None = None) -> None:
             raise ConfigError(f"config.model.{key}: unknown dtype {m[key]!r}; choose from {sorted(DTYPES)}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
-    if m.name == "controllable":  # slimmable encoder-decoders: the config.model.slim section
+    if m.name == "slim":  # slimmable encoder-decoders: the config.model.slim section
         from mtljax.slim.config import validate_slim
 
         validate_slim(config)

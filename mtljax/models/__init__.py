@@ -10,35 +10,24 @@ hps            hard parameter sharing: backbone ``vit`` | ``mlp`` | ``moe_vit`` 
 m3vit          M³ViT: MoE MLP every ``moe.every`` blocks, per-task or task-conditioned gates
 mod_squad      Mod-Squad: MoE attention and MoE MLP, per-task gates, mutual-information loss
 task_expert    TaskExpert: memorial mixture-of-experts decoding per-task features from a ViT
-controllable   slimmable encoder and per-task decoders, widths chosen at run time (Aich et al., 2023)
+slim           slimmable encoder and per-task decoders, widths chosen at run time (Aich et al., 2023)
 =============  =================================================================================
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from mtljax.models.hps import MultiTaskModel
+from mtljax.models.layers import DTYPES
 from mtljax.models.mlp import MLP
 from mtljax.models.moe_vit import MoeViT
 from mtljax.models.moe.task_expert import TaskExpertViT
-from mtljax.models.vit import VARIANTS, ViT
+from mtljax.models.slim import build_slim
+from mtljax.models.vit import VARIANTS, ViT, vit_dims  # noqa: F401  (VARIANTS re-exported)
 
-MODELS = ("hps", "m3vit", "mod_squad", "task_expert", "controllable")
+MODELS = ("hps", "m3vit", "mod_squad", "task_expert", "slim")
+RENAMED = {"controllable": "slim"}  # old model names, refused with a one-line hint
 MOE_MODELS = ("m3vit", "mod_squad")
 BACKBONES = ("vit", "mlp", "moe_vit")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def vit_dims(cfg) -> dict:
-    """Width, depth, heads and MLP width of ``config.model.vit`` (a named variant or custom)."""
-    if cfg.variant == "custom":
-        return dict(width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim)
-    if cfg.variant not in VARIANTS:
-        raise ValueError(
-            f"config.model.vit.variant: unknown {cfg.variant!r}; choose from {sorted(VARIANTS)} or 'custom'"
-        )
-    return dict(VARIANTS[cfg.variant])
 
 
 def moe_layers(every: int, depth: int, layers=()) -> tuple[int, ...]:
@@ -71,13 +60,18 @@ def attn_moe_settings(cfg, num_tasks: int, width: int, num_heads: int) -> tuple:
     ).items()))
 
 
-def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
-    if cfg.name not in MODELS:
-        raise ValueError(f"config.model.name: unknown model {cfg.name!r}; choose from {MODELS}")
-    if cfg.name == "controllable":  # slimmable encoder + per-task slimmable decoders (config.model.slim)
-        from mtljax.models.controllable import build_controllable
+def check_name(name: str) -> None:
+    """Raise ``ValueError`` naming ``config.model.name`` for an unknown or renamed model."""
+    if name in RENAMED:
+        raise ValueError(f"config.model.name={name!r} was renamed to {RENAMED[name]!r}")
+    if name not in MODELS:
+        raise ValueError(f"config.model.name: unknown model {name!r}; choose from {MODELS}")
 
-        return build_controllable(cfg, tasks, input_shape)
+
+def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
+    check_name(cfg.name)
+    if cfg.name == "slim":  # slimmable encoder + per-task slimmable decoders (config.model.slim)
+        return build_slim(cfg, tasks, input_shape)
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"config.model.backbone: unknown backbone {cfg.backbone!r}; choose from {BACKBONES}")
     for key in ("dtype", "param_dtype"):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # config names
 default_init = nn.initializers.xavier_uniform()
 
 

@@ -92,3 +92,14 @@ def pool_tokens(module: nn.Module, x, n: int, pool: str, *, dtype, param_dtype):
     x = layer_norm(name="ln_final", dtype=dtype, param_dtype=param_dtype)(x)
     tokens = x[:, -n:]
     return (x[:, 0] if pool == "cls" else jnp.mean(tokens, axis=1)), tokens
+
+
+def vit_dims(cfg) -> dict:
+    """Width, depth, heads and MLP width of ``config.model.vit`` (a named variant or custom)."""
+    if cfg.variant == "custom":
+        return dict(width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim)
+    if cfg.variant not in VARIANTS:
+        raise ValueError(
+            f"config.model.vit.variant: unknown {cfg.variant!r}; choose from {sorted(VARIANTS)} or 'custom'"
+        )
+    return dict(VARIANTS[cfg.variant])

@@ -1,6 +1,6 @@
-"""The ``config.model.slim`` section of a controllable model and its validation.
+"""The ``config.model.slim`` section of the slim model and its validation.
 
-``config.model.name = 'controllable'`` builds :class:`mtljax.models.controllable.ControllableModel`;
+``config.model.name = 'slim'`` builds :class:`mtljax.models.slim.SlimModel`;
 ``config.model.vit`` gives the ViT encoder's full size (as for HPS), ``config.model.slim`` the rest:
 
 =================  ============================================================================
@@ -45,11 +45,11 @@ def _int(value, low: int) -> bool:
 def validate_slim(config) -> None:
     """Raise :class:`~mtljax.config.ConfigError` (one line naming the key) for a bad slim section."""
     from mtljax.config import ConfigError
-    from mtljax.models.controllable import BACKBONES
-    from mtljax.models.slimmable import check_widths
+    from mtljax.models.slim.layers import check_widths
+    from mtljax.models.slim.model import BACKBONES
 
     if "slim" not in config.model:
-        raise ConfigError("config.model.slim is missing: config.model.name='controllable' needs it "
+        raise ConfigError("config.model.slim is missing: config.model.name='slim' needs it "
                           "(start from mtljax.slim.config.slim_defaults())")
     s = config.model.slim
     if s.backbone not in BACKBONES:
@@ -68,7 +68,7 @@ def validate_slim(config) -> None:
             raise ConfigError(f"config.model.slim.{key} must be an integer >= {low}, got {s[key]!r}")
     if not s.cikd_weight >= 0:
         raise ConfigError(f"config.model.slim.cikd_weight must be >= 0, got {s.cikd_weight}")
-    from mtljax.slim.sandwich import DISTANCES
+    from mtljax.models.slim.sandwich import DISTANCES
 
     if s.cikd_distance not in DISTANCES:
         raise ConfigError(f"config.model.slim.cikd_distance: unknown {s.cikd_distance!r}; "
@@ -78,7 +78,7 @@ def validate_slim(config) -> None:
     if not isinstance(s.switchable_norm, bool):
         raise ConfigError(f"config.model.slim.switchable_norm must be True or False, got {s.switchable_norm!r}")
     if config.optim.level == "rep":
-        raise ConfigError("config.optim.level='rep' is not available for config.model.name='controllable' "
+        raise ConfigError("config.optim.level='rep' is not available for config.model.name='slim' "
                           "(its representation differs per sampled configuration); use 'param' or 'gramian'")
     if config.optim.rep_mtl:
-        raise ConfigError("config.optim.rep_mtl is not available for config.model.name='controllable'")
+        raise ConfigError("config.optim.rep_mtl is not available for config.model.name='slim'")

@@ -14,8 +14,8 @@ from slim_helpers import random_params
 from mtljax.config import validate
 from mtljax.data import base as data_base
 from mtljax.data import cifar100_mtl as c100
-from mtljax.slim.flops import flops_table
-from mtljax.slim.search import search
+from mtljax.models.slim.flops import flops_table
+from mtljax.models.slim.search import search
 from mtljax.train.loop import Experiment
 
 CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "slim_cifar100.py"

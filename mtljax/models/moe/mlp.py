@@ -57,7 +57,7 @@ import jax.numpy as jnp
 from mtljax.models.moe import routing as rt
 from mtljax.models.moe.dispatch import (EinsumDispatch, experts_choose_gather, grouped_moe, sharded_ragged_moe,
                                         tokens_choose_gather)
-from mtljax.models.moe.gate import GATES, Gate
+from mtljax.models.moe.gate import Gate
 
 Dtype = Any
 ROUTERS = ("tokens_choose", "experts_choose", "soft")

@@ -4,7 +4,7 @@ Nothing here counts FLOPs by formula: each component is lowered and compiled at 
 width for one example, and the program's cost analysis is read (``stage='compiled'``, the default:
 ``jit(f).lower(...).compile().cost_analysis()["flops"]``, what the backend will run; or
 ``stage='lowered'``: the same analysis of the program as written, before XLA optimises it). The
-controllable model's representation has a width-independent size (:mod:`mtljax.models.slim_backbones`),
+controllable model's representation has a width-independent size (:mod:`mtljax.models.slim.backbones`),
 so a decoder's cost does not depend on the encoder width and a configuration's FLOPs *compose*::
 
     FLOPs(w_e, {w_t}) = enc(w_e) + Σ_t dec_t(w_t)
@@ -28,6 +28,8 @@ and softmax count too).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Mapping
 
 import flax.linen as nn
@@ -35,7 +37,8 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.cost import compiled_flops
-from mtljax.models.controllable import SlimConfig
+from mtljax.models.slim.export import spec_of
+from mtljax.models.slim.model import SlimConfig
 
 
 def abstract_params(model, input_shape):
@@ -108,11 +111,6 @@ def flops_table(model, input_shape, stage: str = "compiled") -> FlopsTable:
 def cached_flops_table(model, input_shape, path: str, stage: str = "compiled") -> FlopsTable:
     """:func:`flops_table`, stored in the JSON file ``path`` and reused while the model's spec, the
     stage and the backend are the same (``mtljax slim`` keeps one per run directory)."""
-    import json
-    import os
-
-    from mtljax.models.controllable import spec_of
-
     key = {"spec": spec_of(model, input_shape), "stage": stage, "backend": jax.default_backend(),
            "jax": jax.__version__}
     if os.path.exists(path):

@@ -4,7 +4,7 @@ A slimmable layer (Yu et al., 2019, "Slimmable Neural Networks"; Yu & Huang, 201
 Slimmable Networks") at width multiplier ``w`` uses only the first ``n(w) = max(1, round(w·C))`` of
 its ``C`` output channels (attention: the first ``round(w·H)`` heads), and reads only the active
 channels of its input. Every sub-network is therefore a *prefix* of the full one, which is what makes
-the exported sub-network a plain slice of the weights (:func:`mtljax.models.controllable.export`).
+the exported sub-network a plain slice of the weights (:func:`mtljax.models.slim.export.export`).
 
 Widths are given to a layer as an *index* into its trained set ``widths`` (ascending, in (0, 1]),
 in one of two modes, both computing the same function:

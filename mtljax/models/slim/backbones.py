@@ -29,7 +29,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mtljax.models.slimmable import SlimAttention, SlimConv, SlimDense, SlimMlp, SlimNorm
+from mtljax.models.slim.layers import SlimAttention, SlimConv, SlimDense, SlimMlp, SlimNorm
 
 Dtype = Any
 _ACT = ("act_batch", "act_len", "act_embed")

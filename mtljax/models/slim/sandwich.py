@@ -25,7 +25,7 @@ available offline, so the distance, the normalisation and the schedule below are
 
 * ``d`` is the squared error per teacher-feature variance, ``mean_{b,n,c} (F_k − F_0)² / (Var_{b,n}
   F_0[c] + 1e-4)`` (``cikd_distance='normalized'``); ``'mse'`` is the plain squared error. The
-  representation width is fixed (:mod:`mtljax.models.slim_backbones`), so features compare one to
+  representation width is fixed (:mod:`mtljax.models.slim.backbones`), so features compare one to
   one; ``d`` is exactly 0 whenever a configuration's encoder is the full one.
 * Why normalised: trained **from scratch** (no pre-trained encoder, as on multi-digits), the plain
   MSE with λ = 1 from step 0 collapsed the ViT's representation (measured: after 600 steps every
@@ -107,7 +107,7 @@ def cikd_schedule(step, start: int, ramp: int):
 
 
 def sandwich_forward(model, inputs, *, task: str | None = None, step=None):
-    """Training forward of a :class:`~mtljax.models.controllable.ControllableModel` (inside apply).
+    """Training forward of a :class:`~mtljax.models.slim.model.SlimModel` (inside apply).
 
     Returns outputs ``{task: [K, B, ...]}`` (largest configuration first) and ``aux`` with the
     weighted CI-KD loss in ``aux["losses"]["cikd"]`` and the unweighted one in ``aux["metrics"]``.

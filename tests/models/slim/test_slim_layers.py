@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtljax.models.slimmable import (SlimAttention, SlimConv, SlimDense, SlimMlp, SlimNorm, active_count,
+from mtljax.models.slim.layers import (SlimAttention, SlimConv, SlimDense, SlimMlp, SlimNorm, active_count,
                                      check_widths, counts, width_index)
 from mtljax.cost import compiled_flops
 
