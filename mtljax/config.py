@@ -47,7 +47,10 @@ def base_config() -> mlc.ConfigDict:
     c.model.head_hidden = 0
     c.model.dense_head = "linear"  # dense tasks: linear (unpatchify each token) | upsample (conv, 2x stages)
     c.model.vit = mlc.ConfigDict(
-        dict(variant="custom", patch_size=4, pool="gap", width=64, depth=4, num_heads=4, mlp_dim=128)
+        dict(variant="custom", patch_size=4, pool="gap", width=64, depth=4, num_heads=4, mlp_dim=128,
+             # jax.nn.dot_product_attention implementation: None (JAX chooses) | xla | cudnn (NVIDIA GPUs,
+             # needs model.dtype bfloat16 or float16)
+             attention_impl=mlc.FieldReference(None, field_type=str))
     )
     c.model.mlp = mlc.ConfigDict(dict(hidden=(256, 256)))
     # mixture of experts (model.name = m3vit | mod_squad, or backbone = moe_vit); see mtljax.models.moe
@@ -133,6 +136,7 @@ def validate(config, num_devices: int | None = None) -> None:
     """Check a config before anything is built or compiled. Raises ConfigError (one line)."""
     from mtljax.data import DATASETS
     from mtljax.models import BACKBONES, DTYPES, MOE_MODELS, check_name
+    from mtljax.models.layers import ATTENTION_IMPLS
     from mtljax.models.vit import VARIANTS
     from mtljax.parallel.mesh import resolve_shape
     from mtljax.train.optimizer import OPTIMIZERS, SCHEDULES
@@ -169,6 +173,12 @@ def validate(config, num_devices: int | None = None) -> None:
             raise ConfigError(f"config.model.vit.width={v.width} is not divisible by config.model.vit.num_heads={v.num_heads}")
         if v.pool not in ("gap", "cls"):
             raise ConfigError(f"config.model.vit.pool must be 'gap' or 'cls', got {v.pool!r}")
+        if v.get("attention_impl") not in ATTENTION_IMPLS:
+            raise ConfigError(f"config.model.vit.attention_impl: unknown {v.attention_impl!r}; choose from "
+                              f"{list(ATTENTION_IMPLS)}")
+        if v.get("attention_impl") == "cudnn" and m.dtype == "float32":
+            raise ConfigError("config.model.vit.attention_impl='cudnn' needs config.model.dtype 'bfloat16' or "
+                              "'float16' (cuDNN's fused attention has no float32 kernel)")
     if m.dense_head not in ("linear", "upsample"):
         raise ConfigError(f"config.model.dense_head must be 'linear' or 'upsample', got {m.dense_head!r}")
     if m.dense_head == "upsample" and m.vit.patch_size & (m.vit.patch_size - 1):

@@ -1,6 +1,9 @@
 """Models by name: ``config.model.name`` picks the multi-task architecture, ``config.model.backbone``
 its shared trunk. ``build_model(model_config, tasks, input_shape)`` returns a Flax module whose
-``apply`` gives ``(outputs_by_task, aux)``.
+``apply(variables, inputs, *, task=None, train, rngs)`` gives ``(outputs_by_task, aux)``.
+
+Every ViT-based model is the one :class:`~mtljax.models.vit.ViT` with its layers plugged in per role
+and block (:mod:`mtljax.models.plugs`); this module turns ``config.model`` into those plugs.
 
 =============  =================================================================================
 name           architecture
@@ -9,20 +12,24 @@ hps            hard parameter sharing: backbone ``vit`` | ``mlp`` | ``moe_vit`` 
                shared gate) and one head per task
 m3vit          M³ViT: MoE MLP every ``moe.every`` blocks, per-task or task-conditioned gates
 mod_squad      Mod-Squad: MoE attention and MoE MLP, per-task gates, mutual-information loss
-task_expert    TaskExpert: memorial mixture-of-experts decoding per-task features from a ViT
+task_expert    TaskExpert: memorial mixture-of-experts decoding per-task features from a ViT's blocks
 slim           slimmable encoder and per-task decoders, widths chosen at run time (Aich et al., 2023)
 =============  =================================================================================
 """
 
 from __future__ import annotations
 
+import functools
+
 from mtljax.models.hps import MultiTaskModel
-from mtljax.models.layers import DTYPES
+from mtljax.models.layers import DTYPES, check_attention_impl
 from mtljax.models.mlp import MLP
-from mtljax.models.moe_vit import MoeViT
-from mtljax.models.moe.task_expert import TaskExpertViT
+from mtljax.models.moe.attention import MoeAttention
+from mtljax.models.moe.mlp import MoeMlp
+from mtljax.models.moe.task_expert import TaskExpert
+from mtljax.models.plugs import BlockPlugs, Context, Encoding
 from mtljax.models.slim import build_slim
-from mtljax.models.vit import VARIANTS, ViT, vit_dims  # noqa: F401  (VARIANTS re-exported)
+from mtljax.models.vit import VARIANTS, ViT, vit_dims
 
 MODELS = ("hps", "m3vit", "mod_squad", "task_expert", "slim")
 RENAMED = {"controllable": "slim"}  # old model names, refused with a one-line hint
@@ -39,25 +46,24 @@ def moe_layers(every: int, depth: int, layers=()) -> tuple[int, ...]:
     return tuple(i for i in range(depth) if (depth - 1 - i) % every == 0)
 
 
-def moe_settings(cfg, num_tasks: int, mlp_dim: int, gate: str) -> tuple:
-    """``MoeMlp`` keyword arguments (as hashable pairs) from ``config.model.moe``."""
+def moe_settings(cfg, num_tasks: int, mlp_dim: int, gate: str) -> dict:
+    """:class:`~mtljax.models.moe.mlp.MoeMlp` keyword arguments from ``config.model.moe``."""
     m = cfg.moe
-    return tuple(sorted(dict(
+    return dict(
         num_experts=m.num_experts, expert_dim=m.expert_dim or max(1, mlp_dim // m.top_k), router=m.router,
         k=m.top_k, capacity_factor=m.capacity_factor, batch_priority=m.batch_priority, renormalize=m.renormalize,
         noise_std=m.noise_std, slots_per_expert=m.slots_per_expert, dispatch=m.dispatch, group_size=m.group_size,
         num_tasks=num_tasks, gate=gate, gate_zero_init=m.gate_zero_init, importance_weight=m.importance_weight,
-        load_weight=m.load_weight, z_loss_weight=m.z_loss_weight, mi_weight=m.mi_weight if gate != "shared" else 0.0,
-    ).items()))
+        load_weight=m.load_weight, z_loss_weight=m.z_loss_weight, mi_weight=m.mi_weight if gate != "shared" else 0.0)
 
 
-def attn_moe_settings(cfg, num_tasks: int, width: int, num_heads: int) -> tuple:
+def attn_moe_settings(cfg, num_tasks: int, width: int, num_heads: int) -> dict:
+    """:class:`~mtljax.models.moe.attention.MoeAttention` keyword arguments from ``config.model.moe``."""
     m = cfg.moe
-    return tuple(sorted(dict(
+    return dict(
         num_experts=m.attn_experts, k=m.attn_top_k or num_heads, head_dim=m.attn_head_dim or width // num_heads,
         num_tasks=num_tasks, gate="task", gate_zero_init=m.gate_zero_init, noise_std=0.0, mi_weight=m.mi_weight,
-        z_loss_weight=m.z_loss_weight,
-    ).items()))
+        z_loss_weight=m.z_loss_weight, attention_impl=check_attention_impl(cfg.vit.get("attention_impl")))
 
 
 def check_name(name: str) -> None:
@@ -68,7 +74,30 @@ def check_name(name: str) -> None:
         raise ValueError(f"config.model.name: unknown model {name!r}; choose from {MODELS}")
 
 
+def moe_vit(cfg, num_tasks: int, common: dict) -> tuple[ViT, bool, int]:
+    """The MoE ViT of ``hps`` + ``moe_vit`` (shared gate), ``m3vit`` or ``mod_squad``.
+
+    Returns ``(vit, task_gated, routing_group)``: whether any gate depends on the task (then every task
+    needs its own backbone pass) and the examples per routing group of the MoE MLPs.
+    """
+    depth = common["depth"]
+    gate = "shared" if cfg.name == "hps" else (cfg.moe.gate if cfg.name == "m3vit" else "task")
+    mlp_blocks = moe_layers(cfg.moe.every, depth, cfg.moe.layers)
+    attn = cfg.name == "mod_squad" and cfg.moe.attn_experts > 0
+    attn_blocks = moe_layers(cfg.moe.attn_every, depth) if attn else ()
+    mlp = functools.partial(MoeMlp, **moe_settings(cfg, num_tasks, common["mlp_dim"], gate))
+    attention = (functools.partial(MoeAttention, **attn_moe_settings(cfg, num_tasks, common["width"],
+                                                                      common["num_heads"])) if attn else None)
+    blocks = tuple(BlockPlugs(attention=attention if i in attn_blocks else None, mlp=mlp if i in mlp_blocks else None)
+                   for i in range(depth))
+    task_gated = (bool(mlp_blocks) and gate != "shared") or bool(attn_blocks)
+    group = int(cfg.moe.group_size) if mlp_blocks else 1
+    # one dropout module for both residual branches, as the MoE ViT had (reproducible runs with dropout)
+    return ViT(blocks=blocks, one_residual_dropout=True, **common), task_gated, group
+
+
 def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
+    """The multi-task model of ``config.model`` for ``tasks`` and inputs ``[B, *input_shape]``."""
     check_name(cfg.name)
     if cfg.name == "slim":  # slimmable encoder + per-task slimmable decoders (config.model.slim)
         return build_slim(cfg, tasks, input_shape)
@@ -78,7 +107,7 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
         if cfg[key] not in DTYPES:
             raise ValueError(f"config.model.{key}: unknown dtype {cfg[key]!r}; choose from {sorted(DTYPES)}")
     kw = dict(dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype])
-    grid, patch, task_passes = None, 1, False
+    grid, patch, task_passes, group = None, 1, False, 1
     image_model = cfg.name != "hps" or cfg.backbone != "mlp"
     if image_model:
         if len(input_shape) != 3:
@@ -86,32 +115,24 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
         patch = cfg.vit.patch_size
         grid = (input_shape[0] // patch, input_shape[1] // patch)
         dims = vit_dims(cfg.vit)
-        common = dict(patch_size=patch, pool=cfg.vit.pool, dropout=cfg.dropout, **dims, **kw)
-    t = len(tasks)
+        common = dict(patch_size=patch, pool=cfg.vit.pool, dropout=cfg.dropout,
+                      attention_impl=check_attention_impl(cfg.vit.get("attention_impl")), **dims, **kw)
     if cfg.name == "hps" and cfg.backbone == "vit":
         backbone = ViT(**common)
-    elif cfg.name == "hps" and cfg.backbone == "moe_vit":
-        backbone = MoeViT(moe=moe_settings(cfg, t, dims["mlp_dim"], "shared"),
-                          moe_layers=moe_layers(cfg.moe.every, dims["depth"], cfg.moe.layers), **common)
-    elif cfg.name in MOE_MODELS:
-        gate = cfg.moe.gate if cfg.name == "m3vit" else "task"
-        attn = cfg.name == "mod_squad" and cfg.moe.attn_experts > 0
-        backbone = MoeViT(
-            moe=moe_settings(cfg, t, dims["mlp_dim"], gate),
-            moe_layers=moe_layers(cfg.moe.every, dims["depth"], cfg.moe.layers),
-            attn_moe=attn_moe_settings(cfg, t, dims["width"], dims["num_heads"]) if attn else None,
-            attn_moe_layers=moe_layers(cfg.moe.attn_every, dims["depth"]) if attn else (), **common)
-        task_passes = backbone.task_gated
+    elif cfg.name in MOE_MODELS or (cfg.name == "hps" and cfg.backbone == "moe_vit"):
+        backbone, task_passes, group = moe_vit(cfg, len(tasks), common)
     elif cfg.name == "task_expert":
         te = cfg.task_expert
-        backbone = TaskExpertViT(
-            tuple(x.name for x in tasks), num_experts=te.num_experts, expert_dim=te.expert_dim or dims["width"],
-            layers=moe_layers(te.every, dims["depth"], te.layers), **common)
+        layers = moe_layers(te.every, dims["depth"], te.layers)
+        vit = ViT(final_norm=False, taps=tuple(sorted(set(layers))) or (dims["depth"] - 1,), **common)
+        backbone = TaskExpert(vit, tuple(x.name for x in tasks), num_experts=te.num_experts,
+                              expert_dim=te.expert_dim or dims["width"], layers=layers, **kw)
     else:
         backbone = MLP(hidden=tuple(cfg.mlp.hidden), dropout=cfg.dropout, **kw)
     return MultiTaskModel(backbone, tuple(tasks), head_hidden=cfg.head_hidden, dense_grid=grid, patch_size=patch,
-                          task_passes=task_passes, dense_upsample=cfg.dense_head == "upsample", **kw)
+                          task_passes=task_passes, routing_group=group, dense_upsample=cfg.dense_head == "upsample",
+                          **kw)
 
 
-__all__ = ["BACKBONES", "MLP", "MODELS", "MOE_MODELS", "MoeViT", "MultiTaskModel", "TaskExpertViT", "ViT",
-           "build_model", "moe_layers", "vit_dims"]
+__all__ = ["BACKBONES", "BlockPlugs", "Context", "DTYPES", "Encoding", "MLP", "MODELS", "MOE_MODELS",
+           "MultiTaskModel", "TaskExpert", "VARIANTS", "ViT", "build_model", "check_name", "moe_layers", "vit_dims"]

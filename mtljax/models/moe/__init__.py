@@ -8,13 +8,14 @@ module             what
 ``gate``           gate logits: shared, per task, task-conditioned
 ``mlp``            :class:`MoeMlp`, the MoE MLP layer (V-MoE, M³ViT, Mod-Squad)
 ``attention``      :class:`MoeAttention`, mixture of attention heads (Mod-Squad)
-``task_expert``    TaskExpert's memorial MoE, which reads block outputs of the ViT
+``task_expert``    TaskExpert: memorial MoEs reading block outputs of the ViT (its taps)
 ``submodel``       per-task compact sub-models of a task-gated MoE ViT
 =================  ================================================================================
 """
 
 from mtljax.models.moe.attention import MoeAttention
 from mtljax.models.moe.gate import GATES, Gate
-from mtljax.models.moe.mlp import DISPATCH, ROUTERS, MoeMlp, merge_aux
+from mtljax.models.moe.mlp import DISPATCH, ROUTERS, MoeMlp
+from mtljax.models.moe.task_expert import MemorialMoE, TaskExpert
 
-__all__ = ["DISPATCH", "GATES", "ROUTERS", "Gate", "MoeAttention", "MoeMlp", "merge_aux"]
+__all__ = ["DISPATCH", "GATES", "ROUTERS", "Gate", "MemorialMoE", "MoeAttention", "MoeMlp", "TaskExpert"]

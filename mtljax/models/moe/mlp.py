@@ -1,11 +1,12 @@
 """Mixture-of-experts MLP layer with task-aware gates and expert parallelism over a device mesh.
 
-``MoeMlp(x [B, S, D], task_ids [B] | None, train) -> (y [B, S, D], aux)``. Every expert is a
-two-layer MLP ``W_o·gelu(W_i·x + b_i) + b_o``; the weights of all experts are stacked with the logical
+``MoeMlp(...)(x [B, S, D], ctx) -> (y [B, S, D], aux)``, a ViT ``mlp`` plug (:mod:`mtljax.models.plugs`)
+that reads ``ctx.task_ids [B]`` (task gates), ``ctx.train`` (gate noise) and ``ctx.group_size``. Every
+expert is a two-layer MLP ``W_o·gelu(W_i·x + b_i) + b_o``; the weights of all experts are stacked with the logical
 axis ``exp`` first (``wi [E, D, H]``, ``wo [E, H, D]``), which the default rules map to the ``expert``
 mesh axis.
 
-Gates (:class:`Gate`)
+Gates (:class:`~mtljax.models.moe.gate.Gate`)
     ``shared``: one linear gate (V-MoE); ``task``: one gate per task, chosen by each example's task id
     (M³ViT's per-task gates, Mod-Squad); ``task_conditioned``: one gate whose input is the token
     concatenated with ``MLP(onehot(task))`` (M³ViT's task-conditioned variant). In training the logits
@@ -58,6 +59,7 @@ from mtljax.models.moe import routing as rt
 from mtljax.models.moe.dispatch import (EinsumDispatch, experts_choose_gather, grouped_moe, sharded_ragged_moe,
                                         tokens_choose_gather)
 from mtljax.models.moe.gate import Gate
+from mtljax.models.plugs import Context
 
 Dtype = Any
 ROUTERS = ("tokens_choose", "experts_choose", "soft")
@@ -66,6 +68,9 @@ _expert_init = nn.initializers.xavier_uniform(batch_axis=(0,))
 
 
 class MoeMlp(nn.Module):
+    """MoE MLP plug ``(x [B, S, D], ctx) -> (y [B, S, D], aux)``: routers, dispatch and losses as in the
+    module docstring; ``expert_dim`` is each expert's hidden width, ``k`` the experts per token."""
+
     num_experts: int
     expert_dim: int
     router: str = "tokens_choose"
@@ -103,10 +108,11 @@ class MoeMlp(nn.Module):
             raise ValueError("config.model.moe.dispatch='ragged' (dropless) needs router 'tokens_choose'")
 
     @nn.compact
-    def __call__(self, x, task_ids=None, *, train: bool = False, group_size: int | None = None):
-        """``group_size`` (examples per routing group) overrides the attribute for this call; it must
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> tuple[jax.Array, dict]:
+        """``ctx.group_size`` (examples per routing group) overrides the attribute for this call; it must
         divide the batch (a task-passes model uses it to keep every group within one task's pass)."""
         self._check()
+        task_ids, train, group_size = ctx.task_ids, ctx.train, ctx.group_size
         b, s, d = x.shape
         kept = tuple(self.experts_kept) if self.experts_kept is not None else None
         e = len(kept) if kept is not None else self.num_experts
@@ -208,15 +214,3 @@ class MoeMlp(nn.Module):
         tid = jnp.zeros((chosen.shape[0],), jnp.int32) if task_ids is None else task_ids
         onehot = jax.nn.one_hot(tid, max(self.num_tasks, 1), dtype=jnp.float32)
         self.sow("intermediates", "usage", jnp.einsum("bse,bt->te", chosen.astype(jnp.float32), onehot))
-
-
-def merge_aux(*auxes) -> dict:
-    """Sum the losses and average the metrics of several layers' aux dicts."""
-    losses, metrics, counts = {}, {}, {}
-    for aux in auxes:
-        for k, v in aux.get("losses", {}).items():
-            losses[k] = losses.get(k, 0.0) + v
-        for k, v in aux.get("metrics", {}).items():
-            metrics[k] = metrics.get(k, 0.0) + v
-            counts[k] = counts.get(k, 0) + 1
-    return {"losses": losses, "metrics": {k: v / counts[k] for k, v in metrics.items()}}

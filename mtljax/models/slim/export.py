@@ -20,9 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtljax.models.layers import DTYPES
-from mtljax.models.slim.backbones import SlimConvNet, SlimViT
+from mtljax.models.layers import check_attention_impl
+from mtljax.models.slim.conv import SlimConvNet
 from mtljax.models.slim.layers import check_widths, counts
 from mtljax.models.slim.model import BACKBONES, SlimModel
+from mtljax.models.slim.vit import slim_vit
 from mtljax.models.vit import vit_dims
 from mtljax.tasks import Task
 
@@ -46,7 +48,8 @@ def spec_from_config(cfg, tasks, input_shape) -> dict:
     if s.backbone == "vit":
         d = vit_dims(cfg.vit)
         spec.update(patch_size=cfg.vit.patch_size, width=d["width"], depth=d["depth"], num_heads=d["num_heads"],
-                    head_dim=d["width"] // d["num_heads"], mlp_dim=d["mlp_dim"])
+                    head_dim=d["width"] // d["num_heads"], mlp_dim=d["mlp_dim"],
+                    attention_impl=check_attention_impl(cfg.vit.get("attention_impl")))
     else:
         spec.update(channels=[int(c) for c in s.conv_channels], width=int(s.conv_dim))
         stride = 2 ** (len(s.conv_channels) - 1)
@@ -57,22 +60,23 @@ def spec_from_config(cfg, tasks, input_shape) -> dict:
 
 
 def build_from_spec(spec: Mapping, tasks) -> SlimModel:
+    """The :class:`SlimModel` a spec describes, for ``tasks`` (whose names key ``decoder_hidden``)."""
     kw = dict(dtype=DTYPES[spec["dtype"]], param_dtype=DTYPES[spec["param_dtype"]])
     enc_w = tuple(spec["encoder_widths"])
     common = dict(widths=enc_w, switchable_norm=spec["switchable_norm"], dropout=spec["dropout"], **kw)
     if spec["backbone"] == "vit":
-        backbone = SlimViT(patch_size=spec["patch_size"], width=spec["width"], depth=spec["depth"],
-                           num_heads=spec["num_heads"], head_dim=spec["head_dim"], mlp_dim=spec["mlp_dim"],
-                           pool=spec["pool"], **common)
+        backbone = slim_vit(patch_size=spec["patch_size"], width=spec["width"], depth=spec["depth"],
+                            num_heads=spec["num_heads"], head_dim=spec["head_dim"], mlp_dim=spec["mlp_dim"],
+                            pool=spec["pool"], attention_impl=spec.get("attention_impl"), **common)
     else:
         backbone = SlimConvNet(channels=tuple(spec["channels"]), width=spec["width"], **common)
     h, w, _ = spec["input_shape"]
     grid = (h // backbone.stride, w // backbone.stride)
     return SlimModel(backbone, tuple(tasks), enc_w, tuple(spec["decoder_widths"]),
-                             tuple(int(spec["decoder_hidden"][t.name]) for t in tasks), spec["decoder_depth"],
-                             spec["width"], grid, spec["num_random"], spec["cikd_weight"],
-                             spec.get("cikd_distance", "normalized"), spec.get("cikd_start", 0),
-                             spec.get("cikd_ramp", 0), **kw)
+                     tuple(int(spec["decoder_hidden"][t.name]) for t in tasks), spec["decoder_depth"],
+                     spec["width"], grid, spec["num_random"], spec["cikd_weight"],
+                     spec.get("cikd_distance", "normalized"), spec.get("cikd_start", 0), spec.get("cikd_ramp", 0),
+                     spec_json=json.dumps(dict(spec), sort_keys=True, default=_jsonable), **kw)
 
 
 def build_slim(cfg, tasks, input_shape) -> SlimModel:
@@ -81,21 +85,10 @@ def build_slim(cfg, tasks, input_shape) -> SlimModel:
 
 
 def spec_of(model: SlimModel, input_shape) -> dict:
-    """The spec a model was built from (inverse of :func:`build_from_spec`)."""
-    names = {v: k for k, v in DTYPES.items()}
-    b = model.backbone
-    spec = dict(input_shape=list(input_shape), pool=getattr(b, "pool", "gap"),
-                encoder_widths=list(model.encoder_widths), decoder_widths=list(model.decoder_widths),
-                decoder_hidden=dict(zip(model.task_names, model.decoder_hidden)), decoder_depth=model.decoder_depth,
-                switchable_norm=b.switchable_norm, num_random=model.num_random, cikd_weight=model.cikd_weight,
-                cikd_distance=model.cikd_distance, cikd_start=model.cikd_start, cikd_ramp=model.cikd_ramp,
-                dropout=b.dropout, dtype=names[model.dtype], param_dtype=names[model.param_dtype], width=b.width)
-    if isinstance(b, SlimViT):
-        spec.update(backbone="vit", patch_size=b.patch_size, depth=b.depth, num_heads=b.num_heads,
-                    head_dim=b.head_dim, mlp_dim=b.mlp_dim)
-    else:
-        spec.update(backbone="conv", channels=list(b.channels))
-    return spec
+    """The spec a model was built from (inverse of :func:`build_from_spec`), for inputs of ``input_shape``."""
+    if not model.spec_json:
+        raise ValueError("spec_of: this SlimModel was not built from a spec (use build_slim or build_from_spec)")
+    return dict(json.loads(model.spec_json), input_shape=list(input_shape))
 
 
 # ---- export -----------------------------------------------------------------------------------------

@@ -32,8 +32,10 @@ import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from mtljax.models.plugs import Context
 from mtljax.models.slim.layers import SlimDense, check_widths, width_index
 from mtljax.models.slim.sandwich import sandwich_forward
 from mtljax.tasks import Task
@@ -64,6 +66,9 @@ class SlimConfig:
 
 
 class SlimDecoder(nn.Module):
+    """A task's slimmable decoder: ``rep -> [B, head_dim]`` (reads ``pooled [B, D]``) or, for a dense task,
+    ``[B, H, W, head_dim]`` (reads ``tokens [B, N, D]`` of a ``grid`` of ``patch_size``-pixel tokens)."""
+
     task: Task
     in_dim: int
     hidden: int
@@ -75,19 +80,18 @@ class SlimDecoder(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, rep, index=-1, masked: bool = False):
+    def __call__(self, rep: dict, ctx: Context = Context()) -> jax.Array:
         kw = dict(widths=self.widths, dtype=self.dtype, param_dtype=self.param_dtype)
         x = rep["tokens"] if self.task.is_dense else rep["pooled"]
         n_in, axis = self.in_dim, "embed"
         for i in range(self.depth):
-            x = SlimDense(features=self.hidden, in_features=n_in, axes=(axis, "mlp"), name=f"hidden{i}", **kw)(
-                x, index, masked)
+            x = SlimDense(features=self.hidden, in_features=n_in, axes=(axis, "mlp"), name=f"hidden{i}", **kw)(x, ctx)
             x = nn.gelu(x)
             n_in, axis = self.hidden, "hidden_in"
         p, c = self.patch_size, self.task.head_dim
         per_token = p * p * c if self.task.is_dense else c
         out = SlimDense(features=per_token, in_features=n_in, slim_out=False, axes=("mlp", "classes"),
-                        kernel_init=nn.initializers.zeros, name="out", **kw)(x, index, masked)
+                        kernel_init=nn.initializers.zeros, name="out", **kw)(x, ctx)
         if self.task.is_dense:
             b = out.shape[0]
             gh, gw = self.grid
@@ -96,7 +100,12 @@ class SlimDecoder(nn.Module):
 
 
 class SlimModel(nn.Module):
-    backbone: nn.Module  # SlimViT or SlimConvNet, built with ``widths=encoder_widths``
+    """Slimmable encoder ``backbone`` and one :class:`SlimDecoder` per task (module docstring).
+
+    ``spec_json``: the JSON spec the model was built from (:mod:`.export`), kept for export and saving.
+    """
+
+    backbone: nn.Module  # the slim ViT or SlimConvNet, built with ``widths=encoder_widths``
     tasks: tuple[Task, ...]
     encoder_widths: tuple[float, ...]
     decoder_widths: tuple[float, ...]
@@ -109,6 +118,7 @@ class SlimModel(nn.Module):
     cikd_distance: str = "normalized"
     cikd_start: int = 0
     cikd_ramp: int = 0
+    spec_json: str = ""
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -162,8 +172,8 @@ class SlimModel(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------------------
     def _encode(self, inputs, index, masked: bool, train: bool):
-        pooled, tokens = self.backbone(inputs, index, masked, train=train)
-        return {"pooled": pooled, "tokens": tokens}
+        enc = self.backbone(inputs, Context(train=train, width_index=index, masked=masked))
+        return {"pooled": enc.pooled, "tokens": enc.tokens}
 
     def _decode(self, rep, dec_index, masked: bool, task: str | None):
         names = self.task_names if task is None else (task,)
@@ -171,15 +181,16 @@ class SlimModel(nn.Module):
         for name in names:
             if name not in self.heads:
                 raise ValueError(f"unknown task {name!r}; the model has {list(self.task_names)}")
-            out[name] = self.heads[name](rep, dec_index[self.task_names.index(name)], masked)
+            out[name] = self.heads[name](rep, Context(width_index=dec_index[self.task_names.index(name)],
+                                                      masked=masked))
         return out
 
-    def encode(self, inputs, *, train: bool = False, widths=None):
-        """The shared representation at the encoder width of ``widths``: ``(rep, aux)``."""
+    def encode(self, inputs: jax.Array, *, train: bool = False, widths=None) -> tuple[dict, dict]:
+        """``({"pooled": [B, D], "tokens": [B, N, D]}, aux)`` at the encoder width of ``widths``."""
         enc, _ = self.indices(widths)
         return self._encode(inputs, enc, False, train), {"losses": {}, "metrics": {}}
 
-    def decode(self, rep, *, task: str | None = None, widths=None):
+    def decode(self, rep: dict, *, task: str | None = None, widths=None) -> dict:
         """Task outputs from a representation, each decoder at its width in ``widths``."""
         _, dec = self.indices(widths)
         return self._decode(rep, dec, False, task)
@@ -190,7 +201,10 @@ class SlimModel(nn.Module):
         rep = self._encode(inputs, enc_index, masked, train)
         return self._decode(rep, dec_index, masked, task), rep
 
-    def __call__(self, inputs, *, task: str | None = None, train: bool = False, widths=None, step=None):
+    def __call__(self, inputs: jax.Array, *, task: str | None = None, train: bool = False, widths=None,
+                 step=None) -> tuple[dict, dict]:
+        """``(outputs by task, aux)`` at ``widths`` (full by default); with ``train=True`` and no ``widths``
+        the sandwich: outputs ``[K, B, ...]`` over K configurations and the CI-KD loss in ``aux``."""
         zero = {"losses": {"cikd": jnp.zeros((), jnp.float32)}, "metrics": {}}
         if not train or widths is not None:
             enc, dec = self.indices(widths)

@@ -7,19 +7,21 @@ import numpy as np
 import pytest
 
 from mtljax.models.moe import MoeAttention, MoeMlp
+from mtljax.models.plugs import Context
 
 X = jax.random.normal(jax.random.PRNGKey(0), (6, 10, 16))
 
 
-def _init(layer, *args, sharpen=1.0):
-    params = nn.unbox(layer.init({"params": jax.random.PRNGKey(1)}, X, *args)["params"])
+def _init(layer, ids=None, sharpen=1.0):
+    params = nn.unbox(layer.init({"params": jax.random.PRNGKey(1)}, X, Context(task_ids=ids))["params"])
     if sharpen != 1.0:  # confident gates, so that capacity limits bite and choices are clear
         params = {**params, "gate": jax.tree.map(lambda g: g * sharpen, params["gate"])}
     return params
 
 
-def _run(layer, params, *args, train=False):
-    return layer.apply({"params": params}, X, *args, train=train, rngs={"dropout": jax.random.PRNGKey(2)})
+def _run(layer, params, ids=None, train=False):
+    ctx = Context(train=train, task_ids=ids)
+    return layer.apply({"params": params}, X, ctx, rngs={"dropout": jax.random.PRNGKey(2)})
 
 
 @pytest.mark.parametrize("router", ["tokens_choose", "experts_choose"])
@@ -89,7 +91,7 @@ def test_task_gates_route_each_example_by_its_task():
         np.testing.assert_allclose(np.asarray(y)[np.asarray(ids) == t], np.asarray(y1)[np.asarray(ids) == t], atol=1e-6)
     # the task-conditioned gate gives different routes to different tasks from one gate
     cond = MoeMlp(4, 8, k=1, num_tasks=2, gate="task_conditioned", capacity=10)
-    pc = nn.unbox(cond.init({"params": jax.random.PRNGKey(4)}, X, ids)["params"])
+    pc = nn.unbox(cond.init({"params": jax.random.PRNGKey(4)}, X, Context(task_ids=ids))["params"])
     assert set(pc["gate"]) == {"kernel", "task_mlp0", "task_mlp1"}
     assert pc["gate"]["kernel"].shape == (16 + 64, 4)
 
