@@ -85,7 +85,9 @@ def moe_vit(cfg, num_tasks: int, common: dict) -> tuple[ViT, bool, int]:
     mlp_blocks = moe_layers(cfg.moe.every, depth, cfg.moe.layers)
     attn = cfg.name == "mod_squad" and cfg.moe.attn_experts > 0
     attn_blocks = moe_layers(cfg.moe.attn_every, depth) if attn else ()
-    mlp = functools.partial(MoeMlp, **moe_settings(cfg, num_tasks, common["mlp_dim"], gate))
+    # V-MoE balances the dense softmax; M³ViT (and Shazeer et al.) the top-k gates the tokens are mixed with
+    importance = "dense" if gate == "shared" else "sparse"
+    mlp = functools.partial(MoeMlp, importance=importance, **moe_settings(cfg, num_tasks, common["mlp_dim"], gate))
     attention = (functools.partial(MoeAttention, **attn_moe_settings(cfg, num_tasks, common["width"],
                                                                       common["num_heads"])) if attn else None)
     blocks = tuple(BlockPlugs(attention=attention if i in attn_blocks else None, mlp=mlp if i in mlp_blocks else None)

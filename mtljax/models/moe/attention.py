@@ -20,7 +20,8 @@ dense layer with k heads, but no data-dependent shapes. A task sub-model (``expe
 fewer experts and so computes fewer.
 
 Auxiliary losses as in :class:`mtljax.models.moe.mlp.MoeMlp` (``moe_attn_*`` keys): Mod-Squad's mutual
-information loss ``mi_weight``, and optionally importance and z-loss.
+information loss ``mi_weight``, and optionally importance (of the sparse top-k gates the layer mixes
+heads with) and z-loss.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class MoeAttention(nn.Module):
         if self.mi_weight and task_ids is not None and self.num_tasks > 1:
             losses["moe_attn_mutual_info"] = self.mi_weight * rt.mutual_information_loss(probs_full, task_ids, self.num_tasks)
         if self.importance_weight:
-            losses["moe_attn_importance"] = self.importance_weight * rt.importance_loss(probs_full)
+            gates = rt.top_k_gates(probs_full, self.k)  # the sparse gates the heads are mixed with
+            losses["moe_attn_importance"] = self.importance_weight * rt.importance_loss(gates)
         if self.z_loss_weight:
             losses["moe_attn_z"] = self.z_loss_weight * rt.z_loss(logits)
         tid = jnp.zeros((b,), jnp.int32) if task_ids is None else task_ids

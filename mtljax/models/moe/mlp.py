@@ -35,7 +35,9 @@ Expert parallelism (:mod:`mtljax.models.moe.dispatch`)
     (``group_size`` examples), so the result does not depend on the mesh.
 
 Auxiliary losses (``aux["losses"]``, already weighted): ``moe_importance``, ``moe_load``, ``moe_z``
-(weights ``importance_weight``, ``load_weight``, ``z_loss_weight``) and, with task gates,
+(weights ``importance_weight``, ``load_weight``, ``z_loss_weight``; the importance sums the sparse
+top-k gates, Shazeer et al. and M³ViT, or with ``importance='dense'`` the full softmax, V-MoE: see
+:mod:`~mtljax.models.moe.routing`) and, with task gates,
 ``moe_mutual_info`` (``mi_weight``, Mod-Squad). Metrics: ``moe_dropped`` (share of token choices that
 found no slot). Per-task expert usage (selection counts ``[T, E]``) is ``sow``-n into the
 ``intermediates`` collection as ``usage`` for routing heatmaps.
@@ -64,6 +66,7 @@ from mtljax.models.plugs import Context
 Dtype = Any
 ROUTERS = ("tokens_choose", "experts_choose", "soft")
 DISPATCH = ("einsum", "gather", "ragged")
+IMPORTANCE = ("sparse", "dense")
 _expert_init = nn.initializers.xavier_uniform(batch_axis=(0,))
 
 
@@ -88,6 +91,7 @@ class MoeMlp(nn.Module):
     gate_zero_init: bool = False
     experts_kept: Sequence[int] | None = None
     importance_weight: float = 0.0
+    importance: str = "sparse"  # sum of the top-k gates (Shazeer et al., M³ViT) | "dense" softmax (V-MoE)
     load_weight: float = 0.0
     z_loss_weight: float = 0.0
     mi_weight: float = 0.0
@@ -104,6 +108,8 @@ class MoeMlp(nn.Module):
             raise ValueError(f"config.model.moe.top_k={self.k} must be in [1, num_experts={self.num_experts}]")
         if self.router != "soft" and not self.capacity_factor > 0:
             raise ValueError(f"config.model.moe.capacity_factor must be > 0, got {self.capacity_factor}")
+        if self.importance not in IMPORTANCE:
+            raise ValueError(f"MoeMlp.importance: unknown {self.importance!r}; choose from {IMPORTANCE}")
         if self.dispatch == "ragged" and self.router != "tokens_choose":
             raise ValueError("config.model.moe.dispatch='ragged' (dropless) needs router 'tokens_choose'")
 
@@ -158,7 +164,8 @@ class MoeMlp(nn.Module):
         probs_full = jax.nn.softmax(noisy, axis=-1)
         probs = probs_full[..., list(kept)] if kept is not None else probs_full
         if self.importance_weight:
-            losses["moe_importance"] = self.importance_weight * rt.importance_loss(probs_full)
+            gates = probs_full if self.importance == "dense" else rt.top_k_gates(probs_full, self.k, self.renormalize)
+            losses["moe_importance"] = self.importance_weight * rt.importance_loss(gates)
         if self.mi_weight and task_ids is not None and self.num_tasks > 1:
             losses["moe_mutual_info"] = self.mi_weight * rt.mutual_information_loss(probs_full, task_ids, self.num_tasks)
         want_load = bool(self.load_weight) and self.router == "tokens_choose"

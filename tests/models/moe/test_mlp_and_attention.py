@@ -127,6 +127,21 @@ def test_moe_attention_with_every_expert_chosen_is_gate_weighted_multi_query_att
     np.testing.assert_allclose(y, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("importance", ["sparse", "dense"])
+def test_importance_loss_of_the_layer_sums_the_gates_it_mixes_with(importance):
+    layer = MoeMlp(4, 8, k=2, importance=importance, importance_weight=0.5)
+    params = _init(layer, sharpen=5.0)
+    _, aux = _run(layer, params)  # eval: no gate noise
+    logits = np.einsum("bsd,de->bse", np.asarray(X, np.float64), np.asarray(params["gate"]["kernel"], np.float64))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    if importance == "sparse":  # zero outside each token's top 2
+        probs = np.where(probs >= -np.sort(-probs, axis=-1)[..., 1:2], probs, 0.0)
+    imp = probs.reshape(-1, 4).sum(0)
+    want = 0.5 * imp.var() / imp.mean() ** 2
+    assert float(aux["losses"]["moe_importance"]) == pytest.approx(want, rel=1e-4)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(k=5), "top_k=5"),
     (dict(capacity_factor=0.0), "capacity_factor"),
