@@ -61,6 +61,7 @@ def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, 
     from mtljax.cost import flops_of
     from mtljax.models.layers import MlpBlock
     from mtljax.models.moe import MoeMlp
+    from mtljax.models.plugs import Context
 
     x = jax.random.normal(jax.random.PRNGKey(0), (groups, tokens, width))
     layers = {"dense MLP": MlpBlock(k * expert_dim)}
@@ -85,7 +86,7 @@ def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, 
         params = nn.unbox(layer.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}, x)["params"])
 
         def loss(p, x, layer=layer):
-            out = layer.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+            out = layer.apply({"params": p}, x, Context(train=True), rngs={"dropout": jax.random.PRNGKey(3)})
             y, aux = out if isinstance(out, tuple) else (out, {"losses": {}})
             return jnp.sum(y.astype(jnp.float32) ** 2) + sum(aux["losses"].values())
 
