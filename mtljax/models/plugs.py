@@ -28,6 +28,14 @@ applied once after the position embeddings (prompt / task tokens). Families buil
 dense ViT (all defaults), V-MoE / M³ViT (``mlp`` = MoE MLP in some blocks), Mod-Squad (``attention`` =
 MoE attention too), the slim ViT (slimmable attention, MLP and norms), TaskExpert (a dense ViT whose
 block outputs are read by memorial MoEs through ``taps``).
+
+Where the parameter-efficient variants go: bottleneck adapters are ``attention_adapter`` /
+``mlp_adapter`` plugs; shallow VPT and task tokens the ViT's ``prompt`` (tokens inserted before the
+patch tokens are never pooled: pooling reads the last ``N`` tokens or the class token), deep VPT a
+block's ``prompt`` (replacing the previous block's prompt tokens); per-task LoRA on the projections
+and prefix tuning (per-layer key/value prefixes) are ``attention`` plugs, since both live inside the
+attention (:func:`mtljax.models.layers.attend` takes keys and values of another length than the
+queries). Per-task parameters are selected per example by ``ctx.task_ids``.
 """
 
 from __future__ import annotations

@@ -18,16 +18,16 @@ IMAGES = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 2))
 TINY = dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16)
 
 
-class ZeroAdapter(nn.Module):
-    """A residual bottleneck adapter whose up-projection starts at zero; reports the task ids it saw."""
+class Adapter(nn.Module):
+    """A residual bottleneck adapter (``up`` = 0 makes it the identity); reports the task ids it saw."""
 
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, ctx):
-        h = nn.Dense(2, param_dtype=self.param_dtype)(x)
-        y = x + nn.Dense(x.shape[-1], kernel_init=nn.initializers.zeros, param_dtype=self.param_dtype)(h)
+        h = nn.Dense(2, param_dtype=self.param_dtype, name="down")(x)
+        y = x + nn.Dense(x.shape[-1], param_dtype=self.param_dtype, name="up")(h)
         return y, {"losses": {"adapter": jnp.sum(ctx.task_ids).astype(jnp.float32)}, "metrics": {"seen": 1.0}}
 
 
@@ -44,7 +44,14 @@ class PromptTokens(nn.Module):
 
 
 def _init(vit, ctx=Context()):
-    return nn.unbox(vit.init(jax.random.PRNGKey(1), IMAGES, ctx)["params"])
+    """Random parameters of ``vit`` from their shapes (no init compilation)."""
+    shapes = jax.eval_shape(lambda: nn.unbox(vit.init(jax.random.PRNGKey(1), IMAGES, ctx)["params"]))
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda a: (0.3 * rng.standard_normal(a.shape)).astype(np.float32), shapes)
+
+
+def _apply(vit, params, ctx=Context()):
+    return jax.jit(lambda p, x: vit.apply({"params": p}, x, ctx))(params, IMAGES)
 
 
 def test_dense_defaults_and_taps():
@@ -52,7 +59,7 @@ def test_dense_defaults_and_taps():
     params = _init(vit)
     assert set(params) == {"embedding", "pos_embedding", "block0", "block1", "ln_final"}
     assert set(params["block0"]) == {"ln1", "attn", "ln2", "mlp"}
-    enc = vit.apply({"params": params}, IMAGES)
+    enc = _apply(vit, params)
     chex.assert_shape([enc.pooled, enc.tokens], [(3, 8), (3, 4, 8)])
     assert enc.aux == {"losses": {}, "metrics": {}} and set(enc.taps) == {0, 1}
     # the last tap is the residual stream before the final norm
@@ -65,18 +72,23 @@ def test_dense_defaults_and_taps():
 def test_adapters_and_prompts_plug_in_with_the_context_and_their_aux_is_merged():
     ids = jnp.array([0, 1, 1])
     ctx = Context(task_ids=ids)
-    plugs = BlockPlugs(attention_adapter=ZeroAdapter, mlp_adapter=ZeroAdapter)
+    plugs = BlockPlugs(attention_adapter=Adapter, mlp_adapter=Adapter)
     vit = ViT(**TINY, blocks=plugs, prompt=PromptTokens)
     params = _init(vit, ctx)
     assert {"attn_adapter", "mlp_adapter"} <= set(params["block1"]) and "prompt" in params
-    enc = vit.apply({"params": params}, IMAGES, ctx)
+    run = jax.jit(lambda p: vit.apply({"params": p}, IMAGES, ctx))
+    enc = run(params)
     # four adapters each report sum(task_ids) = 2: losses add up, metrics average
     assert float(enc.aux["losses"]["adapter"]) == 8.0 and float(enc.aux["metrics"]["seen"]) == 1.0
-    # zero-initialised adapters are identities: the same network without them gives the same output
+    # adapters whose up-projection is zero are identities: the network without them gives the same output
+    zero = jax.tree_util.tree_map_with_path(
+        lambda path, a: a * 0 if any(getattr(k, "key", None) == "up" for k in path) else a, params)
     plain = ViT(**TINY, prompt=PromptTokens)
     base = {k: {r: v for r, v in b.items() if "adapter" not in r} if k.startswith("block") else b
             for k, b in params.items()}
-    chex.assert_trees_all_close(plain.apply({"params": base}, IMAGES, ctx).pooled, enc.pooled, atol=1e-6)
+    without = _apply(plain, base, ctx).pooled
+    chex.assert_trees_all_close(without, run(zero).pooled, atol=1e-6)
+    assert not np.allclose(without, enc.pooled)
     # prompt tokens come before the patch tokens and are not pooled
     assert enc.tokens.shape == (3, 4, 8)
 

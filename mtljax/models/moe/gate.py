@@ -36,7 +36,8 @@ class Gate(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, task_ids=None):
+    def __call__(self, x: jax.Array, task_ids: jax.Array | None = None) -> jax.Array:
+        """``x [B, S, D]``, ``task_ids [B]`` (task gates) -> logits ``[B, S, num_outputs]`` (float32)."""
         if self.mode not in GATES:
             raise ValueError(f"gate: unknown mode {self.mode!r}; choose from {GATES}")
         x = x.astype(jnp.float32)
