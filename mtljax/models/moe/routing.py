@@ -152,10 +152,16 @@ def top_k_gates(probs: Array, k: int, renormalize: bool = False) -> Array:
     ``probs [..., E]`` (a softmax over experts); with ``renormalize`` the kept probabilities are divided
     by their sum (Shazeer et al., 2017: ``G = softmax(KeepTopK(h, k))``).
     """
-    top_val, top_idx = jax.lax.top_k(probs, k)
+    # the k-th largest value by a sort and ties taken lowest index first: jax.lax.top_k's choice, in
+    # elementwise ops that a batch-sharded array keeps sharded (top_k itself would be all-gathered)
+    kth = jnp.sort(probs, axis=-1)[..., -k:-k + 1 or None]
+    above, tie = probs > kth, probs == kth
+    room = k - jnp.sum(above, axis=-1, keepdims=True)
+    keep = above | (tie & (jnp.cumsum(tie, axis=-1) <= room))
+    gates = jnp.where(keep, probs, 0.0)
     if renormalize:
-        top_val = top_val / jnp.maximum(jnp.sum(top_val, axis=-1, keepdims=True), _EPS)
-    return jnp.sum(jax.nn.one_hot(top_idx, probs.shape[-1], dtype=probs.dtype) * top_val[..., None], axis=-2)
+        gates = gates / jnp.maximum(jnp.sum(gates, axis=-1, keepdims=True), _EPS)
+    return gates
 
 
 def importance_loss(gates: Array) -> Array:

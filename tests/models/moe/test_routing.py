@@ -115,6 +115,9 @@ def test_importance_loss_of_the_top_k_gates_by_hand_and_from_the_equation():
     m3 = np.where(h >= kth, p, 0.0)
     got = float(rt.importance_loss(rt.top_k_gates(probs, k)))
     assert got == pytest.approx(_cv2(m3.reshape(-1, 6).sum(0)), rel=1e-4)
+    # ties (zero-initialised gates) are broken as the router's jax.lax.top_k breaks them: lowest index first
+    tied = jnp.array([[0.25, 0.25, 0.25, 0.25], [0.1, 0.3, 0.3, 0.3]])
+    np.testing.assert_allclose(rt.top_k_gates(tied, 2), [[0.25, 0.25, 0, 0], [0, 0.3, 0.3, 0]], atol=1e-7)
 
 
 def test_expected_load_is_the_probability_of_staying_in_the_noisy_top_k():
