@@ -58,8 +58,10 @@ def ratio(samples: dict, name: str, ref: str) -> float:
 
 # ------------------------------------------------------------------------------------------- layer
 def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, expert_dim: int) -> dict:
+    from mtljax.cost import flops_of
     from mtljax.models.layers import MlpBlock
     from mtljax.models.moe import MoeMlp
+    from mtljax.models.plugs import Context
 
     x = jax.random.normal(jax.random.PRNGKey(0), (groups, tokens, width))
     layers = {"dense MLP": MlpBlock(k * expert_dim)}
@@ -84,13 +86,12 @@ def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, 
         params = nn.unbox(layer.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}, x)["params"])
 
         def loss(p, x, layer=layer):
-            out = layer.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+            out = layer.apply({"params": p}, x, Context(train=True), rngs={"dropout": jax.random.PRNGKey(3)})
             y, aux = out if isinstance(out, tuple) else (out, {"losses": {}})
             return jnp.sum(y.astype(jnp.float32) ** 2) + sum(aux["losses"].values())
 
         compiled = jax.jit(jax.grad(loss)).lower(params, x).compile()
-        cost = compiled.cost_analysis()
-        flops[name] = float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", 0.0))
+        flops[name] = flops_of(compiled)
         fns[name] = (lambda c=compiled, p=params: jax.block_until_ready(c(p, x)))
     return fns, flops
 
@@ -137,6 +138,7 @@ def model_config(name: str):
 
 
 def bench_train_steps(args) -> dict:
+    from mtljax.cost import flops_of
     from mtljax.data import build_dataset, train_dataset, train_iterator
     from mtljax.models import build_model
     from mtljax.parallel.mesh import make_mesh
@@ -173,9 +175,8 @@ def bench_train_steps(args) -> dict:
             jax.block_until_ready(m["loss"])
 
         fns[name] = run
-        cost = compiled.cost_analysis()
         info[name] = {"batch": c.data.batch_size, "params": sum(int(np.prod(v.shape)) for v in jax.tree.leaves(state.params)),
-                      "gflop_per_step": float((cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops", 0)) / 1e9}
+                      "gflop_per_step": flops_of(compiled) / 1e9}
     samples = timed_rounds(fns, args.rounds, args.per_round)
     rows = []
     print(f"\n## train step (multi-digits: 16x16 images, 4x4 patches, batch {info['hps']['batch']}; one device)")
@@ -193,7 +194,8 @@ def bench_train_steps(args) -> dict:
 
 # ------------------------------------------------------------------------------ single-task pathway
 def bench_pathway(args) -> dict:
-    from mtljax.models.task_submodel import compiled_flops, expert_usage, extract_task_model
+    from mtljax.cost import compiled_flops
+    from mtljax.models.moe.submodel import expert_usage, extract_task_model
     from mtljax.train.loop import Experiment, restore_params
 
     thresholds = [float(t) for t in args.thresholds.split(",")]

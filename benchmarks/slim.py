@@ -1,4 +1,4 @@
-"""Inference throughput and FLOPs of controllable-model sub-networks relative to the full network.
+"""Inference throughput and FLOPs of slim-model sub-networks relative to the full network.
 
     python benchmarks/slim.py                                   # configs/slim_digits.py's ViT model
     python benchmarks/slim.py --config=configs/slim_digits.py:conv --batch=256
@@ -8,7 +8,7 @@ For each configuration (every uniform width, plus mixed ones: wide encoder with 
 the reverse, and the search's choice for 50 % of the FLOPs under a one-hot preference), in one run:
 
 * FLOPs per example of the whole sub-network compiled at that configuration (XLA cost analysis),
-  and the composed number the search uses (per-component table, :mod:`mtljax.slim.flops`);
+  and the composed number the search uses (per-component table, :mod:`mtljax.models.slim.flops`);
 * parameters of the exported standalone sub-network;
 * inference throughput (examples/s: the best of ``--repeats`` timings of ``--iters`` jitted forward
   passes of the exported sub-network on a fixed batch, after a warm-up; the rounds interleave the
@@ -60,9 +60,9 @@ def main(argv=None):
 
     from mtljax.data import build_dataset
     from mtljax.models import build_model
-    from mtljax.models.controllable import SlimConfig, export
-    from mtljax.slim.flops import flops_table, model_flops
-    from mtljax.slim.search import search
+    from mtljax.models.slim import SlimConfig, export
+    from mtljax.models.slim.flops import flops_table, model_flops
+    from mtljax.models.slim.search import search
 
     config = _load_config(args.config)
     try:

@@ -72,6 +72,7 @@ import numpy as np
 import optax
 
 from mtljax.config import base_config
+from mtljax.cost import flops_of
 from mtljax.models import build_model, vit_dims
 from mtljax.parallel.mesh import make_mesh
 from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding
@@ -191,13 +192,6 @@ def memory_stats(compiled) -> dict:
     return {k: int(getattr(m, k, 0) or 0) for k in keys}
 
 
-def cost_flops(compiled) -> float:
-    ca = compiled.cost_analysis()
-    if isinstance(ca, (list, tuple)):  # older jax returned one dict per program
-        ca = ca[0]
-    return float(ca.get("flops", float("nan")))
-
-
 def mtljax_contender(case: Case, dtype: str, batch: int, classes: list[int], seed: int = 0):
     """The compiled mtljax train step and its initial parameters (numpy, for the torch model)."""
     tasks = make_tasks(classes)
@@ -225,7 +219,7 @@ def mtljax_contender(case: Case, dtype: str, batch: int, classes: list[int], see
         box["state"], box["metrics"] = compiled(box["state"], batch_tree)
         jax.block_until_ready((box["state"], box["metrics"]))
 
-    info = {"compile_s": compile_s, "xla_flops": cost_flops(compiled), "memory": memory_stats(compiled),
+    info = {"compile_s": compile_s, "xla_flops": flops_of(compiled), "memory": memory_stats(compiled),
             "params": n_params}
     c = Contender(f"mtljax/{dtype}", "mtljax", dtype, run, info=info)
     c.info["finite"] = lambda box=box: box["metrics"] is None or bool(box["metrics"]["finite"])

@@ -12,7 +12,7 @@ experts of head width 32, top-4 = the number of heads, one shared key/value head
 loss between tasks and experts with weight 0.005 and no other balancing loss. Mod-Squad's MoE is
 dropless: ``dispatch='ragged'`` reproduces that; the default gather dispatch with capacity factor 2
 over groups of 4 images drops about 1 % and shards experts over ``config.mesh.shape.expert``. Per-task compact
-sub-models: ``mtljax.models.task_submodel``.
+sub-models: ``mtljax.models.moe.submodel``.
 
 Expected result (1,500 steps, one seed):
 digits left/right accuracy 0.923 / 0.928, Δm +4.7 % against single-task ViTs (HPS: −5.5 %);

@@ -1,5 +1,5 @@
-"""Controllable multi-task model on CIFAR100-MTL: 20 five-way tasks (one per CIFAR-100 superclass),
-a slimmable encoder and 20 slimmable decoders, each with its own width at run time.
+"""Slim model (a controllable multi-task architecture) on CIFAR100-MTL: 20 five-way tasks (one per
+CIFAR-100 superclass), a slimmable encoder and 20 slimmable decoders, each with its own width at run time.
 
 Needs the tfds ``cifar100`` dataset prepared once (``tfds build cifar100 --data_dir=DIR``), then
 
@@ -14,12 +14,11 @@ slimmed to 2/4/6/8 heads and MLP 256/512/768/1024 at widths 0.25/0.5/0.75/1; ``c
 (64, 128, 256), representation 256. Decoders: 2 hidden layers of 128 (32..128). Every image is
 labelled for one task only (its superclass), so each task's loss and metrics use its own images.
 Controllability and hypervolume over 20 tasks use Spearman's ρ and the Monte-Carlo hypervolume
-(:mod:`mtljax.slim.hypervolume`). Not run here (no prepared data on the development machine); the
+(:mod:`mtljax.models.slim.hypervolume`). Not run here (no prepared data on the development machine); the
 configuration is exercised end to end with tfds mock data in ``tests/slim/test_cifar100_slim.py``.
 """
 
 from mtljax.config import base_config
-from mtljax.slim.config import slim_defaults
 
 
 def get_config(arg=None):
@@ -30,10 +29,9 @@ def get_config(arg=None):
     c.data.normalize = True
     c.data.batch_size = 256
     c.data.eval_batch_size = 512
-    c.model.name = "controllable"
+    c.model.name = "slim"
     c.model.vit.update(variant="custom", patch_size=4, width=256, depth=8, num_heads=8, mlp_dim=1024)
     c.model.dropout = 0.1
-    c.model.slim = slim_defaults()
     c.model.slim.update(backbone=backbone, decoder_hidden=128, conv_channels=(64, 128, 256), conv_dim=256)
     c.optim.learning_rate = 1e-3
     c.optim.weight_decay = 0.05

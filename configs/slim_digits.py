@@ -1,4 +1,5 @@
-"""Controllable multi-task model (slimmable ViT encoder + slimmable decoders) on multi-digits.
+"""Slim model (slimmable ViT encoder + slimmable decoders, a controllable multi-task architecture) on
+multi-digits.
 
 Aich et al. (ICCV 2023): one super-network trained with sandwich sampling and CI-KD, slimmed after
 training to any compute budget and task preference. Run (from the repository root):
@@ -27,21 +28,19 @@ details and the no-CI-KD ablation in BENCHMARKS.md, "Controllable multi-task arc
 """
 
 from mtljax.config import base_config
-from mtljax.slim.config import slim_defaults
 
 
 def get_config(arg=None):
     c = base_config()
     backbone = arg or "vit"
     c.workdir = "runs/slim_digits" + ("" if backbone == "vit" else f"_{backbone}")
-    c.model.name = "controllable"
-    c.model.slim = slim_defaults()
+    c.model.name = "slim"
     c.model.slim.backbone = backbone
     c.model.slim.decoder_hidden = 64
     c.model.slim.conv_channels = (32, 64, 64)
     c.model.slim.conv_dim = 64
     c.model.vit.depth = 2  # a training step runs 4 sub-networks: half the default ViT's depth keeps it quick
-    c.model.slim.cikd_start = 300  # trained from scratch: the full network learns first (mtljax.slim.sandwich)
+    c.model.slim.cikd_start = 300  # trained from scratch: the full network learns first (mtljax.models.slim.sandwich)
     c.model.slim.cikd_ramp = 200
     c.train.steps = 1000
     return c

@@ -98,7 +98,10 @@ def base_config() -> mlc.ConfigDict:
     c.model.head_hidden = 0
     c.model.dense_head = "linear"  # dense tasks: linear (unpatchify each token) | upsample (conv, 2x stages)
     c.model.vit = mlc.ConfigDict(
-        dict(variant="custom", patch_size=4, pool="gap", width=64, depth=4, num_heads=4, mlp_dim=128)
+        dict(variant="custom", patch_size=4, pool="gap", width=64, depth=4, num_heads=4, mlp_dim=128,
+             # jax.nn.dot_product_attention implementation: None (JAX chooses) | xla | cudnn (NVIDIA GPUs,
+             # needs model.dtype bfloat16 or float16)
+             attention_impl=mlc.FieldReference(None, field_type=str))
     )
     c.model.mlp = mlc.ConfigDict(dict(hidden=(256, 256)))
     # mixture of experts (model.name = m3vit | mod_squad, or backbone = moe_vit); see mtljax.models.moe
@@ -116,6 +119,15 @@ def base_config() -> mlc.ConfigDict:
         attn_experts=0, attn_top_k=0, attn_head_dim=0, attn_every=1,  # mod_squad: MoE attention
     ))
     c.model.task_expert = mlc.ConfigDict(dict(num_experts=4, expert_dim=0, every=2, layers=()))
+    # the slim model (model.name = slim; what every key means: mtljax.models.slim)
+    c.model.slim = mlc.ConfigDict(dict(
+        backbone="vit",  # vit (slimmable heads and MLP width) | conv (slimmable conv net)
+        encoder_widths=(0.25, 0.5, 0.75, 1.0), decoder_widths=(0.25, 0.5, 0.75, 1.0),
+        decoder_hidden=64, decoder_depth=2, switchable_norm=True,
+        num_random=2,  # random configurations per step besides the largest and the smallest (sandwich)
+        cikd_weight=1.0, cikd_distance="normalized", cikd_start=0, cikd_ramp=0,
+        conv_channels=(32, 64, 128), conv_dim=128,
+    ))
 
     c.optim = mlc.ConfigDict()
     c.optim.name = "adamw"
@@ -185,130 +197,3 @@ def use_dataset(c: mlc.ConfigDict, name: str) -> mlc.ConfigDict:
         c.train.steps = 1500
         return c
     raise ValueError(f"config argument: unknown dataset {name!r}; choose 'digits' or 'scenes'")
-
-
-def _positive(config, key: str):
-    value = config
-    for part in key.split("."):
-        value = value[part]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"config.{key} must be a positive integer, got {value!r}")
-
-
-def validate_model(config, dataset) -> None:
-    """Check ``config.model`` against the dataset (moving next to the model builders)."""
-    from mtljax.models import BACKBONES, DTYPES, MODELS, MOE_MODELS
-    from mtljax.models.vit import VARIANTS
-
-    m = config.model
-    if m.name not in MODELS:
-        raise ConfigError(f"config.model.name: unknown model {m.name!r}; choose from {list(MODELS)}")
-    if m.backbone not in BACKBONES:
-        raise ConfigError(f"config.model.backbone: unknown backbone {m.backbone!r}; choose from {list(BACKBONES)}")
-    for key in ("dtype", "param_dtype"):
-        if m[key] not in DTYPES:
-            raise ConfigError(f"config.model.{key}: unknown dtype {m[key]!r}; choose from {sorted(DTYPES)}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"config.model.dropout must be in [0, 1), got {m.dropout}")
-    if m.name == "controllable":  # slimmable encoder-decoders: the config.model.slim section
-        from mtljax.slim.config import validate_slim
-
-        validate_slim(config)
-    if m.backbone in ("vit", "moe_vit"):
-        v = m.vit
-        if v.variant != "custom" and v.variant not in VARIANTS:
-            raise ConfigError(f"config.model.vit.variant: unknown {v.variant!r}; choose from {sorted(VARIANTS)} or 'custom'")
-        keys = ["patch_size"] + (["width", "depth", "num_heads", "mlp_dim"] if v.variant == "custom" else [])
-        for key in keys:
-            _positive(config, f"model.vit.{key}")
-        if v.variant == "custom" and v.width % v.num_heads:
-            raise ConfigError(f"config.model.vit.width={v.width} is not divisible by config.model.vit.num_heads={v.num_heads}")
-        if v.pool not in ("gap", "cls"):
-            raise ConfigError(f"config.model.vit.pool must be 'gap' or 'cls', got {v.pool!r}")
-    if m.dense_head not in ("linear", "upsample"):
-        raise ConfigError(f"config.model.dense_head must be 'linear' or 'upsample', got {m.dense_head!r}")
-    if m.dense_head == "upsample" and m.vit.patch_size & (m.vit.patch_size - 1):
-        raise ConfigError(f"config.model.dense_head='upsample' needs a power-of-two config.model.vit.patch_size, "
-                          f"got {m.vit.patch_size}")
-    if m.name in MOE_MODELS or m.backbone == "moe_vit":
-        _validate_moe(config)
-    if m.name == "task_expert":
-        te = m.task_expert
-        for key in ("num_experts",):
-            _positive(config, f"model.task_expert.{key}")
-        if not isinstance(te.expert_dim, int) or te.expert_dim < 0:
-            raise ConfigError(f"config.model.task_expert.expert_dim must be an integer >= 0, got {te.expert_dim!r}")
-    if m.name in ("m3vit", "mod_squad", "task_expert") and m.backbone != "vit":
-        raise ConfigError(f"config.model.name={m.name!r} is a ViT; set config.model.backbone='vit', got {m.backbone!r}")
-    if m.backbone == "mlp":
-        if not m.mlp.hidden or any((not isinstance(h, int)) or h <= 0 for h in m.mlp.hidden):
-            raise ConfigError(f"config.model.mlp.hidden must be positive integers, got {tuple(m.mlp.hidden)}")
-    if m.backbone in ("vit", "moe_vit"):
-        if len(dataset.input_shape) != 3:
-            raise ConfigError(f"config.model.backbone='vit' needs image inputs, dataset {dataset.name!r} gives shape "
-                              f"{dataset.input_shape}")
-        h, w, _ = dataset.input_shape
-        if h % m.vit.patch_size or w % m.vit.patch_size:
-            raise ConfigError(f"config.model.vit.patch_size={m.vit.patch_size} does not divide the {h}x{w} images")
-    elif any(t.is_dense for t in dataset.tasks):
-        raise ConfigError("config.model.backbone='mlp' cannot serve dense (per-pixel) tasks; use 'vit'")
-
-
-def validate_model_mesh(config, sizes: dict, shards: int) -> None:
-    from mtljax.models import MOE_MODELS
-
-    if config.model.name in MOE_MODELS or config.model.backbone == "moe_vit":
-        _validate_moe_mesh(config, sizes, shards)
-
-
-def _validate_moe(config) -> None:
-    from mtljax.models.moe import DISPATCH, GATES, ROUTERS
-
-    e = config.model.moe
-    for key in ("num_experts", "top_k", "group_size", "slots_per_expert"):
-        _positive(config, f"model.moe.{key}")
-    if e.router not in ROUTERS:
-        raise ConfigError(f"config.model.moe.router: unknown router {e.router!r}; choose from {list(ROUTERS)}")
-    if e.dispatch not in DISPATCH:
-        raise ConfigError(f"config.model.moe.dispatch: unknown {e.dispatch!r}; choose from {list(DISPATCH)}")
-    if e.gate not in GATES:
-        raise ConfigError(f"config.model.moe.gate: unknown gate {e.gate!r}; choose from {list(GATES)}")
-    if config.model.name == "m3vit" and e.gate == "shared":
-        raise ConfigError("config.model.moe.gate='shared' is not M³ViT; use 'task' or 'task_conditioned' "
-                          "(or config.model.name='hps' with config.model.backbone='moe_vit')")
-    if e.top_k > e.num_experts:
-        raise ConfigError(f"config.model.moe.top_k={e.top_k} is larger than config.model.moe.num_experts={e.num_experts}")
-    if not e.capacity_factor > 0:
-        raise ConfigError(f"config.model.moe.capacity_factor must be > 0, got {e.capacity_factor}")
-    if e.dispatch == "ragged" and e.router != "tokens_choose":
-        raise ConfigError(f"config.model.moe.dispatch='ragged' (dropless) needs router 'tokens_choose', got {e.router!r}")
-    if not isinstance(e.expert_dim, int) or e.expert_dim < 0:
-        raise ConfigError(f"config.model.moe.expert_dim must be an integer >= 0, got {e.expert_dim!r}")
-    for key in ("importance_weight", "load_weight", "z_loss_weight", "mi_weight", "noise_std"):
-        if not e[key] >= 0:
-            raise ConfigError(f"config.model.moe.{key} must be >= 0, got {e[key]}")
-    depth = config.model.vit.depth if config.model.vit.variant == "custom" else None
-    if depth is not None and any((not isinstance(i, int)) or not 0 <= i < depth for i in e.layers):
-        raise ConfigError(f"config.model.moe.layers={tuple(e.layers)} must index blocks 0..{depth - 1}")
-    if config.model.name == "mod_squad":
-        if e.attn_experts < 0 or e.attn_top_k < 0:
-            raise ConfigError("config.model.moe.attn_experts and attn_top_k must be >= 0")
-        heads = config.model.vit.num_heads if config.model.vit.variant == "custom" else None
-        k = e.attn_top_k or heads
-        if e.attn_experts and k is not None and k > e.attn_experts:
-            raise ConfigError(f"config.model.moe.attn_top_k={k} is larger than config.model.moe.attn_experts={e.attn_experts}")
-
-
-def _validate_moe_mesh(config, sizes: dict, shards: int) -> None:
-    e = config.model.moe
-    n_exp = sizes.get("expert", 1)
-    if e.num_experts % n_exp:
-        raise ConfigError(f"config.model.moe.num_experts={e.num_experts} is not divisible by "
-                          f"config.mesh.shape.expert={n_exp}")
-    if e.dispatch == "ragged" and (n_exp > 1 or sizes.get("model", 1) > 1):
-        raise ConfigError("config.model.moe.dispatch='ragged' keeps experts whole on every device; use 'einsum' "
-                          "with config.mesh.shape.expert or .model > 1")
-    for key in ("batch_size", "eval_batch_size"):
-        if (config.data[key] // shards) % e.group_size:
-            raise ConfigError(f"config.model.moe.group_size={e.group_size} does not divide the per-device batch "
-                              f"of config.data.{key}={config.data[key]} over {shards} shards")

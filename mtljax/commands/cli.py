@@ -4,7 +4,7 @@
     mtljax eval  [--config=...] [--workdir=DIR]      # evaluate the newest checkpoint of a run
     mtljax compare [--config=...] --methods=equal,pcgrad,upgrad@rep,... [--seeds=3] [--outdir=DIR]
     mtljax routing [--config=...] --workdir=RUN [--outdir=DIR] [--max_examples=512]   # MoE usage heatmaps
-    mtljax slim  [--config=...] --budget=50% [--preference=1,0.5] [--export_dir=DIR]   # controllable models
+    mtljax slim  [--config=...] --budget=50% [--preference=1,0.5] [--export_dir=DIR]   # slim models (config.model.name='slim')
     mtljax slim  [--config=...] --widths=encoder=0.5,left=1,right=0.25 [--export_dir=DIR]
     mtljax slim  [--config=...] --sweep [--num_budgets=8] [--num_preferences=32]
 

@@ -1,4 +1,4 @@
-"""``mtljax slim``: slim a trained controllable model to a budget and a task preference.
+"""``mtljax slim``: slim a trained slim model to a budget and a task preference.
 
     mtljax slim --config=configs/slim_digits.py --workdir=runs/slim_digits --budget=50% --preference=1,0.25
     mtljax slim --config=configs/slim_digits.py --workdir=runs/slim_digits --sweep
@@ -6,22 +6,22 @@
 With ``--budget`` (``'60%'`` of the full network's FLOPs, or FLOPs per example) and ``--preference``
 (one non-negative number per task, comma-separated; default uniform) it loads the newest checkpoint
 of the run, measures every component's FLOPs (compiled cost analysis), searches the configuration
-(:mod:`mtljax.slim.search`; the FLOPs table is kept in ``<workdir>/slim/flops.json`` and reused),
+(:mod:`mtljax.models.slim.search`; the FLOPs table is kept in ``<workdir>/slim/flops.json`` and reused),
 prints it with its FLOPs (absolute and % of full) and the per-task test
 metrics *of the exported sub-network itself*, and writes that sub-network (a smaller standalone
 parameter tree, orbax, plus ``subnet.json``) to ``--export_dir`` (default
 ``<workdir>/subnets/<budget>_<preference>``; load it with
-:func:`mtljax.models.controllable.load_subnetwork`).
+:func:`mtljax.models.slim.load_subnetwork`).
 
 ``--widths=0.5`` or ``--widths=encoder=0.5,left=1,right=0.25`` skips the search and exports that
 configuration (every multiplier must be in the trained sets).
 
 With ``--sweep`` it fills the metric table of every encoder × decoder width, runs the budget ×
-preference sweep (:mod:`mtljax.slim.evaluate`) and writes ``<workdir>/slim/report.json`` and the
+preference sweep (:mod:`mtljax.models.slim.evaluate`) and writes ``<workdir>/slim/report.json`` and the
 trade-off plot ``<workdir>/slim/tradeoff.png``.
 
 Argument mistakes (preference length or sign, budget syntax, a run without checkpoints, a model that
-is not controllable) stop with one line naming the argument before anything is compiled; a budget
+is not a slim model) stop with one line naming the argument before anything is compiled; a budget
 below the smallest configuration is known only once the FLOPs are measured (cost-analysis compiles
 of the components, no evaluation) and stops there, also with one line.
 """
@@ -70,15 +70,16 @@ def parse_widths(text: str, tasks) -> dict:
 def run_slim(config, *, budget: str | None = None, preference: str | None = None, export_dir: str | None = None,
              do_sweep: bool = False, num_budgets: int = 8, num_preferences: int = 32, widths: str | None = None,
              log: Callable[[str], None] = print) -> dict:
-    from mtljax.models.controllable import export, save_subnetwork
-    from mtljax.slim import evaluate as ev
-    from mtljax.slim.flops import cached_flops_table
-    from mtljax.slim.search import check_preference, parse_budget, parse_preference, search
+    from mtljax.data import eval_batches
+    from mtljax.models.slim import evaluate as ev
+    from mtljax.models.slim.export import export, save_subnetwork
+    from mtljax.models.slim.flops import cached_flops_table
+    from mtljax.models.slim.search import check_preference, parse_budget, parse_preference, search
     from mtljax.trainer.experiment import Experiment
 
-    if config.model.name != "controllable":
-        raise ConfigError(f"config.model.name={config.model.name!r}: mtljax slim needs a controllable model "
-                          "(e.g. --config=configs/slim_digits.py)")
+    if config.model.name != "slim":
+        raise ConfigError(f"config.model.name={config.model.name!r}: mtljax slim needs a slim model "
+                          "(config.model.name='slim', e.g. --config=configs/slim_digits.py)")
     if budget is None and widths is None and not do_sweep:
         raise ConfigError("--budget: give a compute budget ('50%' of full FLOPs, or FLOPs per example) "
                           "and --preference, or --widths, or --sweep")
@@ -111,6 +112,9 @@ def run_slim(config, *, budget: str | None = None, preference: str | None = None
         f"{flops.smallest:.4g} ({100 * flops.smallest / flops.full:.1f}%)")
     test = exp.dataset.splits["test"]
     bs = config.data.eval_batch_size
+
+    def batches():
+        return eval_batches(test, exp.tasks, bs)
     if budget is not None or chosen is not None:
         try:
             config_, spent = (chosen, flops.total(chosen)) if chosen is not None else search(
@@ -118,7 +122,7 @@ def run_slim(config, *, budget: str | None = None, preference: str | None = None
         except ValueError as e:
             raise ConfigError(f"--{e}") from None
         small, small_params, spec = export(exp.model, params, config_, shape)
-        metrics = ev.evaluate_model(small, small_params, test, exp.tasks, bs)
+        metrics = ev.evaluate_model(small, small_params, batches, exp.tasks)
         tag = _tag(budget, list(pref)) if chosen is None else "w" + widths.replace("=", "").replace(",", "_")
         directory = export_dir or os.path.join(os.path.abspath(config.workdir), "subnets", tag)
         n_small = sum(int(np.size(x)) for x in jax.tree.leaves(small_params))
@@ -135,7 +139,7 @@ def run_slim(config, *, budget: str | None = None, preference: str | None = None
         log(f"exported sub-network to {directory}")
         result.update(selected=info, export_dir=directory)
     if do_sweep:
-        table = ev.metric_table(exp.model, params, test, exp.tasks, bs)
+        table = ev.metric_table(exp.model, params, batches, exp.tasks)
         report = ev.sweep(table, flops, num_budgets=num_budgets, num_preferences=num_preferences, seed=config.seed)
         report["metric_table"] = table.to_dict()
         report["flops"] = flops.to_dict()
@@ -143,7 +147,7 @@ def run_slim(config, *, budget: str | None = None, preference: str | None = None
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "report.json"), "w") as f:
             json.dump(report, f, indent=1)
-        from mtljax.slim.plot import plot_tradeoff
+        from mtljax.models.slim.plot import plot_tradeoff
 
         png = plot_tradeoff(report, exp.tasks, os.path.join(out, "tradeoff.png"))
         log(format_sweep(report, exp.tasks))

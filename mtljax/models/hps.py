@@ -9,11 +9,13 @@ The model also exposes its two halves, so that optimizers can work at the repres
 and ``decode`` (representation -> per-task outputs). Task-specific parameters live under
 ``heads_<task>``; everything else is shared (:func:`split_params`).
 
-Task-routed backbones (M³ViT, Mod-Squad: gates that depend on the task) set ``task_passes=True``: the
-backbone then runs once per task — the batch is repeated, one copy per task, each example carrying its
-task index — and the representation holds one entry per task (``rep["pooled"][task]``). With
-``task=`` given only that task's pass and head run. A backbone may also return per-task
-representations itself (TaskExpert) and a third element, its ``aux`` dict (MoE balancing losses).
+The backbone is called as ``backbone(inputs, ctx)`` with a :class:`~mtljax.models.plugs.Context` and
+returns an :class:`~mtljax.models.plugs.Encoding` (``pooled``, ``tokens`` and its ``aux``: MoE
+balancing losses and routing metrics). Task-routed backbones (M³ViT, Mod-Squad: gates that depend on
+the task) set ``task_passes=True``: the backbone then runs once per task — the batch is repeated, one
+copy per task, each example carrying its task index in ``ctx.task_ids`` — and the representation holds
+one entry per task (``rep["pooled"][task]``). With ``task=`` given only that task's pass and head run.
+A backbone may also return per-task representations itself (TaskExpert).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mtljax.models.heads import ClassificationHead, DenseHead
+from mtljax.models.plugs import Context
 from mtljax.tasks import Task
 
 
@@ -35,6 +39,7 @@ class MultiTaskModel(nn.Module):
     dense_grid: tuple[int, int] | None = None  # patch grid, for dense heads on ViT tokens
     patch_size: int = 1
     task_passes: bool = False  # run the backbone once per task, passing task ids (task-gated MoE)
+    routing_group: int = 1  # examples per MoE routing group (task passes are repeated in blocks of it)
     dense_upsample: bool = False  # dense heads: progressive upsampling instead of linear unpatchify
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -59,7 +64,8 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"task={task!r}: unknown task; the model has {names}")
         return [task]
 
-    def encode(self, inputs, *, task: str | None = None, train: bool = False):
+    def encode(self, inputs: jax.Array, *, task: str | None = None, train: bool = False) -> tuple[dict, dict]:
+        """``({"pooled": [B, D], "tokens": [B, N, D]}, aux)``; per-task dicts of them with task passes."""
         names = self._names(task)
         if self.task_passes:
             # The batch is repeated once per task in blocks of one routing group: [g0 task0, g0 task1, ...,
@@ -68,25 +74,25 @@ class MultiTaskModel(nn.Module):
             # its entry of the all-tasks output), and each device's examples stay on that device.
             index = {t.name: i for i, t in enumerate(self.tasks)}
             b, t = inputs.shape[0], len(names)
-            blk = math.gcd(b, getattr(self.backbone, "routing_group", 1))
+            blk = math.gcd(b, self.routing_group)
             rest = inputs.shape[1:]
             x = jnp.broadcast_to(inputs.reshape(b // blk, 1, blk, *rest), (b // blk, t, blk, *rest)).reshape(b * t, *rest)
             ids = jnp.asarray([index[n] for n in names], jnp.int32)
             task_ids = jnp.broadcast_to(ids[None, :, None], (b // blk, t, blk)).reshape(b * t)
-            out = self.backbone(x, task_ids, train=train, group_size=blk)
+            out = self.backbone(x, Context(train=train, task_ids=task_ids, group_size=blk))
 
             def per_task(a):
                 a = a.reshape(b // blk, t, blk, *a.shape[1:])
                 return {n: a[:, i].reshape(b, *a.shape[3:]) for i, n in enumerate(names)}
 
-            pooled, tokens = per_task(out[0]), per_task(out[1])
+            pooled, tokens = per_task(out.pooled), per_task(out.tokens)
         else:
-            out = self.backbone(inputs, train=train)
-            pooled, tokens = out[0], out[1]
-        aux = out[2] if len(out) > 2 and out[2] is not None else {"losses": {}, "metrics": {}}
-        return {"pooled": pooled, "tokens": tokens}, aux
+            out = self.backbone(inputs, Context(train=train))
+            pooled, tokens = out.pooled, out.tokens
+        return {"pooled": pooled, "tokens": tokens}, out.aux
 
-    def decode(self, rep, *, task: str | None = None):
+    def decode(self, rep: dict, *, task: str | None = None) -> dict:
+        """Outputs by task from a representation (``pooled`` for classification heads, ``tokens`` for dense)."""
         out = {}
         for name in self._names(task):
             head = self.heads[name]
@@ -94,7 +100,8 @@ class MultiTaskModel(nn.Module):
             out[name] = head(src[name] if isinstance(src, dict) else src)
         return out
 
-    def __call__(self, inputs, *, task: str | None = None, train: bool = False):
+    def __call__(self, inputs: jax.Array, *, task: str | None = None, train: bool = False) -> tuple[dict, dict]:
+        """``(outputs by task, aux)``: ``[B, head_dim]`` per classification task, ``[B, H, W, C]`` per dense one."""
         rep, aux = self.encode(inputs, task=task, train=train)
         return self.decode(rep, task=task), aux
 

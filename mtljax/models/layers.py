@@ -1,4 +1,11 @@
-"""Small Flax building blocks with logical axis names on every parameter.
+"""Small Flax building blocks with logical axis names on every parameter, and the dense ViT plugs.
+
+The dense plugs of the ViT (:mod:`mtljax.models.plugs`: called as ``layer(x, ctx)``) are
+:class:`LayerNorm`, :class:`MlpBlock` and :class:`SelfAttention`. Attention everywhere (dense, slim,
+MoE) goes through :func:`attend`, i.e. ``jax.nn.dot_product_attention`` with a selectable
+implementation (``config.model.vit.attention_impl``): ``None`` lets JAX choose, ``'xla'`` is the
+portable einsum-softmax-einsum, ``'cudnn'`` is cuDNN's fused (flash) attention on NVIDIA GPUs (it needs
+``config.model.dtype`` ``bfloat16`` or ``float16``).
 
 Logical names used (mapped to mesh axes by ``mtljax.parallel.rules``): ``embed`` (model width),
 ``mlp`` (hidden width of MLPs), ``heads``/``kv`` (attention heads and per-head width), ``patch``
@@ -14,8 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtljax.models.plugs import Context
+
 Dtype = Any
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}  # config names
 default_init = nn.initializers.xavier_uniform()
+ATTENTION_IMPLS = (None, "xla", "cudnn")  # jax.nn.dot_product_attention(implementation=...)
 
 
 def dense(features, axes, *, dtype, param_dtype, name=None, kernel_init=default_init, use_bias=True):
@@ -41,8 +52,18 @@ def layer_norm(*, dtype, param_dtype, name=None, axis="embed"):
     )
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last axis (``embed``) as a ViT plug: ``(x, ctx) -> y``."""
+
+    scale_init: Any = nn.with_logical_partitioning(nn.initializers.ones, ("embed",))
+    bias_init: Any = nn.with_logical_partitioning(nn.initializers.zeros, ("embed",))
+
+    def __call__(self, x: jax.Array, ctx: Context | None = None) -> jax.Array:  # noqa: D102
+        return super().__call__(x)
+
+
 class MlpBlock(nn.Module):
-    """Transformer MLP: Dense(embed→mlp) · GELU · Dense(mlp→embed)."""
+    """Transformer MLP: Dense(embed→mlp) · GELU · dropout · Dense(mlp→embed); ``[B, S, D] -> [B, S, D]``."""
 
     mlp_dim: int
     dropout: float = 0.0
@@ -50,28 +71,50 @@ class MlpBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
         width = x.shape[-1]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = dense(self.mlp_dim, ("embed", "mlp"), name="fc1", **kw)(x)
         h = nn.with_logical_constraint(nn.gelu(h), ("act_batch", "act_len", "mlp"))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Dropout(self.dropout, deterministic=not ctx.train)(h)
         return dense(width, ("mlp", "embed"), name="fc2", **kw)(h)
 
 
+def check_attention_impl(impl: str | None) -> str | None:
+    """``impl`` if it is a known ``jax.nn.dot_product_attention`` implementation; else a ValueError."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"config.model.vit.attention_impl: unknown {impl!r}; choose from {list(ATTENTION_IMPLS)}")
+    return impl
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) -> jax.Array:
+    """Softmax attention ``softmax(q·kᵀ/√h)·v`` per head: ``q [B, T, N, h]``, ``k``/``v`` ``[B, S, K, h]``.
+
+    ``N`` query heads share ``K`` key/value heads (``N`` a multiple of ``K``: grouped-query attention,
+    ``K = 1``: multi-query). Logits and softmax are float32 (``jax.nn.dot_product_attention``);
+    returns ``[B, T, N, h]`` in ``v``'s dtype.
+    """
+    return jax.nn.dot_product_attention(q, k, v, implementation=check_attention_impl(impl))
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with (embed, heads, kv) projections."""
+    """Multi-head self-attention with (embed, heads, kv) projections; ``[B, S, D] -> [B, S, D]``.
+
+    ``head_dim`` defaults to ``D // num_heads``.
+    """
 
     num_heads: int
+    head_dim: int | None = None
+    attention_impl: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
         width = x.shape[-1]
-        if width % self.num_heads:
+        if self.head_dim is None and width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
-        head_dim = width // self.num_heads
+        head_dim = self.head_dim or width // self.num_heads
 
         def proj(name):
             return nn.DenseGeneral(
@@ -83,10 +126,7 @@ class SelfAttention(nn.Module):
                 name=name,
             )(x)
 
-        q, k, v = proj("query"), proj("key"), proj("value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        out = attend(proj("query"), proj("key"), proj("value"), self.attention_impl)  # [B, S, H, h]
         return nn.DenseGeneral(
             width,
             axis=(-2, -1),

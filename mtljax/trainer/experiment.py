@@ -24,7 +24,7 @@ import numpy as np
 from mtljax.config import positive_int, require, section
 from mtljax.data import base as data_base
 from mtljax.data import build_dataset
-from mtljax.models import build_model
+from mtljax.models import build_model, check_mesh
 from mtljax.models.objective import objective as model_objective
 from mtljax.optim import get_method
 from mtljax.optim.jacobian import sharded_gramian
@@ -55,11 +55,7 @@ class Experiment:
             with section("data"):
                 dataset = dataset.select_tasks(list(config.data.tasks))
         self.dataset, self.tasks = dataset, dataset.tasks
-        from mtljax.config import validate_model  # moves next to the model builders
-
-        validate_model(config, dataset)
-        with section("model"):
-            self.model = build_model(config.model, self.tasks, dataset.input_shape)
+        self.model = build_model(config.model, self.tasks, dataset.input_shape)
         with section("optim"):
             o = config.optim
             self.method = get_method(o.method, **dict(o.method_kwargs))
@@ -82,9 +78,8 @@ class Experiment:
         for key in ("batch_size", "eval_batch_size"):
             require(config.data[key] % shards == 0, f"data.{key}",
                     f"{config.data[key]} is not divisible by the {shards} batch shards of config.mesh.shape={sizes}")
-        from mtljax.config import validate_model_mesh  # moves next to the MoE code
-
-        validate_model_mesh(config, sizes, shards)
+        with section("model"):
+            check_mesh(config.model, sizes, {k: config.data[k] // shards for k in ("batch_size", "eval_batch_size")})
         check_workdir(config.workdir)
 
     # ---- state and steps ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mtljax.models.moe import MoeMlp
+from mtljax.models.plugs import Context
 from mtljax.parallel.mesh import make_mesh
 from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding, tree_shardings
 
@@ -18,7 +19,8 @@ IDS = jnp.arange(16) % 3
 
 def _loss_and_grad(layer, params, x, ids):
     def loss(p):
-        y, aux = layer.apply({"params": p}, x, ids, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+        ctx = Context(train=True, task_ids=ids)
+        y, aux = layer.apply({"params": p}, x, ctx, rngs={"dropout": jax.random.PRNGKey(3)})
         return jnp.mean(y ** 2) + sum(aux["losses"].values()), (y, aux)
 
     return jax.value_and_grad(loss, has_aux=True)(params)
@@ -33,7 +35,8 @@ def _loss_and_grad(layer, params, x, ids):
 ], ids=["tokens_choose-gather", "tokens_choose-einsum", "experts_choose", "soft"])
 def test_expert_parallel_layer_equals_single_device(kw):
     layer = MoeMlp(8, 32, k=2, capacity_factor=1.0, num_tasks=3, **kw)
-    boxed = layer.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}, X, IDS)["params"]
+    rngs = {"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}
+    boxed = layer.init(rngs, X, Context(task_ids=IDS))["params"]
     params = jax.tree.map(lambda a: a * 5 if a.ndim == 3 and a.shape[-1] == 8 else a, nn.unbox(boxed))
     (ref_loss, (ref_y, ref_aux)), ref_g = jax.jit(lambda p: _loss_and_grad(layer, p, X, IDS))(params)
     mesh = make_mesh({"data": 2, "expert": 4})

@@ -9,7 +9,6 @@ import pytest
 from mtljax.config import base_config
 from mtljax.parallel.mesh import resolve_shape
 from mtljax.parallel.rules import batch_shards
-from mtljax.slim.config import slim_defaults
 from mtljax.trainer.experiment import Experiment
 
 
@@ -22,10 +21,9 @@ def _config(model="hps"):
         c.model.name = "m3vit"
         c.model.vit.update(width=16, num_heads=2, mlp_dim=32)
         c.model.moe.update(num_experts=8, top_k=2, every=1)
-    if model == "controllable":  # slimmable encoder + decoders, sandwich of 4 configurations and CI-KD
-        c.model.name = "controllable"
+    if model == "slim":  # slimmable encoder + decoders, sandwich of 4 configurations and CI-KD
+        c.model.name = "slim"
         c.model.vit.update(width=16, depth=1, num_heads=4, mlp_dim=32)
-        c.model.slim = slim_defaults()
         c.model.slim.update(decoder_hidden=16, num_random=2)
     return c
 
@@ -51,7 +49,7 @@ def _run(mesh_shape, devices, steps=3, model="hps"):
 
 @pytest.mark.parametrize("model, mesh_shape", [("hps", {"data": 8}), ("hps", {"data": 2, "expert": 2, "model": 2}),
                                                ("m3vit", {"data": 2, "expert": 4}),
-                                               ("controllable", {"data": 4, "model": 2})])
+                                               ("slim", {"data": 4, "model": 2})])
 def test_sharded_step_equals_single_device(model, mesh_shape):
     ref_params, ref_losses = _reference(model)
     params, losses, state, mesh = _run(mesh_shape, jax.devices(), model=model)
@@ -62,7 +60,7 @@ def test_sharded_step_equals_single_device(model, mesh_shape):
     mlp = state.params["backbone"]["block0"]["mlp"]
     if model == "m3vit":
         assert tuple(mlp["wi"].sharding.spec)[0] == "expert"
-    elif model == "controllable":  # slimmable MLP kernels split over `model` too
+    elif model == "slim":  # slimmable MLP kernels split over `model` too
         assert "model" in tuple(mlp["fc1"]["kernel"].sharding.spec)
     else:
         assert tuple(mlp["fc1"]["kernel"].sharding.spec) == (None, "model" if "model" in mesh_shape else None)

@@ -1,4 +1,4 @@
-"""Tiny controllable models and numpy-random parameters for the slim tests (no init compilation)."""
+"""Tiny slim models and numpy-random parameters for the slim tests (no init compilation)."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,6 @@ import numpy as np
 
 from mtljax.config import base_config
 from mtljax.models import build_model
-from mtljax.slim.config import slim_defaults
 from mtljax.tasks import Task
 
 TASKS = (Task("cls", "multiclass", num_classes=5), Task("seg", "dense", num_classes=3))
@@ -16,9 +15,8 @@ SHAPE = (8, 8, 2)
 
 def model_config(backbone="vit", **slim):
     c = base_config().model
-    c.name = "controllable"
+    c.name = "slim"
     c.vit.update(width=16, depth=1, num_heads=4, mlp_dim=16, patch_size=4)
-    c.slim = slim_defaults()
     c.slim.update(backbone=backbone, decoder_hidden=8, conv_channels=(4, 8), conv_dim=16, **slim)
     return c
 

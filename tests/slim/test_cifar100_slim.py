@@ -11,11 +11,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from slim_helpers import random_params
 
-from mtljax.config import validate
 from mtljax.data import base as data_base
 from mtljax.data import cifar100_mtl as c100
-from mtljax.slim.flops import flops_table
-from mtljax.slim.search import search
+from mtljax.models.slim.flops import flops_table
+from mtljax.models.slim.search import search
 from mtljax.trainer.experiment import Experiment
 
 CONFIG = pathlib.Path(__file__).parents[2] / "configs" / "slim_cifar100.py"
@@ -27,7 +26,8 @@ def _config(tmp_path, arg):
     spec.loader.exec_module(module)
     c = module.get_config(arg)
     c.workdir = str(tmp_path / "run")
-    validate(c, num_devices=8)  # the full-size config as shipped
+    with tfds.testing.mock_data(num_examples=8):
+        Experiment(c)  # the full-size config as shipped: every key checked
     c.data.update(batch_size=16, eval_batch_size=16, prefetch=0)
     c.model.slim.update(decoder_hidden=4, encoder_widths=(0.5, 1.0), decoder_widths=(0.5, 1.0),
                         conv_channels=(4, 8), conv_dim=8)

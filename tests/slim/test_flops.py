@@ -3,7 +3,7 @@
 import pytest
 from slim_helpers import SHAPE, tiny_model
 
-from mtljax.slim.flops import flops_table, model_flops
+from mtljax.models.slim.flops import flops_table, model_flops
 
 CONFIGS = [0.25, {"encoder": 1.0, "decoders": {"cls": 1.0, "seg": 0.25}}]
 

@@ -4,8 +4,8 @@ the widest encoder that fits, scale-invariant in the preference, clear errors fo
 import numpy as np
 import pytest
 
-from mtljax.slim.flops import FlopsTable
-from mtljax.slim.search import decoder_indices, parse_budget, parse_preference, search
+from mtljax.models.slim.flops import FlopsTable
+from mtljax.models.slim.search import decoder_indices, parse_budget, parse_preference, search
 
 W = (0.25, 0.5, 0.75, 1.0)
 

@@ -1,4 +1,4 @@
-"""End to end on 8 simulated devices: train a tiny controllable model with a multi-task method, then
+"""End to end on 8 simulated devices: train a tiny slim model with a multi-task method, then
 ``mtljax slim`` picks a sub-network for a budget and preference, exports it (equal to the slimmed
 super-network), and ``--sweep`` writes controllability, hypervolume and the trade-off plot."""
 
@@ -9,8 +9,8 @@ import jax
 import numpy as np
 
 from mtljax.commands import cli
-from mtljax.models.controllable import load_subnetwork
-from mtljax.slim.command import _restore_params
+from mtljax.models.slim import load_subnetwork
+from mtljax.commands.slim import _restore_params
 from mtljax.trainer.experiment import Experiment
 
 TINY = [
@@ -93,4 +93,4 @@ def test_slim_config_errors_name_the_key(tmp_path, capsys):
     rc = cli.main(["mtljax", "slim", *TINY, f"--workdir={tmp_path / 'none'}", "--budget=50%"])
     assert rc == 2 and "holds no checkpoints" in capsys.readouterr().err
     rc = cli.main(["mtljax", "slim", f"--workdir={tmp_path / 'hps'}", "--budget=50%"])
-    assert rc == 2 and "mtljax slim needs a controllable model" in capsys.readouterr().err
+    assert rc == 2 and "mtljax slim needs a slim model" in capsys.readouterr().err

@@ -61,4 +61,9 @@ def test_same_parameters_after_five_steps(golden, name):
                                    rtol=1e-6, atol=1e-6, err_msg=path)
     np.testing.assert_allclose(losses, golden[f"{name}/losses"], rtol=1e-5, atol=1e-6)
     for path, value in final.items():
-        np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=1e-6, err_msg=path)
+        # Attention is now jax.nn.dot_product_attention, which rounds differently (1e-7 in the outputs).
+        # Attention key biases cancel in the softmax: their gradient is rounding noise, which AdamW turns
+        # into steps of up to ~lr, so they get an absolute tolerance of that size; elsewhere 2e-6 (AdamW
+        # moves parameters by ~1e-2 in 5 steps: 2e-4 of the update).
+        atol = 1e-4 if path.endswith(("key/bias", "key_bias")) else 2e-6
+        np.testing.assert_allclose(value, want[path], rtol=1e-5, atol=atol, err_msg=path)

@@ -4,10 +4,11 @@ A slimmable layer (Yu et al., 2019, "Slimmable Neural Networks"; Yu & Huang, 201
 Slimmable Networks") at width multiplier ``w`` uses only the first ``n(w) = max(1, round(w·C))`` of
 its ``C`` output channels (attention: the first ``round(w·H)`` heads), and reads only the active
 channels of its input. Every sub-network is therefore a *prefix* of the full one, which is what makes
-the exported sub-network a plain slice of the weights (:func:`mtljax.models.controllable.export`).
+the exported sub-network a plain slice of the weights (:func:`mtljax.models.slim.export.export`).
 
-Widths are given to a layer as an *index* into its trained set ``widths`` (ascending, in (0, 1]),
-in one of two modes, both computing the same function:
+Every layer is called as ``layer(x, ctx)`` (a ViT plug, :mod:`mtljax.models.plugs`): the width comes
+as ``ctx.width_index``, an index into the layer's trained set ``widths`` (ascending, in (0, 1]), in one
+of two modes (``ctx.masked``), both computing the same function:
 
 * **sliced** (``masked=False``, the index a Python int): the kernels are sliced to the active
   channels, so a smaller width really computes less (inference, FLOPs, export). One compiled
@@ -36,7 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models.layers import default_init
+from mtljax.models.layers import attend, default_init
+from mtljax.models.plugs import Context
 
 Dtype = Any
 
@@ -96,7 +98,10 @@ class _Slim(nn.Module):
 
 
 class SlimDense(_Slim):
-    """Dense ``in_features → features``; the output is slimmed when ``slim_out`` (else fixed)."""
+    """Dense ``[..., in] → [..., features]``; the output is slimmed when ``slim_out`` (else fixed).
+
+    The input may already be slimmed: only its ``x.shape[-1]`` leading kernel rows are read.
+    """
 
     features: int = 1
     in_features: int = 1
@@ -108,7 +113,8 @@ class SlimDense(_Slim):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, index=-1, masked: bool = False):
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
+        index, masked = ctx.width_index, ctx.masked
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
                             (self.in_features, self.features), self.param_dtype)
         bias = (self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[1],)),
@@ -125,7 +131,8 @@ class SlimDense(_Slim):
 
 
 class SlimConv(_Slim):
-    """2-D convolution (NHWC, SAME padding); output channels slimmed when ``slim_out``."""
+    """2-D convolution ``[B, H, W, in] → [B, H/s, W/s, features]`` (SAME padding); output channels
+    slimmed when ``slim_out``."""
 
     features: int = 1
     in_features: int = 1
@@ -137,7 +144,8 @@ class SlimConv(_Slim):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, index=-1, masked: bool = False):
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
+        index, masked = ctx.width_index, ctx.masked
         shape = (*self.kernel_size, self.in_features, self.features)
         kernel = self.param("kernel", nn.with_logical_partitioning(
             nn.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")), shape, self.param_dtype)
@@ -172,7 +180,8 @@ class SlimNorm(_Slim):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, index=-1, masked: bool = False):
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
+        index, masked = ctx.width_index, ctx.masked
         rows = (len(self.widths),) if self.switchable else ()
         axes = ((None,) if self.switchable else ()) + (self.axis_name,)
         prefix = "switch_" if self.switchable else ""
@@ -201,7 +210,7 @@ class SlimNorm(_Slim):
 
 
 class SlimAttention(_Slim):
-    """Multi-head self-attention whose number of heads is slimmed; model width stays ``embed``.
+    """Multi-head self-attention ``[B, L, embed] → [B, L, embed]`` whose number of heads is slimmed.
 
     Query/key/value kernels are ``[embed, heads, kv]`` and the output kernel ``[heads, kv, embed]``;
     at width ``w`` the first ``round(w·heads)`` heads run (sliced) or all run and the others are
@@ -212,11 +221,13 @@ class SlimAttention(_Slim):
     num_heads: int = 1
     head_dim: int = 1
     embed: int = 1
+    attention_impl: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, index=-1, masked: bool = False):
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
+        index, masked = ctx.width_index, ctx.masked
         h_full, hd = self.num_heads, self.head_dim
         h = h_full if masked else self.n_active(h_full, index, False)
 
@@ -228,10 +239,7 @@ class SlimAttention(_Slim):
             b = param(f"{name}_bias", (h_full, hd), ("heads", "kv"), nn.initializers.zeros)[:h]
             return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), k.astype(self.dtype)) + b.astype(self.dtype)
 
-        q, k, v = proj("query"), proj("key"), proj("value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(hd).astype(q.dtype)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        out = attend(proj("query"), proj("key"), proj("value"), self.attention_impl)  # [B, L, h, hd]
         if masked:
             out = out * channel_mask(h_full, self.widths, index).astype(out.dtype)[:, None]
         w_out = param("out_kernel", (h_full, hd, self.embed), ("heads", "kv", "embed"))[:h]
@@ -240,7 +248,7 @@ class SlimAttention(_Slim):
 
 
 class SlimMlp(_Slim):
-    """Transformer MLP ``embed → hidden·w → embed`` (GELU); only the hidden width is slimmed."""
+    """Transformer MLP ``[B, L, embed] → hidden·w → [B, L, embed]`` (GELU); only the hidden width is slimmed."""
 
     hidden: int = 1
     embed: int = 1
@@ -249,11 +257,10 @@ class SlimMlp(_Slim):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, index=-1, masked: bool = False, *, train: bool = False):
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
         kw = dict(widths=self.widths, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = SlimDense(features=self.hidden, in_features=self.embed, axes=("embed", "mlp"), name="fc1", **kw)(
-            x, index, masked)
+        h = SlimDense(features=self.hidden, in_features=self.embed, axes=("embed", "mlp"), name="fc1", **kw)(x, ctx)
         h = nn.with_logical_constraint(nn.gelu(h), ("act_batch", "act_len", "mlp"))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Dropout(self.dropout, deterministic=not ctx.train)(h)
         return SlimDense(features=self.embed, in_features=self.hidden, slim_out=False, axes=("mlp", "embed"),
-                         name="fc2", **kw)(h, index, masked)
+                         name="fc2", **kw)(h, ctx)

@@ -34,7 +34,16 @@ per group instead of the one-hot einsums' O(S·E·C·D).
 
 Auxiliary losses (unweighted here; the layer multiplies by its config weights)
 ------------------------------------------------------------------------------
-* :func:`importance_loss`: CV² of the per-expert sum of gate probabilities (Shazeer et al., 2017, Eq. 6).
+* :func:`importance_loss`: CV² over experts of ``Importance(X) = Σ_x G(x)``, the per-expert sum of the
+  gates (Shazeer et al., 2017, Eq. 6). Shazeer's ``G(x)`` is the *sparse* gate vector the layer mixes
+  experts with: zero outside the token's top-k (:func:`top_k_gates`), and M³ViT (Liang et al., 2022)
+  uses that; V-MoE (Riquelme et al., 2021) instead sums the dense softmax over all experts. Which of the
+  two a layer sums is the caller's choice (``MoeMlp.importance``); the renormalisation follows the
+  combine weights: Shazeer's ``G = softmax(KeepTopK(h, k))`` is the top-k probabilities renormalised to
+  sum 1 (``renormalize=True``), M³ViT's code keeps the top-k probabilities of the softmax over all
+  experts, as its combine weights do (``renormalize=False``, the default). CV² here is the population
+  variance over the squared mean (Shazeer's TensorFlow code, vmoe); M³ViT's PyTorch code uses the
+  unbiased variance, larger by ``E / (E − 1)``.
 * :func:`load_loss`: CV² of the smooth per-expert load, ``P(x, e) = Φ((h_e(x) − kth_excluding(e)) / σ)``,
   the probability that expert ``e`` would stay in the noisy top-k when its noise is re-drawn (Shazeer
   et al., 2017, Eqs. 8–10). Needs gate noise (σ > 0); without noise it is the CV² of the hard
@@ -137,9 +146,27 @@ def cv_squared(x: Array) -> Array:
     return jnp.var(x) / (jnp.mean(x) ** 2 + _EPS)
 
 
-def importance_loss(probs: Array) -> Array:
-    """CV² over experts of the summed gate probabilities of every token (``probs [..., E]``)."""
-    return cv_squared(jnp.sum(probs.reshape(-1, probs.shape[-1]), axis=0))
+def top_k_gates(probs: Array, k: int, renormalize: bool = False) -> Array:
+    """Sparse gates ``G [..., E]``: each token's top-k probabilities in place, zeros elsewhere.
+
+    ``probs [..., E]`` (a softmax over experts); with ``renormalize`` the kept probabilities are divided
+    by their sum (Shazeer et al., 2017: ``G = softmax(KeepTopK(h, k))``).
+    """
+    # the k-th largest value by a sort and ties taken lowest index first: jax.lax.top_k's choice, in
+    # elementwise ops that a batch-sharded array keeps sharded (top_k itself would be all-gathered)
+    kth = jnp.sort(probs, axis=-1)[..., -k:-k + 1 or None]
+    above, tie = probs > kth, probs == kth
+    room = k - jnp.sum(above, axis=-1, keepdims=True)
+    keep = above | (tie & (jnp.cumsum(tie, axis=-1) <= room))
+    gates = jnp.where(keep, probs, 0.0)
+    if renormalize:
+        gates = gates / jnp.maximum(jnp.sum(gates, axis=-1, keepdims=True), _EPS)
+    return gates
+
+
+def importance_loss(gates: Array) -> Array:
+    """``CV²(Σ_x G(x))`` over experts for gates ``[..., E]`` of every token (sparse or dense; module docs)."""
+    return cv_squared(jnp.sum(gates.reshape(-1, gates.shape[-1]), axis=0))
 
 
 def expected_load(clean_logits: Array, noisy_logits: Array, noise_std: float, k: int) -> Array:

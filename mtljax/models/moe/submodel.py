@@ -12,11 +12,13 @@ full model's capacity; the sub-model then gives **exactly** the full model's out
 ``threshold=0`` and the usage measured on the inputs at hand, that holds for those inputs by
 construction; a larger threshold trades exactness on rare routes for a smaller model.
 
-:func:`compiled_flops` reads the FLOPs of a compiled function from XLA's cost analysis.
+The FLOPs a sub-model saves are measured with :func:`mtljax.cost.compiled_flops`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -24,14 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtljax.models.hps import HEAD_PREFIX, MultiTaskModel
-
-
-def compiled_flops(fn, *args) -> float:
-    """FLOPs of ``jax.jit(fn)(*args)`` from the compiled program's cost analysis."""
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", 0.0))
+from mtljax.models.moe.attention import MoeAttention
+from mtljax.models.moe.mlp import MoeMlp
+from mtljax.models.vit import ViT
 
 
 def _moe_paths(intermediates) -> dict[tuple[str, ...], np.ndarray]:
@@ -69,8 +66,13 @@ def _keep(counts: np.ndarray, k: int, threshold: float) -> tuple[int, ...]:
     return tuple(sorted(keep))
 
 
-def _with(settings, **changes) -> tuple:
-    return tuple(sorted({**dict(settings), **changes}.items()))
+def _is_moe(factory) -> bool:
+    return isinstance(factory, functools.partial) and factory.func in (MoeMlp, MoeAttention)
+
+
+def _single_task(factory: functools.partial, kept: tuple[int, ...] | None) -> functools.partial:
+    """The layer factory for one task's sub-model: one gate (``num_tasks=1``) and the ``kept`` experts."""
+    return functools.partial(factory.func, *factory.args, **{**factory.keywords, "num_tasks": 1, "experts_kept": kept})
 
 
 def extract_task_model(model: MultiTaskModel, params, task: str, usage: dict, threshold: float = 0.0):
@@ -82,26 +84,24 @@ def extract_task_model(model: MultiTaskModel, params, task: str, usage: dict, th
     names = [t.name for t in model.tasks]
     if task not in names:
         raise ValueError(f"task={task!r}: unknown task; the model has {names}")
-    if not model.task_passes or not hasattr(backbone, "moe_layers"):
+    if not model.task_passes or not isinstance(backbone, ViT):
         raise ValueError("extract_task_model needs a task-gated MoE ViT (config.model.name 'm3vit' or 'mod_squad')")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     t = names.index(task)
-    moe_k = dict(backbone.moe)["k"]
-    attn_k = dict(backbone.attn_moe)["k"] if backbone.attn_moe is not None else 0
-    kept, per_block = {}, []
+    kept, blocks = {}, []
     for i in range(backbone.depth):
-        pair = []
-        for part, k in (("mlp", moe_k), ("attn", attn_k)):
+        plugs, changes = backbone.block_plugs(i), {}
+        for role, part in (("mlp", "mlp"), ("attention", "attn")):
+            factory = getattr(plugs, role)
+            if not _is_moe(factory):
+                continue
             path = ("backbone", f"block{i}", part)
             if path in usage:
-                kept[path] = _keep(usage[path], k, threshold)
-            pair.append(kept.get(path))
-        per_block.append(tuple(pair))
-    sub_backbone = backbone.clone(
-        moe=_with(backbone.moe, num_tasks=1),
-        attn_moe=_with(backbone.attn_moe, num_tasks=1) if backbone.attn_moe is not None else None,
-        experts_kept=tuple(per_block))
+                kept[path] = _keep(usage[path], factory.keywords["k"], threshold)
+            changes[role] = _single_task(factory, kept.get(path))
+        blocks.append(dataclasses.replace(plugs, **changes))
+    sub_backbone = backbone.clone(blocks=tuple(blocks))
     sub_model = model.clone(backbone=sub_backbone, tasks=(model.tasks[t],))
     sub_params = _slice_params(params, kept, t, task)
     return sub_model, sub_params, kept

@@ -6,21 +6,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtljax.models.moe import MoeMlp
-from mtljax.models.moe_attention import MoeAttention
+from mtljax.models.moe import MoeAttention, MoeMlp
+from mtljax.models.plugs import Context
 
 X = jax.random.normal(jax.random.PRNGKey(0), (6, 10, 16))
 
 
-def _init(layer, *args, sharpen=1.0):
-    params = nn.unbox(layer.init({"params": jax.random.PRNGKey(1)}, X, *args)["params"])
+def _init(layer, ids=None, sharpen=1.0):
+    init = jax.jit(lambda: layer.init({"params": jax.random.PRNGKey(1)}, X, Context(task_ids=ids))["params"])
+    params = nn.unbox(init())
     if sharpen != 1.0:  # confident gates, so that capacity limits bite and choices are clear
         params = {**params, "gate": jax.tree.map(lambda g: g * sharpen, params["gate"])}
     return params
 
 
-def _run(layer, params, *args, train=False):
-    return layer.apply({"params": params}, X, *args, train=train, rngs={"dropout": jax.random.PRNGKey(2)})
+def _run(layer, params, ids=None, train=False):
+    ctx = Context(train=train, task_ids=ids)
+    return jax.jit(lambda p: layer.apply({"params": p}, X, ctx, rngs={"dropout": jax.random.PRNGKey(2)}))(params)
 
 
 @pytest.mark.parametrize("router", ["tokens_choose", "experts_choose"])
@@ -83,14 +85,14 @@ def test_task_gates_route_each_example_by_its_task():
     ids = jnp.array([0, 1, 0, 1, 0, 1])
     y, _ = _run(layer, params, ids)
     # example i routed with gate ids[i] equals the same example run through a one-task copy of that gate
+    one = MoeMlp(4, 8, k=1, num_tasks=1, gate="task", capacity=10)
+    run_one = jax.jit(lambda p: one.apply({"params": p}, X, Context(task_ids=jnp.zeros((6,), jnp.int32)))[0])
     for t in (0, 1):
-        one = MoeMlp(4, 8, k=1, num_tasks=1, gate="task", capacity=10)
-        p1 = {**params, "gate": {"kernel": params["gate"]["kernel"][t:t + 1]}}
-        y1, _ = _run(one, p1, jnp.zeros((6,), jnp.int32))
+        y1 = run_one({**params, "gate": {"kernel": params["gate"]["kernel"][t:t + 1]}})
         np.testing.assert_allclose(np.asarray(y)[np.asarray(ids) == t], np.asarray(y1)[np.asarray(ids) == t], atol=1e-6)
     # the task-conditioned gate gives different routes to different tasks from one gate
     cond = MoeMlp(4, 8, k=1, num_tasks=2, gate="task_conditioned", capacity=10)
-    pc = nn.unbox(cond.init({"params": jax.random.PRNGKey(4)}, X, ids)["params"])
+    pc = jax.eval_shape(lambda: nn.unbox(cond.init(jax.random.PRNGKey(4), X, Context(task_ids=ids))["params"]))
     assert set(pc["gate"]) == {"kernel", "task_mlp0", "task_mlp1"}
     assert pc["gate"]["kernel"].shape == (16 + 64, 4)
 
@@ -99,8 +101,7 @@ def test_sub_layer_with_the_used_experts_is_exact():
     layer = MoeMlp(12, 8, k=2, capacity_factor=1.0)
     params = _init(layer, sharpen=20.0)
     x = X[:2]  # 20 tokens x 2 choices: a few of the 12 experts stay unused
-    y = layer.apply({"params": params}, x)[0]
-    _, state = layer.apply({"params": params}, x, mutable=["intermediates"])
+    (y, _), state = jax.jit(lambda p: layer.apply({"params": p}, x, mutable=["intermediates"]))(params)
     usage = np.asarray(state["intermediates"]["usage"][0][0])
     kept = tuple(np.flatnonzero(usage > 0))
     assert len(kept) < 12
@@ -108,7 +109,7 @@ def test_sub_layer_with_the_used_experts_is_exact():
     idx = np.asarray(kept)
     p_sub = {**params, **{k: params[k][idx] for k in ("wi", "bi", "wo", "bo")}}
     assert p_sub["wi"].shape[0] == len(kept)
-    np.testing.assert_allclose(sub.apply({"params": p_sub}, x)[0], y, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(lambda p: sub.apply({"params": p}, x)[0])(p_sub), y, atol=1e-6)
 
 
 def test_moe_attention_with_every_expert_chosen_is_gate_weighted_multi_query_attention():
@@ -124,6 +125,23 @@ def test_moe_attention_with_every_expert_chosen_is_gate_weighted_multi_query_att
         att = jax.nn.softmax(jnp.einsum("bsh,bth->bst", q, keys) / np.sqrt(h), axis=-1)
         ref = ref + (1 / e) * (att @ values) @ params["wo"][i]
     np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("importance", ["sparse", "dense"])
+def test_importance_loss_of_the_layer_sums_the_gates_it_mixes_with(importance):
+    layer = MoeMlp(4, 8, k=2, importance=importance, importance_weight=0.5)
+    shapes = jax.eval_shape(lambda: nn.unbox(layer.init(jax.random.PRNGKey(1), X)["params"]))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: (rng.standard_normal(a.shape)).astype(np.float32), shapes)
+    aux = jax.jit(lambda p: layer.apply({"params": p}, X)[1])(params)  # eval: no gate noise
+    logits = np.einsum("bsd,de->bse", np.asarray(X, np.float64), np.asarray(params["gate"]["kernel"], np.float64))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    if importance == "sparse":  # zero outside each token's top 2
+        probs = np.where(probs >= -np.sort(-probs, axis=-1)[..., 1:2], probs, 0.0)
+    imp = probs.reshape(-1, 4).sum(0)
+    want = 0.5 * imp.var() / imp.mean() ** 2
+    assert float(aux["losses"]["moe_importance"]) == pytest.approx(want, rel=1e-4)
 
 
 @pytest.mark.parametrize("kwargs, match", [

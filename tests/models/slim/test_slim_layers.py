@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtljax.models.slimmable import (SlimAttention, SlimConv, SlimDense, SlimMlp, SlimNorm, active_count,
-                                     check_widths, counts, width_index)
-from mtljax.slim.flops import compiled_flops
+from mtljax.cost import compiled_flops
+from mtljax.models.plugs import Context
+from mtljax.models.slim.layers import (SlimAttention, SlimConv, SlimDense, SlimMlp, SlimNorm, active_count,
+                                       check_widths, counts, width_index)
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -43,8 +44,8 @@ def test_masked_equals_sliced_at_every_width(name):
     layer, shape, slim_in, slim_out = CASES[name]
     variables = random_variables(layer, jnp.zeros(shape))
     out_full = jax.eval_shape(lambda: layer.apply(variables, jnp.zeros(shape))).shape[-1]
-    masked_fn = jax.jit(lambda v, x, i: layer.apply(v, x, i, True))  # one compilation for every width
-    sliced_fn = jax.jit(lambda v, x, i: layer.apply(v, x, i, False), static_argnums=2)  # one per width
+    masked_fn = jax.jit(lambda v, x, i: layer.apply(v, x, Context(width_index=i, masked=True)))  # one compilation
+    sliced_fn = jax.jit(lambda v, x, i: layer.apply(v, x, Context(width_index=i)), static_argnums=2)  # one per width
     for i, w in enumerate(WIDTHS):
         n_in = active_count(shape[-1], w) if slim_in else shape[-1]
         x = _input(shape, n_in)
@@ -61,7 +62,7 @@ def test_switchable_norm_keeps_a_private_affine_row_per_width():
     v = random_variables(layer, jnp.zeros((2, 8)))
     assert v["params"]["switch_scale"].shape == (4, 8)
     x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
-    apply = jax.jit(lambda v, x, i: layer.apply(v, x, i), static_argnums=2)
+    apply = jax.jit(lambda v, x, i: layer.apply(v, x, Context(width_index=i)), static_argnums=2)
     before = [apply(v, x[:, :counts(8, WIDTHS)[i]], i) for i in range(4)]
     changed = jax.tree.map(lambda a: a + (np.arange(4) == 0)[:, None], v)  # only the narrowest width's row
     after = [apply(changed, x[:, :counts(8, WIDTHS)[i]], i) for i in range(4)]
@@ -80,7 +81,7 @@ def _layer_flops(layer, shape, width_index_, slim_in):
     n_in = active_count(shape[-1], w) if slim_in else shape[-1]
     params = jax.eval_shape(lambda: nn.unbox(layer.init(jax.random.PRNGKey(0), jnp.zeros(shape))))
     x = jax.ShapeDtypeStruct((*shape[:-1], n_in), jnp.float32)
-    return compiled_flops(lambda p, x: layer.apply(p, x, width_index_), params, x)
+    return compiled_flops(lambda p, x: layer.apply(p, x, Context(width_index=width_index_)), params, x)
 
 
 @pytest.mark.parametrize("kind", ["dense", "conv"])

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from mtljax.config import base_config
+from mtljax.cost import flops_of
 from mtljax.models import build_model
-from mtljax.models.task_submodel import expert_usage, extract_task_model
-from mtljax.models.task_expert import MemorialMoE
+from mtljax.models.moe.submodel import expert_usage, extract_task_model
+from mtljax.models.moe.task_expert import MemorialMoE
 from mtljax.tasks import Task
 
 TASKS = (Task("a", "multiclass", num_classes=3), Task("b", "binary"), Task("c", "dense", num_classes=2))
@@ -42,9 +43,7 @@ def _setup(name):
 def _compile(model, params, x, **kw):
     """The compiled forward and its FLOPs (XLA cost analysis)."""
     compiled = jax.jit(lambda p, v: model.apply({"params": p}, v, **kw)[0]).lower(params, x).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return compiled(params, x), cost["flops"]
+    return compiled(params, x), flops_of(compiled)
 
 
 @pytest.mark.parametrize("name", ["m3vit", "mod_squad"])

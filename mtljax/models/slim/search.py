@@ -22,7 +22,7 @@ rules below are ours, stated so they can be checked):
 before, then s′ ≤ s + δ (after s + δ steps every other decoder is at or below where it was and t is
 back where it was, so the cost is at most the old, feasible one), so t ends at least where it was.
 
-FLOPs come from a :class:`~mtljax.slim.flops.FlopsTable` (compiled cost analysis per component).
+FLOPs come from a :class:`~mtljax.models.slim.flops.FlopsTable` (compiled cost analysis per component).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mtljax.models.controllable import SlimConfig
-from mtljax.slim.flops import FlopsTable
+from mtljax.models.slim.model import SlimConfig
+from mtljax.models.slim.flops import FlopsTable
 
 
 def check_preference(preference, tasks: Sequence[str]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """How routed tokens reach their experts and come back: on one device, or across a device mesh.
 
-A router (:mod:`mtljax.models.routing`) decides which token fills which slot of which expert; a
+A router (:mod:`mtljax.models.moe.routing`) decides which token fills which slot of which expert; a
 *dispatcher* moves the tokens: :class:`EinsumDispatch` multiplies by one-hot ``[G, S, E, C]`` tensors
 (the TPU-friendly form), :class:`GatherDispatch` gathers each slot's token and gathers (tokens choose)
 or scatter-adds (experts choose) the outputs back, with gradients that are gathers too.
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 
-def mesh_axes(expert_axis: str = "expert"):
+def mesh_axes(expert_axis: str = "expert") -> tuple | None:
     """``(mesh, batch_axes, expert_axis | None, model_axis | None)`` of the mesh in context, or ``None``.
 
     ``batch_axes`` are the mesh axes the batch is split over (``data`` and ``expert``, as in the default
@@ -35,7 +35,8 @@ def mesh_axes(expert_axis: str = "expert"):
     return mesh, batch_axes, ep, model
 
 
-def run_experts(slots, wi, bi, wo, bo, dtype, model_axis=None):
+def run_experts(slots: jax.Array, wi: jax.Array, bi: jax.Array, wo: jax.Array, bo: jax.Array, dtype,
+                model_axis: str | None = None) -> jax.Array:
     """Experts on their slots: ``slots [E, ..., D] -> [E, ..., D]`` (leading expert axis)."""
     shape = slots.shape
     x = slots.reshape(shape[0], -1, shape[-1])  # one [rows, D] x [D, H] matmul per expert
@@ -144,7 +145,7 @@ class GatherDispatch:
 
 
 def tokens_choose_gather(slots: dict, num_experts: int, capacity: int) -> GatherDispatch:
-    """A :class:`GatherDispatch` from :func:`~mtljax.models.routing.tokens_choose_slots`."""
+    """A :class:`GatherDispatch` from :func:`~mtljax.models.moe.routing.tokens_choose_slots`."""
     g, s, k = slots["top_idx"].shape
     ec = num_experts * capacity
     flat = jnp.where(slots["kept"], slots["top_idx"] * capacity + slots["position"], ec)
@@ -159,6 +160,7 @@ def tokens_choose_gather(slots: dict, num_experts: int, capacity: int) -> Gather
 
 
 def experts_choose_gather(slots: dict, num_tokens: int) -> GatherDispatch:
+    """A :class:`GatherDispatch` from :func:`~mtljax.models.moe.routing.experts_choose_slots` (``token [G, E, C]``)."""
     return GatherDispatch(slots["token"], jnp.ones(slots["token"].shape, bool), slots["weight"],
                           num_tokens=num_tokens)
 

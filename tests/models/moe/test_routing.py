@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from mtljax.models import routing as rt
+from mtljax.models.moe import routing as rt
 
 
 def _probs(g=3, s=16, e=4, seed=0, scale=3.0):
@@ -85,6 +85,39 @@ def test_balancing_losses_vanish_for_uniform_routing_and_grow_otherwise():
     z = jnp.array([[0.0, 1.0], [2.0, -1.0]])
     ref = np.mean(np.log(np.exp(np.asarray(z)).sum(-1)) ** 2)
     assert float(rt.z_loss(z)) == pytest.approx(ref, rel=1e-6)
+
+
+def _cv2(importance):
+    return importance.var() / importance.mean() ** 2
+
+
+def test_importance_loss_of_the_top_k_gates_by_hand_and_from_the_equation():
+    # two tokens, three experts, k = 2. Top-k gates (not renormalised, M3ViT): [.5, .3, 0] and
+    # [0, .3, .6]; Importance = [.5, .6, .6], mean 17/30, population variance 1/450: CV² = 2/289.
+    probs = jnp.array([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6]])
+    assert float(rt.importance_loss(rt.top_k_gates(probs, 2))) == pytest.approx(2 / 289, rel=1e-5)
+    # the dense sum (V-MoE) is [.6, .6, .8]: CV² = (2/225) / (4/9) = 0.02
+    assert float(rt.importance_loss(probs)) == pytest.approx(0.02, rel=1e-5)
+    # Shazeer et al. (2017), Eq. 6 with G(x) = softmax(KeepTopK(h(x), k)), straight from the logits
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    k = 2
+    kth = -np.sort(-h, axis=-1)[..., k - 1:k]
+    kept = np.where(h >= kth, h, -np.inf)
+    g = np.exp(kept - kept.max(-1, keepdims=True))
+    g /= g.sum(-1, keepdims=True)
+    probs = jax.nn.softmax(jnp.asarray(h), axis=-1)
+    got = float(rt.importance_loss(rt.top_k_gates(probs, k, renormalize=True)))
+    assert got == pytest.approx(_cv2(g.reshape(-1, 6).sum(0)), rel=1e-4)
+    # M3ViT's gate: the softmax over all experts, zeroed outside the top k (no renormalisation)
+    p = np.exp(h - h.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    m3 = np.where(h >= kth, p, 0.0)
+    got = float(rt.importance_loss(rt.top_k_gates(probs, k)))
+    assert got == pytest.approx(_cv2(m3.reshape(-1, 6).sum(0)), rel=1e-4)
+    # ties (zero-initialised gates) are broken as the router's jax.lax.top_k breaks them: lowest index first
+    tied = jnp.array([[0.25, 0.25, 0.25, 0.25], [0.1, 0.3, 0.3, 0.3]])
+    np.testing.assert_allclose(rt.top_k_gates(tied, 2), [[0.25, 0.25, 0, 0], [0, 0.3, 0.3, 0]], atol=1e-7)
 
 
 def test_expected_load_is_the_probability_of_staying_in_the_noisy_top_k():

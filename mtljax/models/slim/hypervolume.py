@@ -4,7 +4,7 @@
 reference point ``r``: ``vol( ∪_{p ∈ P} [r, p] )``. It is the standard single-number summary of a
 multi-objective front (larger = better front), reported next to controllability in the
 controllable multi-task literature; here it is taken over the task performances of the sub-networks
-the search chooses for sampled preferences at one budget (:mod:`mtljax.slim.evaluate`).
+the search chooses for sampled preferences at one budget (:mod:`mtljax.models.slim.evaluate`).
 
 Algorithms:
 

@@ -1,10 +1,10 @@
 """FLOPs of every configuration, measured from XLA's cost analysis of compiled sub-networks.
 
 Nothing here counts FLOPs by formula: each component is lowered and compiled at its (static, sliced)
-width for one example, and the program's cost analysis is read (``stage='compiled'``, the default:
-``jit(f).lower(...).compile().cost_analysis()["flops"]``, what the backend will run; or
-``stage='lowered'``: the same analysis of the program as written, before XLA optimises it). The
-controllable model's representation has a width-independent size (:mod:`mtljax.models.slim_backbones`),
+width for one example, and the program's cost analysis is read (:func:`mtljax.cost.compiled_flops`:
+``stage='compiled'``, the default, is what the backend will run; ``stage='lowered'`` the program as
+written, before XLA optimises it). The
+slim model's representation has a width-independent size (:mod:`mtljax.models.slim.conv`, ``.vit``),
 so a decoder's cost does not depend on the encoder width and a configuration's FLOPs *compose*::
 
     FLOPs(w_e, {w_t}) = enc(w_e) + Σ_t dec_t(w_t)
@@ -28,30 +28,21 @@ and softmax count too).
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+import json
+import os
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models.controllable import SlimConfig
+from mtljax.cost import compiled_flops
+from mtljax.models.slim.export import spec_of
+from mtljax.models.slim.model import SlimConfig
 
 
-STAGES = ("compiled", "lowered")
-
-
-def compiled_flops(fn, *args, stage: str = "compiled") -> float:
-    """FLOPs of ``jax.jit(fn)(*args)`` from XLA's cost analysis (args may be abstract shapes)."""
-    if stage not in STAGES:
-        raise ValueError(f"stage: unknown {stage!r}; choose from {STAGES}")
-    lowered = jax.jit(fn).lower(*args)
-    cost = lowered.compile().cost_analysis() if stage == "compiled" else lowered.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax returned one dict per device program
-        cost = cost[0]
-    return float(cost["flops"])
-
-
-def abstract_params(model, input_shape):
+def abstract_params(model: nn.Module, input_shape: Sequence[int]):
+    """The model's parameter shapes (``jax.ShapeDtypeStruct`` leaves) for inputs ``[1, *input_shape]``; nothing runs."""
     x = jnp.zeros((1, *input_shape), jnp.float32)
     return jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), x))["params"])
 
@@ -92,7 +83,7 @@ class FlopsTable:
                    {t: {float(k): v for k, v in ws.items()} for t, ws in d["decoders"].items()})
 
 
-def flops_table(model, input_shape, stage: str = "compiled") -> FlopsTable:
+def flops_table(model: nn.Module, input_shape: Sequence[int], stage: str = "compiled") -> FlopsTable:
     """Compile the encoder at every width and every task decoder at every width (batch 1)."""
     params = abstract_params(model, input_shape)
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
@@ -118,14 +109,9 @@ def flops_table(model, input_shape, stage: str = "compiled") -> FlopsTable:
     return FlopsTable(encoder, decoders)
 
 
-def cached_flops_table(model, input_shape, path: str, stage: str = "compiled") -> FlopsTable:
+def cached_flops_table(model: nn.Module, input_shape: Sequence[int], path: str, stage: str = "compiled") -> FlopsTable:
     """:func:`flops_table`, stored in the JSON file ``path`` and reused while the model's spec, the
     stage and the backend are the same (``mtljax slim`` keeps one per run directory)."""
-    import json
-    import os
-
-    from mtljax.models.controllable import spec_of
-
     key = {"spec": spec_of(model, input_shape), "stage": stage, "backend": jax.default_backend(),
            "jax": jax.__version__}
     if os.path.exists(path):
@@ -140,7 +126,7 @@ def cached_flops_table(model, input_shape, path: str, stage: str = "compiled") -
     return table
 
 
-def model_flops(model, input_shape, widths=None, stage: str = "compiled") -> float:
+def model_flops(model: nn.Module, input_shape: Sequence[int], widths=None, stage: str = "compiled") -> float:
     """FLOPs of the whole model compiled at one configuration (the check on :func:`flops_table`)."""
     params = abstract_params(model, input_shape)
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)

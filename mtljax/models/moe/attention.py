@@ -1,5 +1,8 @@
 """Mixture of attention heads (MoA; Zhang et al., 2022), the attention layer of Mod-Squad (Chen et al., 2023).
 
+``MoeAttention(...)(x [B, S, D], ctx) -> (y [B, S, D], aux)``, a ViT ``attention`` plug
+(:mod:`mtljax.models.plugs`) that reads ``ctx.task_ids`` (per-task gates) and ``ctx.train`` (gate noise).
+
 Every token picks ``k`` of ``E`` attention experts with its (per-task) gate; ``k`` plays the role of
 the number of heads. Expert ``e`` owns a query projection ``W_q^e: D → h`` and an output projection
 ``W_o^e: h → D``; keys and values come from one shared projection ``[K, V] = x·W_kv`` (``h`` each). For
@@ -9,13 +12,16 @@ token ``i`` and its chosen experts ``e_1..e_k`` with gate probabilities ``g_j``:
 
 Gates are zero-initialised and noise-free (Mod-Squad), the probabilities are not renormalised over the
 chosen k, and nothing is dropped (no capacity: each token computes exactly its k heads' attention).
+The chosen queries attend to the one key/value head as grouped-query attention with a single group
+(``jax.nn.dot_product_attention``, the same implementation choice as the dense attention).
 The query projections of all ``E`` experts are computed and the chosen ones gathered, and the outputs
 are scattered back to a ``[.., E, h]`` layout for one output einsum: E/k times the projection FLOPs of a
 dense layer with k heads, but no data-dependent shapes. A task sub-model (``experts_kept``) keeps
 fewer experts and so computes fewer.
 
-Auxiliary losses as in :class:`mtljax.models.moe.MoeMlp` (``moe_attn_*`` keys): Mod-Squad's mutual
-information loss ``mi_weight``, and optionally importance and z-loss.
+Auxiliary losses as in :class:`mtljax.models.moe.mlp.MoeMlp` (``moe_attn_*`` keys): Mod-Squad's mutual
+information loss ``mi_weight``, and optionally importance (of the sparse top-k gates the layer mixes
+heads with) and z-loss.
 """
 
 from __future__ import annotations
@@ -26,15 +32,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models import routing as rt
-from mtljax.models.layers import dense
-from mtljax.models.moe import Gate
+from mtljax.models.layers import attend, dense
+from mtljax.models.moe import routing as rt
+from mtljax.models.moe.gate import Gate
+from mtljax.models.plugs import Context
 
 Dtype = Any
 _init = nn.initializers.xavier_uniform(batch_axis=(0,))
 
 
 class MoeAttention(nn.Module):
+    """Mixture-of-attention-heads plug ``(x [B, S, D], ctx) -> (y [B, S, D], aux)`` (module docstring):
+    each token's ``k`` of ``num_experts`` query/output experts of width ``head_dim`` share one K/V head."""
+
     num_experts: int
     k: int
     head_dim: int
@@ -46,11 +56,13 @@ class MoeAttention(nn.Module):
     mi_weight: float = 0.0
     importance_weight: float = 0.0
     z_loss_weight: float = 0.0
+    attention_impl: str | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, task_ids=None, *, train: bool = False):
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> tuple[jax.Array, dict]:
+        task_ids, train = ctx.task_ids, ctx.train
         if not 1 <= self.k <= self.num_experts:
             raise ValueError(f"config.model.moe.attn_top_k={self.k} must be in [1, attn_experts={self.num_experts}]")
         b, s, d = x.shape
@@ -77,9 +89,7 @@ class MoeAttention(nn.Module):
         q = jnp.take_along_axis(q_all, idx[..., None], axis=2)  # [B, S, k, h]
         kv = dense(2 * h, ("embed", "kv"), name="kv", **kw)(x)
         keys, values = kv[..., :h], kv[..., h:]
-        att = jnp.einsum("bskh,bth->bkst", q, keys) / jnp.sqrt(h).astype(self.dtype)
-        att = jax.nn.softmax(att.astype(jnp.float32), axis=-1).astype(self.dtype)
-        heads = jnp.einsum("bkst,bth->bskh", att, values)  # [B, S, k, h]
+        heads = attend(q, keys[:, :, None, :], values[:, :, None, :], self.attention_impl)  # [B, S, k, h]
         onehot = jax.nn.one_hot(idx, e, dtype=self.dtype) * gates[..., None].astype(self.dtype)  # [B, S, k, E]
         per_expert = jnp.einsum("bskh,bske->bseh", heads, onehot)  # gate-weighted head outputs, by expert
         y = jnp.einsum("bseh,ehd->bsd", per_expert, wo.astype(self.dtype)) + bo.astype(self.dtype)
@@ -88,7 +98,8 @@ class MoeAttention(nn.Module):
         if self.mi_weight and task_ids is not None and self.num_tasks > 1:
             losses["moe_attn_mutual_info"] = self.mi_weight * rt.mutual_information_loss(probs_full, task_ids, self.num_tasks)
         if self.importance_weight:
-            losses["moe_attn_importance"] = self.importance_weight * rt.importance_loss(probs_full)
+            gates = rt.top_k_gates(probs_full, self.k)  # the sparse gates the heads are mixed with
+            losses["moe_attn_importance"] = self.importance_weight * rt.importance_loss(gates)
         if self.z_loss_weight:
             losses["moe_attn_z"] = self.z_loss_weight * rt.z_loss(logits)
         tid = jnp.zeros((b,), jnp.int32) if task_ids is None else task_ids

@@ -13,50 +13,35 @@ search picks for preference ``p^(k)`` (normalised to sum 1: only ratios matter t
 are discrete, so many preferences share a configuration). A task whose preference or performance is
 constant over the samples (e.g. at a budget so tight that every preference gets the same
 sub-network) has no defined correlation: it is reported as NaN and left out of the mean; ``C`` is
-NaN when every task is. Both correlations are written here (no SciPy at run time) and checked against
-SciPy in the tests.
+NaN when every task is. Both correlations are SciPy's (``scipy.stats.spearmanr``, ``kendalltau`` with
+its default τ-b variant).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 
 
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), np.float64)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
+def _constant(x: np.ndarray) -> bool:
+    """No correlation is defined when one side does not vary (SciPy would warn and return NaN)."""
+    return bool(np.all(x == x[0])) if len(x) else True
 
 
 def spearman(x, y) -> float:
-    """Spearman's ρ (Pearson correlation of average ranks); NaN if either side is constant."""
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = np.sqrt(np.sum(rx * rx) * np.sum(ry * ry))
-    return float(np.sum(rx * ry) / denom) if denom > 0 else float("nan")
+    """Spearman's ρ of two samples ``[K]`` (Pearson correlation of average ranks); NaN if either is constant."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if _constant(x) or _constant(y):
+        return float("nan")
+    return float(scipy.stats.spearmanr(x, y).statistic)
 
 
 def kendall(x, y) -> float:
-    """Kendall's τ-b (tie-corrected); NaN if either side is constant."""
+    """Kendall's τ-b of two samples ``[K]`` (tie-corrected); NaN if either is constant."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    dx = np.sign(x[:, None] - x[None, :])
-    dy = np.sign(y[:, None] - y[None, :])
-    iu = np.triu_indices(len(x), 1)
-    dx, dy = dx[iu], dy[iu]
-    n_x, n_y = np.sum(dx != 0), np.sum(dy != 0)
-    if n_x == 0 or n_y == 0:
+    if _constant(x) or _constant(y):
         return float("nan")
-    return float(np.sum(dx * dy) / np.sqrt(n_x * n_y))
+    return float(scipy.stats.kendalltau(x, y).statistic)  # tau-b, SciPy's default
 
 
 CORRELATIONS = {"spearman": spearman, "kendall": kendall}

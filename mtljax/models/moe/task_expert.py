@@ -4,7 +4,9 @@ The official code was never released; this follows the paper's description, and 
 leaves open are marked *(choice)*.
 
 A ViT backbone runs **once** for all tasks. After each block ``l`` in ``layers`` a *memorial MoE*
-(MMoE) module reads the block's output ``X_l``:
+(MMoE) module reads the block's output ``X_l`` (a *tap* of :class:`~mtljax.models.vit.ViT`: the
+memorial MoEs read the residual stream and never write to it, so they run beside the ViT's one block
+loop, not inside it):
 
 1. ``N`` expert networks decompose it into task-generic features ``E_i = Expert_i(LN(X_l))``
    ``[B, S, D]``; *(choice)* every expert is a residual bottleneck MLP,
@@ -39,7 +41,8 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.models.layers import Dtype, layer_norm
-from mtljax.models.vit import EncoderBlock, embed_patches
+from mtljax.models.plugs import Context, Encoding
+from mtljax.models.vit import ViT
 
 _init = nn.initializers.xavier_uniform(batch_axis=(0,))
 
@@ -54,7 +57,7 @@ class MemorialMoE(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, memory=None):
+    def __call__(self, x: jax.Array, memory: jax.Array | None = None) -> jax.Array:
         """``memory=None`` (the first MMoE layer): every task's memory starts as ``LN(x)``."""
         d = x.shape[-1]
         e, h, pd = self.num_experts, self.expert_dim, self.param_dtype
@@ -76,42 +79,49 @@ class MemorialMoE(nn.Module):
         return jnp.einsum("tbse,bsed->tbsd", g[..., :e], experts) + g[..., e:] * memory
 
 
-class TaskExpertViT(nn.Module):
-    """ViT backbone with MMoE modules after ``layers``; returns per-task ``pooled``/``tokens`` dicts."""
+class TaskExpert(nn.Module):
+    """TaskExpert's backbone: ``vit`` (built with ``final_norm=False``) plus MMoE modules on its taps.
 
+    ``(images [B, H, W, C], ctx) -> Encoding(pooled {task: [B, D]}, tokens {task: [B, N, D]}, aux)``.
+    ``vit`` shares this module's parameter scope, so the tree is ``embedding``, ``block<i>``,
+    ``mmoe<l>``, ``ln_<task>`` side by side (as a ViT's own parameters would be).
+    """
+
+    vit: ViT
     task_names: Sequence[str]
-    patch_size: int
-    width: int
-    depth: int
-    num_heads: int
-    mlp_dim: int
     num_experts: int = 4
     expert_dim: int = 64
     layers: Sequence[int] = ()
-    pool: str = "gap"
-    dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     per_task_output = True
 
+    def setup(self):
+        nn.share_scope(self, self.vit)
+
+    @property
+    def tapped(self) -> tuple[int, ...]:
+        """The blocks whose outputs the MMoE modules read (the last block when ``layers`` is empty)."""
+        return tuple(sorted(set(self.layers))) or (self.vit.depth - 1,)
+
     @nn.compact
-    def __call__(self, images, *, train: bool = False):
+    def __call__(self, images: jax.Array, ctx: Context = Context()) -> Encoding:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        layers = sorted(set(self.layers)) or [self.depth - 1]
-        if layers[0] < 0 or layers[-1] >= self.depth:
-            raise ValueError(f"config.model.task_expert.layers={tuple(self.layers)} must index blocks 0..{self.depth - 1}")
-        x, n = embed_patches(self, images, self.patch_size, self.width, self.pool, **kw)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        layers, depth = self.tapped, self.vit.depth
+        if layers[0] < 0 or layers[-1] >= depth:
+            raise ValueError(f"config.model.task_expert.layers={tuple(self.layers)} must index blocks 0..{depth - 1}")
+        if set(layers) - set(self.vit.taps) or self.vit.final_norm:
+            raise ValueError(f"TaskExpert needs a ViT that taps blocks {layers} and has no final norm")
+        enc = self.vit(images, ctx)
+        n = enc.tokens.shape[1]
         memory = None
-        for i in range(self.depth):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, name=f"block{i}", **kw)(x, train=train)
-            if i in layers:
-                memory = MemorialMoE(len(self.task_names), self.num_experts, self.expert_dim, name=f"mmoe{i}",
-                                     **kw)(x, memory)
+        for i in layers:
+            memory = MemorialMoE(len(self.task_names), self.num_experts, self.expert_dim, name=f"mmoe{i}",
+                                 **kw)(enc.taps[i], memory)
         pooled, tokens = {}, {}
         for t, name in enumerate(self.task_names):
             m = layer_norm(name=f"ln_{name}", **kw)(memory[t])
             tokens[name] = m[:, -n:]
-            pooled[name] = m[:, 0] if self.pool == "cls" else jnp.mean(m[:, -n:], axis=1)
-        return pooled, tokens, {"losses": {}, "metrics": {}}
+            pooled[name] = m[:, 0] if self.vit.pool == "cls" else jnp.mean(m[:, -n:], axis=1)
+        return Encoding(pooled, tokens, enc.aux)

@@ -25,7 +25,7 @@ available offline, so the distance, the normalisation and the schedule below are
 
 * ``d`` is the squared error per teacher-feature variance, ``mean_{b,n,c} (F_k − F_0)² / (Var_{b,n}
   F_0[c] + 1e-4)`` (``cikd_distance='normalized'``); ``'mse'`` is the plain squared error. The
-  representation width is fixed (:mod:`mtljax.models.slim_backbones`), so features compare one to
+  representation width is fixed (:mod:`mtljax.models.slim.conv`, ``.vit``), so features compare one to
   one; ``d`` is exactly 0 whenever a configuration's encoder is the full one.
 * Why normalised: trained **from scratch** (no pre-trained encoder, as on multi-digits), the plain
   MSE with λ = 1 from step 0 collapsed the ViT's representation (measured: after 600 steps every
@@ -45,13 +45,15 @@ every multi-task method (and to the update of shared parameters for gradient-bas
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 DISTANCES = ("normalized", "mse")
 
 
-def sample_configs(key, num_random: int, num_enc: int, num_dec: int, num_tasks: int):
+def sample_configs(key: jax.Array, num_random: int, num_enc: int, num_dec: int,
+                   num_tasks: int) -> tuple[jax.Array, jax.Array]:
     """Width indices of the sandwich: ``(encoder int32[K], decoders int32[K, T])``.
 
     Row 0 is the largest configuration, row 1 the smallest, rows 2.. uniform random draws.
@@ -90,14 +92,14 @@ def cikd_loss(student: dict, teacher: dict, pool: str = "gap", distance: str = "
     return loss
 
 
-def num_configs(model) -> int:
+def num_configs(model: nn.Module) -> int:
     """K, the configurations a training step runs (1 when the model has a single configuration)."""
     if len(model.encoder_widths) == 1 and len(model.decoder_widths) == 1:
         return 1
     return 2 + model.num_random
 
 
-def cikd_schedule(step, start: int, ramp: int):
+def cikd_schedule(step: jax.Array | int | None, start: int, ramp: int) -> jax.Array:
     """Multiplier of the CI-KD weight at training ``step``: 0 before ``start``, then linear to 1 over
     ``ramp`` steps (1 throughout when both are 0, or when the step is unknown)."""
     if step is None or (start == 0 and ramp == 0):
@@ -106,8 +108,9 @@ def cikd_schedule(step, start: int, ramp: int):
     return jnp.clip(progress + (1.0 if ramp == 0 else 0.0), 0.0, 1.0)
 
 
-def sandwich_forward(model, inputs, *, task: str | None = None, step=None):
-    """Training forward of a :class:`~mtljax.models.controllable.ControllableModel` (inside apply).
+def sandwich_forward(model: nn.Module, inputs: jax.Array, *, task: str | None = None,
+                     step: jax.Array | int | None = None) -> tuple[dict, dict]:
+    """Training forward of a :class:`~mtljax.models.slim.model.SlimModel` (inside apply).
 
     Returns outputs ``{task: [K, B, ...]}`` (largest configuration first) and ``aux`` with the
     weighted CI-KD loss in ``aux["losses"]["cikd"]`` and the unweighted one in ``aux["metrics"]``.

@@ -1,4 +1,4 @@
-"""The controllable model: outputs per configuration, masked training forward equals the sliced one,
+"""The slim model: outputs per configuration, masked training forward equals the sliced one,
 the exported sub-network equals the slimmed super-network, sandwich outputs and CI-KD."""
 
 import flax.linen as nn
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from slim_helpers import SHAPE, TASKS, images, random_params, tiny_model
 
-from mtljax.models.controllable import SlimConfig, export, load_subnetwork, save_subnetwork
-from mtljax.slim.sandwich import cikd_loss, cikd_schedule, sample_configs
+from mtljax.models.slim import SlimConfig, export, load_subnetwork, save_subnetwork
+from mtljax.models.slim.sandwich import cikd_loss, cikd_schedule, sample_configs
 
 CONFIGS = [None, {"encoder": 0.25, "decoders": {"cls": 1.0, "seg": 0.5}}]
 

@@ -1,4 +1,8 @@
-"""Evaluate a trained controllable model: every configuration, controllability and hypervolume.
+"""Evaluate a trained slim model: every configuration, controllability and hypervolume.
+
+Evaluation data comes as ``batches``: a function returning a fresh iterable of batches (dicts with
+``inputs``, ``targets`` and ``masks``, e.g. ``lambda: mtljax.data.eval_batches(split, tasks, 256)``),
+called once per pass.
 
 **Per-configuration metrics without evaluating every configuration.** The shared representation does
 not depend on the decoder widths and task t's output depends only on the encoder width and *its own*
@@ -10,9 +14,9 @@ task, from which the metrics of all ``|W_e|·|W_d|^T`` configurations are exact 
 **Sweep** (:func:`sweep`): at each budget (fractions of the full network's FLOPs, from the smallest
 configuration's to 100 %), ``num_preferences`` preference vectors drawn uniformly from the simplex
 (Dirichlet(1, …, 1), fixed seed) plus the uniform preference and each one-hot preference go through
-the search (:mod:`mtljax.slim.search`). Reported per budget: controllability (Spearman and Kendall,
-:mod:`mtljax.slim.controllability`, over the Dirichlet samples) and the hypervolume
-(:mod:`mtljax.slim.hypervolume`) of the chosen sub-networks' task scores. For the hypervolume each
+the search (:mod:`mtljax.models.slim.search`). Reported per budget: controllability (Spearman and Kendall,
+:mod:`mtljax.models.slim.controllability`, over the Dirichlet samples) and the hypervolume
+(:mod:`mtljax.models.slim.hypervolume`) of the chosen sub-networks' task scores. For the hypervolume each
 task's primary metric (sign-flipped if lower is better) is normalised to [0, 1] between its worst and
 best value over the whole table (every encoder × decoder width), and the reference point is 0 —
 "the worst the super-network does on that task"; HV is then a fraction of the unit box, comparable
@@ -23,18 +27,17 @@ where they are defined.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from mtljax import metrics as mt
-from mtljax.data import base as data_base
-from mtljax.models.controllable import SlimConfig
-from mtljax.slim.controllability import controllability
-from mtljax.slim.flops import FlopsTable
-from mtljax.slim.hypervolume import hypervolume
-from mtljax.slim.search import search
+from mtljax.models.slim.model import SlimConfig
+from mtljax.models.slim.controllability import controllability
+from mtljax.models.slim.flops import FlopsTable
+from mtljax.models.slim.hypervolume import hypervolume
+from mtljax.models.slim.search import search
 
 
 @dataclasses.dataclass
@@ -75,9 +78,11 @@ class MetricTable:
         return {t: {f"{we:g}/{wd:g}": m for (we, wd), m in v.items()} for t, v in self.values.items()}
 
 
-def metric_table(model, params, source, tasks: Sequence, batch_size: int = 256,
-                 max_examples: int | None = None) -> MetricTable:
-    """Task metrics at every (encoder width, decoder width), one pass over ``source`` per encoder width."""
+Batches = Callable[[], Iterable[dict]]
+
+
+def metric_table(model, params, batches: Batches, tasks: Sequence) -> MetricTable:
+    """Task metrics at every (encoder width, decoder width), one pass over ``batches()`` per encoder width."""
     names = [t.name for t in tasks]
     dec_widths = model.decoder_widths
 
@@ -98,7 +103,7 @@ def metric_table(model, params, source, tasks: Sequence, batch_size: int = 256,
     values = {n: {} for n in names}
     for w_e in model.encoder_widths:
         run, total = make(w_e), None
-        for batch in data_base.eval_batches(source, tasks, batch_size, max_examples=max_examples):
+        for batch in batches():
             total = mt.add_stats(total, run(params, batch))
         for t in tasks:
             for w in dec_widths:
@@ -170,9 +175,8 @@ def _nanmean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def evaluate_model(model, params, source, tasks: Sequence, batch_size: int = 256, widths=None,
-                   max_examples: int | None = None) -> dict[str, dict[str, float]]:
-    """Per-task metrics of one (sub-)network over a split (``widths``: a configuration, or full)."""
+def evaluate_model(model, params, batches: Batches, tasks: Sequence, widths=None) -> dict[str, dict[str, float]]:
+    """Per-task metrics of one (sub-)network over ``batches()`` (``widths``: a configuration, or full)."""
 
     @jax.jit
     def run(params, batch):
@@ -180,6 +184,6 @@ def evaluate_model(model, params, source, tasks: Sequence, batch_size: int = 256
         return {t.name: t.stats(out[t.name], batch["targets"][t.name], batch["masks"][t.name]) for t in tasks}
 
     total = None
-    for batch in data_base.eval_batches(source, tasks, batch_size, max_examples=max_examples):
+    for batch in batches():
         total = mt.add_stats(total, run(params, batch))
     return mt.finalize(tasks, total)

@@ -1,17 +1,18 @@
 """Mixture-of-experts MLP layer with task-aware gates and expert parallelism over a device mesh.
 
-``MoeMlp(x [B, S, D], task_ids [B] | None, train) -> (y [B, S, D], aux)``. Every expert is a
-two-layer MLP ``W_o·gelu(W_i·x + b_i) + b_o``; the weights of all experts are stacked with the logical
+``MoeMlp(...)(x [B, S, D], ctx) -> (y [B, S, D], aux)``, a ViT ``mlp`` plug (:mod:`mtljax.models.plugs`)
+that reads ``ctx.task_ids [B]`` (task gates), ``ctx.train`` (gate noise) and ``ctx.group_size``. Every
+expert is a two-layer MLP ``W_o·gelu(W_i·x + b_i) + b_o``; the weights of all experts are stacked with the logical
 axis ``exp`` first (``wi [E, D, H]``, ``wo [E, H, D]``), which the default rules map to the ``expert``
 mesh axis.
 
-Gates (:class:`Gate`)
+Gates (:class:`~mtljax.models.moe.gate.Gate`)
     ``shared``: one linear gate (V-MoE); ``task``: one gate per task, chosen by each example's task id
     (M³ViT's per-task gates, Mod-Squad); ``task_conditioned``: one gate whose input is the token
     concatenated with ``MLP(onehot(task))`` (M³ViT's task-conditioned variant). In training the logits
     get Gaussian noise of std ``noise_std / E`` (V-MoE, M³ViT).
 
-Routers (``router=``; see :mod:`mtljax.models.routing`)
+Routers (``router=``; see :mod:`mtljax.models.moe.routing`)
     ``tokens_choose`` (top-k, capacity, batch-priority routing), ``experts_choose``, ``soft`` (Soft MoE:
     ``slots_per_expert`` slots per expert, dispatch softmax over tokens, combine softmax over slots).
 
@@ -24,7 +25,7 @@ Dispatch (``dispatch=``)
     tokens-choose: token copies are sorted by expert and every expert multiplies its contiguous rows
     with ``jax.lax.ragged_dot`` (no capacity, nothing dropped; experts are not sharded in this mode).
 
-Expert parallelism (:mod:`mtljax.models.dispatch`)
+Expert parallelism (:mod:`mtljax.models.moe.dispatch`)
     When the mesh in context (``jax.set_mesh``) has an ``expert`` axis of size > 1, the expert part runs
     under ``jax.shard_map``: each device builds its slots ``[E, G_local, C, D]`` from its own tokens,
     one ``all_to_all`` over ``expert`` sends every expert's slots to the device that holds that
@@ -34,7 +35,9 @@ Expert parallelism (:mod:`mtljax.models.dispatch`)
     (``group_size`` examples), so the result does not depend on the mesh.
 
 Auxiliary losses (``aux["losses"]``, already weighted): ``moe_importance``, ``moe_load``, ``moe_z``
-(weights ``importance_weight``, ``load_weight``, ``z_loss_weight``) and, with task gates,
+(weights ``importance_weight``, ``load_weight``, ``z_loss_weight``; the importance sums the sparse
+top-k gates, Shazeer et al. and M³ViT, or with ``importance='dense'`` the full softmax, V-MoE: see
+:mod:`~mtljax.models.moe.routing`) and, with task gates,
 ``moe_mutual_info`` (``mi_weight``, Mod-Squad). Metrics: ``moe_dropped`` (share of token choices that
 found no slot). Per-task expert usage (selection counts ``[T, E]``) is ``sow``-n into the
 ``intermediates`` collection as ``usage`` for routing heatmaps.
@@ -54,70 +57,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models import routing as rt
-from mtljax.models.dispatch import (EinsumDispatch, experts_choose_gather, grouped_moe, sharded_ragged_moe,
-                                    tokens_choose_gather)
+from mtljax.models.moe import routing as rt
+from mtljax.models.moe.dispatch import (EinsumDispatch, experts_choose_gather, grouped_moe, sharded_ragged_moe,
+                                        tokens_choose_gather)
+from mtljax.models.moe.gate import Gate
+from mtljax.models.plugs import Context
 
 Dtype = Any
 ROUTERS = ("tokens_choose", "experts_choose", "soft")
-GATES = ("shared", "task", "task_conditioned")
 DISPATCH = ("einsum", "gather", "ragged")
+IMPORTANCE = ("sparse", "dense")
 _expert_init = nn.initializers.xavier_uniform(batch_axis=(0,))
 
 
-class Gate(nn.Module):
-    """Router logits ``[B, S, num_outputs]`` (float32) from tokens and, for task gates, task ids."""
-
-    num_outputs: int
-    mode: str = "shared"
-    num_tasks: int = 1
-    zero_init: bool = False
-    task_embed_dim: int = 64
-    normalize: bool = False  # Soft MoE: l2-normalised tokens and gate columns, learned scale
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, task_ids=None):
-        if self.mode not in GATES:
-            raise ValueError(f"gate: unknown mode {self.mode!r}; choose from {GATES}")
-        x = x.astype(jnp.float32)
-        init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(0.02)
-        if self.mode == "task_conditioned":
-            if task_ids is None:
-                raise ValueError("a task-conditioned gate needs task ids")
-            onehot = jax.nn.one_hot(task_ids, self.num_tasks, dtype=jnp.float32)
-            dense = lambda name: nn.Dense(  # noqa: E731
-                self.task_embed_dim, param_dtype=self.param_dtype, name=name,
-                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None)),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
-            emb = dense("task_mlp1")(nn.gelu(dense("task_mlp0")(onehot)))
-            x = jnp.concatenate([x, jnp.broadcast_to(emb[:, None, :], (*x.shape[:2], emb.shape[-1]))], axis=-1)
-        if self.mode == "task":
-            if task_ids is None:
-                raise ValueError("per-task gates need task ids")
-            kernel = self.param("kernel", nn.with_logical_partitioning(init, (None, "embed", None)),
-                                (self.num_tasks, x.shape[-1], self.num_outputs), self.param_dtype)
-            kernel = jnp.take(kernel.astype(jnp.float32), task_ids, axis=0)  # [B, D, O]
-            if self.normalize:
-                x, kernel = _l2(x, -1), _l2(kernel, -2)
-            logits = jnp.einsum("bsd,bdo->bso", x, kernel)
-        else:
-            kernel = self.param("kernel", nn.with_logical_partitioning(init, ("embed", None)),
-                                (x.shape[-1], self.num_outputs), self.param_dtype).astype(jnp.float32)
-            if self.normalize:
-                x, kernel = _l2(x, -1), _l2(kernel, 0)
-            logits = jnp.einsum("bsd,do->bso", x, kernel)
-        if self.normalize:
-            logits = logits * self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ()), (),
-                                         self.param_dtype)
-        return logits
-
-
-def _l2(x, axis):
-    return x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True) + 1e-6)
-
-
 class MoeMlp(nn.Module):
+    """MoE MLP plug ``(x [B, S, D], ctx) -> (y [B, S, D], aux)``: routers, dispatch and losses as in the
+    module docstring; ``expert_dim`` is each expert's hidden width, ``k`` the experts per token."""
+
     num_experts: int
     expert_dim: int
     router: str = "tokens_choose"
@@ -135,6 +91,7 @@ class MoeMlp(nn.Module):
     gate_zero_init: bool = False
     experts_kept: Sequence[int] | None = None
     importance_weight: float = 0.0
+    importance: str = "sparse"  # sum of the top-k gates (Shazeer et al., M³ViT) | "dense" softmax (V-MoE)
     load_weight: float = 0.0
     z_loss_weight: float = 0.0
     mi_weight: float = 0.0
@@ -151,14 +108,17 @@ class MoeMlp(nn.Module):
             raise ValueError(f"config.model.moe.top_k={self.k} must be in [1, num_experts={self.num_experts}]")
         if self.router != "soft" and not self.capacity_factor > 0:
             raise ValueError(f"config.model.moe.capacity_factor must be > 0, got {self.capacity_factor}")
+        if self.importance not in IMPORTANCE:
+            raise ValueError(f"MoeMlp.importance: unknown {self.importance!r}; choose from {IMPORTANCE}")
         if self.dispatch == "ragged" and self.router != "tokens_choose":
             raise ValueError("config.model.moe.dispatch='ragged' (dropless) needs router 'tokens_choose'")
 
     @nn.compact
-    def __call__(self, x, task_ids=None, *, train: bool = False, group_size: int | None = None):
-        """``group_size`` (examples per routing group) overrides the attribute for this call; it must
+    def __call__(self, x: jax.Array, ctx: Context = Context()) -> tuple[jax.Array, dict]:
+        """``ctx.group_size`` (examples per routing group) overrides the attribute for this call; it must
         divide the batch (a task-passes model uses it to keep every group within one task's pass)."""
         self._check()
+        task_ids, train, group_size = ctx.task_ids, ctx.train, ctx.group_size
         b, s, d = x.shape
         kept = tuple(self.experts_kept) if self.experts_kept is not None else None
         e = len(kept) if kept is not None else self.num_experts
@@ -204,7 +164,8 @@ class MoeMlp(nn.Module):
         probs_full = jax.nn.softmax(noisy, axis=-1)
         probs = probs_full[..., list(kept)] if kept is not None else probs_full
         if self.importance_weight:
-            losses["moe_importance"] = self.importance_weight * rt.importance_loss(probs_full)
+            gates = probs_full if self.importance == "dense" else rt.top_k_gates(probs_full, self.k, self.renormalize)
+            losses["moe_importance"] = self.importance_weight * rt.importance_loss(gates)
         if self.mi_weight and task_ids is not None and self.num_tasks > 1:
             losses["moe_mutual_info"] = self.mi_weight * rt.mutual_information_loss(probs_full, task_ids, self.num_tasks)
         want_load = bool(self.load_weight) and self.router == "tokens_choose"
@@ -260,15 +221,3 @@ class MoeMlp(nn.Module):
         tid = jnp.zeros((chosen.shape[0],), jnp.int32) if task_ids is None else task_ids
         onehot = jax.nn.one_hot(tid, max(self.num_tasks, 1), dtype=jnp.float32)
         self.sow("intermediates", "usage", jnp.einsum("bse,bt->te", chosen.astype(jnp.float32), onehot))
-
-
-def merge_aux(*auxes) -> dict:
-    """Sum the losses and average the metrics of several layers' aux dicts."""
-    losses, metrics, counts = {}, {}, {}
-    for aux in auxes:
-        for k, v in aux.get("losses", {}).items():
-            losses[k] = losses.get(k, 0.0) + v
-        for k, v in aux.get("metrics", {}).items():
-            metrics[k] = metrics.get(k, 0.0) + v
-            counts[k] = counts.get(k, 0) + 1
-    return {"losses": losses, "metrics": {k: v / counts[k] for k, v in metrics.items()}}
