@@ -19,11 +19,7 @@ def get_config(arg=None):
     c = base_config()
     c.workdir = f"runs/multitab_{arg or 'default'}"
     c.data.name = "multitab"
-    c.data.num_tasks = 7
-    c.data.num_features = 32
-    c.data.rho = 0.4
-    c.data.degrees = (1, 3, 2, 3, 4, 2, 3)
-    c.data.noise = 0.01
+    # num_tasks 7, num_features 32, rho 0.4, degrees (1, 3, 2, 3, 4, 2, 3), noise 0.01: base_config's
     c.data.num_train = 20_000
     c.data.num_test = 5_000
     c.data.batch_size = 256

@@ -88,6 +88,12 @@ def base_config() -> mlc.ConfigDict:
     c.data.test_fraction = 0.3
     # scenes
     c.data.max_objects = 4
+    # multitab (MultiTab-Bench: T regression tasks of correlation rho; configs/multitab.py)
+    c.data.num_tasks = 7
+    c.data.num_features = 32
+    c.data.rho = 0.4
+    c.data.degrees = (1, 3, 2, 3, 4, 2, 3)
+    c.data.noise = 0.01
 
     c.model = mlc.ConfigDict()
     c.model.name = "hps"

@@ -42,8 +42,6 @@ CASES: dict[str, tuple[str | None, str | None, dict]] = {
     # loss weighting with state, MLP backbone, 7 regression tasks
     "famo_multitab": ("configs/multitab.py", "conflict", {**SGD, "model.mlp.hidden": (32, 32),
                                                           "optim.method": "famo"}),
-    # Gramian-based weighting (diagonal only) at parameter level
-    "gradnorm": (None, None, {**TINY_VIT, **SGD, "optim.method": "gradnorm"}),
     # Gramian methods at every level (and static task weights)
     "upgrad_param": (None, None, {**TINY_VIT, **SGD, "optim.method": "upgrad", "optim.task_weights": {"left": 2.0}}),
     "cagrad_gramian": (None, None, {**TINY_VIT, **SGD, "optim.method": "cagrad", "optim.level": "gramian",

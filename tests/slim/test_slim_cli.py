@@ -81,10 +81,10 @@ def test_slim_config_errors_name_the_key(tmp_path, capsys):
     cases = [("--config.model.slim.encoder_widths=(0.5,1.5)",
               "config.model.slim.encoder_widths: width multiplier 1.5 is outside (0, 1]"),
              ("--config.model.slim.decoder_widths=(0.25,0.5)",
-              "config.model.slim.decoder_widths=(0.25, 0.5) must end at 1.0"),
+              "config.model.slim.decoder_widths: (0.25, 0.5) must end at 1.0"),
              ("--config.model.slim.backbone=resnet", "config.model.slim.backbone: unknown 'resnet'"),
-             ("--config.optim.level=rep", "config.optim.level='rep' is not available"),
-             ("--config.model.slim.num_random=-1", "config.model.slim.num_random must be an integer >= 0")]
+             ("--config.optim.level=rep", "config.optim.level: 'rep' needs one representation shared by all tasks"),
+             ("--config.model.slim.num_random=-1", "config.model.slim.num_random: must be an integer >= 0")]
     base = [a for a in TINY if "_widths=" not in a]  # one override per key
     for flag, expected in cases:
         rc = cli.main(["mtljax", "train", *base, f"--workdir={tmp_path / 'x'}", flag])

@@ -1,9 +1,9 @@
 """Exact resume: runs killed with SIGKILL and restarted end bit-identical to uninterrupted runs — the
 whole train state (parameters, optimizer moments, the multi-task method's state) and the metric log.
 
-Five runs at once (both cores busy): the HPS ViT with dropout and equal weighting, and four methods
-whose state carries history — FAMO (logits, previous losses, Adam), DWA (loss history), Nash-MTL
-(α, recomputed every 3 steps) and GradVac (EMA targets) — on a small MLP.
+Four runs at once (both cores busy), each with a method whose state carries history: FAMO (logits,
+previous losses, Adam) on the HPS ViT with dropout; DWA (loss history), Nash-MTL (α, recomputed every
+3 steps) and GradVac (EMA targets) on a small MLP.
 """
 
 import json
@@ -26,15 +26,14 @@ VIT = ["--config.data.num_train=512", "--config.data.batch_size=32", "--config.m
        "--config.train.eval_every=40", "--config.train.checkpoint_every=20"]
 MLP = ["--config=configs/multitab.py:conflict", "--config.data.num_tasks=3", "--config.data.degrees=(1,2,3)",
        "--config.data.num_train=1024", "--config.data.batch_size=32", "--config.model.mlp.hidden=(16,)",
-       "--config.train.steps=200", "--config.train.log_every=10", "--config.train.eval_every=100",
+       "--config.train.steps=120", "--config.train.log_every=10", "--config.train.eval_every=60",
        "--config.train.checkpoint_every=20"]
 RUNS = {
-    "equal_vit": (VIT, 120),
-    "famo": (MLP + ["--config.optim.method=famo"], 200),
-    "dwa": (MLP + ["--config.optim.method=dwa"], 200),
+    "famo_vit": (VIT + ["--config.optim.method=famo"], 120),
+    "dwa": (MLP + ["--config.optim.method=dwa"], 120),
     "nash_mtl": (MLP + ["--config.optim.method=nash_mtl", "--config.optim.method_kwargs={'update_weights_every': 3}"],
-                 200),
-    "gradvac": (MLP + ["--config.optim.method=gradvac"], 200),
+                 120),
+    "gradvac": (MLP + ["--config.optim.method=gradvac"], 120),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # the same XLA flags and device count as this test process (tests/conftest.py), which trains the references
