@@ -143,9 +143,11 @@ def bench_train_steps(args) -> dict:
     from mtljax.models import build_model
     from mtljax.parallel.mesh import make_mesh
     from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding
-    from mtljax.train.optimizer import build_optimizer
-    from mtljax.train.state import create_state
-    from mtljax.train.step import jit_train_step, make_train_step
+    from mtljax.models.objective import objective
+    from mtljax.optim import equal
+    from mtljax.trainer.optimizer import build_optimizer
+    from mtljax.trainer.state import create_state
+    from mtljax.trainer.step import jit_train_step, make_train_step
 
     names = ["hps", "hps_moe", "m3vit", "mod_squad", "task_expert"]
     fns, info = {}, {}
@@ -158,13 +160,11 @@ def bench_train_steps(args) -> dict:
             c.data.batch_size = 32
         data = build_dataset(c.data)
         model = build_model(c.model, data.tasks, data.input_shape)
-        tx = build_optimizer(c.optim, 1000)
+        tx = build_optimizer(c.optim, equal(), len(data.tasks), 1000)
         with jax.set_mesh(mesh):
             state, shardings, _ = create_state(model, tx, data.input_shape, 0, mesh, DEFAULT_RULES)
-            aux = jax.eval_shape(lambda x: model.init_with_output(jax.random.PRNGKey(0), x)[0][1],
-                                 jnp.zeros((1, *data.input_shape)))
-            step = jit_train_step(make_train_step(model, data.tasks, tx, has_aux_losses=bool(aux["losses"])), mesh,
-                                  shardings, batch_sharding(mesh))
+            step = jit_train_step(make_train_step(objective(model, data.tasks), tx), mesh, shardings,
+                                  batch_sharding(mesh))
             batch = next(train_iterator(train_dataset(data.splits["train"], data.tasks, c.data.batch_size, 0), 0))
             batch = jax.device_put(batch, batch_sharding(mesh))
             compiled = step.lower(state, batch).compile()
@@ -196,7 +196,8 @@ def bench_train_steps(args) -> dict:
 def bench_pathway(args) -> dict:
     from mtljax.cost import compiled_flops
     from mtljax.models.moe.submodel import expert_usage, extract_task_model
-    from mtljax.train.loop import Experiment, restore_params
+    from mtljax.trainer.experiment import Experiment
+    from mtljax.trainer.loop import restore_params
 
     thresholds = [float(t) for t in args.thresholds.split(",")]
     n_usage, n_test = (256, 256) if args.quick else (2048, 4000)

@@ -5,7 +5,7 @@ CPU options.
 What runs (everything in one process and interleaved, except the flag sweep):
 
 * **mtljax**: the real train step — ``build_model`` (HPS, ``backbone='vit'``, ``pool='gap'``, linear
-  heads), ``make_train_step`` (equal weighting) + ``jit_train_step`` on a 1-device mesh, Adam 1e-3,
+  heads), ``make_train_step`` (the chain ``as_optax(equal(), T)``, Adam 1e-3) + ``jit_train_step`` on a 1-device mesh,
   compiled once with ``.lower(...).compile()`` and called with the state donated, as the trainer does;
   ``config.model.dtype`` ``float32`` and ``bfloat16`` (parameters and Adam state float32 in both).
 * **PyTorch**: ``benchmarks/torch_vit_step.py`` — the same network written in eager PyTorch (fused
@@ -77,8 +77,10 @@ from mtljax.models import build_model, vit_dims
 from mtljax.parallel.mesh import make_mesh
 from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding
 from mtljax.tasks import Task
-from mtljax.train.state import create_state
-from mtljax.train.step import jit_train_step, make_train_step
+from mtljax.models.objective import objective
+from mtljax.optim import as_optax, equal
+from mtljax.trainer.state import create_state
+from mtljax.trainer.step import jit_train_step, make_train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -204,10 +206,10 @@ def mtljax_contender(case: Case, dtype: str, batch: int, classes: list[int], see
         "targets": {t.name: jnp.asarray(y) for t, y in zip(tasks, ys)},
         "masks": {t.name: jnp.ones((batch,), jnp.float32) for t in tasks},
     }, b_shard)
-    tx = optax.adam(1e-3)
+    tx = optax.chain(as_optax(equal(), len(tasks)), optax.adam(1e-3))
     with jax.set_mesh(mesh):
         state, shardings, _ = create_state(model, tx, case.shape, seed, mesh, DEFAULT_RULES)
-        jitted = jit_train_step(make_train_step(model, tasks, tx), mesh, shardings, b_shard)
+        jitted = jit_train_step(make_train_step(objective(model, tasks), tx), mesh, shardings, b_shard)
         t0 = time.perf_counter()
         compiled = jitted.lower(state, batch_tree).compile()
         compile_s = time.perf_counter() - t0
