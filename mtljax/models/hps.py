@@ -7,7 +7,7 @@ objective; none for HPS, MoE models put load-balancing losses there) and ``metri
 The model also exposes its two halves, so that optimizers can work at the representation level:
 ``encode`` (inputs -> ``(rep, aux)``, the shared representation dict with ``pooled`` and ``tokens``)
 and ``decode`` (representation -> per-task outputs). Task-specific parameters live under
-``heads_<task>``; everything else is shared (:func:`split_params`).
+``heads_<task>``; everything else is shared (:func:`heads_mask`).
 
 The backbone is called as ``backbone(inputs, ctx)`` with a :class:`~mtljax.models.plugs.Context` and
 returns an :class:`~mtljax.models.plugs.Encoding` (``pooled``, ``tokens`` and its ``aux``: MoE
@@ -114,8 +114,6 @@ def per_task_representation(model) -> bool:
 HEAD_PREFIX = "heads_"
 
 
-def split_params(params):
-    """``(shared, task_specific)`` top-level parameter dicts (heads are ``heads_<task>``)."""
-    shared = {k: v for k, v in params.items() if not k.startswith(HEAD_PREFIX)}
-    specific = {k: v for k, v in params.items() if k.startswith(HEAD_PREFIX)}
-    return shared, specific
+def heads_mask(params):
+    """Which parameters are task-specific (a boolean pytree like ``params``): the ``heads_<task>`` entries."""
+    return {k: jax.tree.map(lambda _, h=k.startswith(HEAD_PREFIX): h, v) for k, v in params.items()}

@@ -6,7 +6,9 @@ An :class:`Objective` says how a batch becomes per-task losses::
 
 ``aux = {"losses": {name: scalar}, "metrics": {name: scalar}}``: every entry of ``aux["losses"]`` is
 an auxiliary training term added to the objective with weight 1 (MoE balancing losses, the
-slimmable model's CI-KD, Rep-MTL's regulariser, ...); ``metrics`` are logged. Optionally, when all
+slimmable model's CI-KD, Rep-MTL's regulariser, ...); ``metrics`` are logged. ``specific(params)``
+marks the task-specific parameters (a boolean pytree: heads, per-task modules), which multi-task
+methods leave out of the Gramian and update with their task's gradient. Optionally, when all
 tasks read one shared representation, the split ``encode(params, batch, *, rng) -> (rep, aux)`` /
 ``decode(params, rep, batch) -> (losses [T], outputs)`` (the representation level of gradient
 methods, Rep-MTL), and ``rep_keys``: for each task the entry of ``rep`` its decoder reads.
@@ -26,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from mtljax.models.hps import MultiTaskModel, per_task_representation
+from mtljax.models.hps import MultiTaskModel, heads_mask, per_task_representation
 from mtljax.optim.task_grads import LossFunction
 from mtljax.tasks import Task
 
@@ -38,8 +40,6 @@ def task_losses(tasks: Sequence[Task], outputs, batch: Batch) -> jax.Array:
     return jnp.stack([t.loss(outputs[t.name], batch["targets"][t.name], batch["masks"][t.name]) for t in tasks])
 
 
-def _no_aux() -> dict:
-    return {"losses": {}, "metrics": {}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Objective:
     encode: Callable[..., tuple] | None = None
     decode: Callable[..., tuple] | None = None
     rep_keys: tuple[str, ...] = ()
+    specific: Callable[[Any], Any] = heads_mask
 
     @property
     def has_representation(self) -> bool:
@@ -135,4 +136,4 @@ def stacked_objective(model, tasks: Sequence[Task]) -> Objective:
     return Objective(tasks, forward)
 
 
-__all__ = ["Objective", "objective", "stacked_objective", "task_losses"]
+__all__ = ["Objective", "heads_mask", "objective", "stacked_objective", "task_losses"]

@@ -98,7 +98,7 @@ class Experiment:
         gramian_fn = None
         if self.mesh.size > 1:  # the Gramian of sharded per-task gradients with one all-reduce
             specs = jax.tree.map(lambda s: s.spec, shardings.params)
-            shared_specs, _ = Partition(specs, st.heads_mask(specs)).split(specs)
+            shared_specs, _ = Partition(specs, self.objective.specific(specs)).split(specs)
             gramian_fn = lambda rows: sharded_gramian(rows, self.mesh, shared_specs)  # noqa: E731
         weights = self.task_weights if any(w != 1.0 for w in self.task_weights) else None
         return st.make_train_step(self.objective, self.tx, level=self.level, task_weights=weights,

@@ -31,22 +31,20 @@ def batch_stats(tasks, outputs, batch):
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, level: str = "param",
-                    task_weights=None, specific=None, chunk_size: int | None = None,
-                    gramian_fn: Callable | None = None):
+                    task_weights=None, chunk_size: int | None = None, gramian_fn: Callable | None = None):
     """``train_step(state, batch) -> (state, metrics)``.
 
     ``tx`` starts with the multi-task transform; ``level`` (``param`` | ``gramian`` | ``rep``) is where
     per-task gradients are taken; ``task_weights`` ``[T]`` statically scale the losses the method
-    sees; ``specific(params)`` marks task-specific parameters (default: top-level ``heads_*``);
-    ``gramian_fn`` assembles the Gramian of sharded gradients on a mesh.
+    sees; ``gramian_fn`` assembles the Gramian of sharded gradients on a mesh. Which parameters are
+    task-specific is the objective's (``objective.specific``).
     """
     tasks = objective.tasks
-    specific = specific or heads_mask
 
     def train_step(state: TrainState, batch: Mapping):
         k_model, k_method = jax.random.split(jax.random.fold_in(state.rng, state.step))
         fn = objective.loss_function(batch, rng=k_model, step=state.step, task_weights=task_weights)
-        grads, aux = task_gradients(fn, state.params, level=level, specific=specific(state.params),
+        grads, aux = task_gradients(fn, state.params, level=level, specific=objective.specific(state.params),
                                     chunk_size=chunk_size, key=k_method, gramian_fn=gramian_fn)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
@@ -69,11 +67,6 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, l
         return new, metrics
 
     return train_step
-
-
-def heads_mask(params):
-    """Task-specific parameters of the multi-task models: the top-level ``heads_<task>`` entries."""
-    return {k: jax.tree.map(lambda _, h=k.startswith("heads_"): h, v) for k, v in params.items()}
 
 
 def make_eval_step(objective: Objective):

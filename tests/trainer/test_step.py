@@ -12,7 +12,7 @@ import pytest
 from mtljax.config import base_config
 from mtljax.data import build_dataset, train_dataset, train_iterator
 from mtljax.models import build_model
-from mtljax.models.objective import objective, task_losses
+from mtljax.models.objective import heads_mask, objective, task_losses
 from mtljax.optim import as_optax
 from mtljax.optim.base import Method
 from mtljax.optim.jacobian import sharded_gramian
@@ -52,7 +52,7 @@ def _one_step(setup, level, chunk_size=None, mesh_shape=None, warmup=0):
         gramian_fn = None
         if mesh_shape:
             specs = jax.tree.map(lambda s: s.spec, shardings.params)
-            shared_specs, _ = Partition(specs, st.heads_mask(specs)).split(specs)
+            shared_specs, _ = Partition(specs, heads_mask(specs)).split(specs)
             gramian_fn = lambda rows: sharded_gramian(rows, mesh, shared_specs)  # noqa: E731
         fn = st.make_train_step(objective(model, tasks), tx, level=level, chunk_size=chunk_size, gramian_fn=gramian_fn)
         bsh = batch_sharding(mesh)
