@@ -12,7 +12,9 @@ These two can:
   update are not finite, up to ``max_consecutive_errors`` in a row, as ``optax.apply_if_finite``.
 
 ``optax.inject_hyperparams`` can wrap a multi-task chain directly (it forwards the per-task gradients
-and extra arguments untouched).
+and extra arguments untouched). Masking and freezing (``optax.masked``, ``optax.multi_transform`` with
+``optax.set_to_zero``) go inside, after the multi-task transform, where the updates are shaped like the
+parameters: ``optax.chain(as_optax(method, T), optax.masked(optax.adam(lr), mask))``.
 """
 
 from __future__ import annotations
