@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mtljax.config import ConfigError, base_config, load_config
+from mtljax.data.factors import DOWNSTREAM_TASKS
 from mtljax.trainer.experiment import Experiment
 
 CONFIGS = sorted(pathlib.Path(__file__).parents[1].joinpath("configs").glob("*.py"))
@@ -16,7 +17,7 @@ CONFIGS = sorted(pathlib.Path(__file__).parents[1].joinpath("configs").glob("*.p
 
 def _experiment(config, tmp_path):
     config.workdir = str(tmp_path / "run")
-    if config.data.name in ("multi_digits", "multitab", "scenes"):  # generated: the sizes only
+    if config.data.name in ("multi_digits", "multitab", "scenes", "factors"):  # generated: the sizes only
         config.data.num_train, config.data.num_test = 64, 32
     with tfds.testing.mock_data(num_examples=8):
         return Experiment(config, devices=jax.devices())
@@ -33,6 +34,7 @@ def test_config_args():
     root = CONFIGS[0].parent
     assert load_config(f"{root}/multitab.py:conflict").data.rho < 0
     assert load_config(f"{root}/cifar100_mtl.py:S").model.vit.variant == "S"
+    assert set(load_config(f"{root}/pretrain.py:downstream").data.tasks) == set(DOWNSTREAM_TASKS)
     with pytest.raises(ValueError, match="preset"):
         load_config(f"{root}/multitab.py:nope")
     with pytest.raises(ConfigError, match="no config file"):

@@ -110,32 +110,36 @@ def sample_factors(num: int, max_objects: int, rng: np.random.Generator) -> dict
 
 
 def _place(main_xy: np.ndarray, main_r: np.ndarray, count: np.ndarray, max_objects: int, rng: np.random.Generator,
-           candidates: int = 32, tries: int = 100) -> tuple[np.ndarray, np.ndarray]:
+           candidates: int = 32, rounds: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Centres ``[N, K, 2]`` and radii ``[N, K]`` of the main object (``main_xy [N, 2]``, ``main_r
-    [N]``) and of its ``count − 1`` companions, rejection sampled ``candidates`` at a time."""
+    [N]``) and of its ``count − 1`` companions.
+
+    Companions are placed one after the other, each at the first of ``candidates`` uniform positions
+    that keeps clear of the objects already placed; an image where some companion finds no room
+    (earlier ones can block it) starts again from its main object in the next round.
+    """
     n = len(main_r)
     centres = np.zeros((n, max_objects, 2))
-    radii = np.zeros((n, max_objects))
-    centres[:, 0], radii[:, 0] = main_xy, main_r
-    for k in range(1, max_objects):
-        r = main_r * rng.uniform(*COMPANION_SCALE, n)
-        todo = np.flatnonzero(count > k)
-        for _ in range(tries):
-            if not todo.size:
-                break
-            rk = r[todo, None, None]
-            xy = rk + (1 - 2 * rk) * rng.uniform(0, 1, (todo.size, candidates, 2))  # [m, C, 2] in frame
-            dist = np.linalg.norm(xy[:, :, None] - centres[todo, None, :k], axis=-1)  # [m, C, k]
-            ok = np.all(dist >= radii[todo, None, :k] + rk + GAP, axis=-1)  # [m, C]
+    radii = main_r[:, None] * np.concatenate([np.ones((n, 1)), rng.uniform(*COMPANION_SCALE, (n, max_objects - 1))], 1)
+    radii[np.arange(max_objects)[None, :] >= count[:, None]] = 0.0
+    centres[:, 0] = main_xy
+    todo = np.flatnonzero(count > 1)
+    for _ in range(rounds):
+        if not todo.size:
+            return centres, radii
+        placed = np.ones(todo.size, bool)
+        for k in range(1, max_objects):
+            rows = np.flatnonzero(placed & (count[todo] > k))
+            img = todo[rows]
+            rk = radii[img, k, None, None]
+            xy = rk + (1 - 2 * rk) * rng.uniform(0, 1, (img.size, candidates, 2))  # [m, C, 2] in frame
+            dist = np.linalg.norm(xy[:, :, None] - centres[img, None, :k], axis=-1)  # [m, C, k]
+            ok = np.all(dist >= radii[img, None, :k] + rk + GAP, axis=-1)  # [m, C]
             found = ok.any(1)
-            first = ok.argmax(1)
-            done = todo[found]
-            centres[done, k] = xy[found, first[found]]
-            radii[done, k] = r[done]
-            todo = todo[~found]
-        if todo.size:  # never seen: a main object of the largest size leaves room in the corners
-            raise RuntimeError(f"factors: could not place object {k} in {todo.size} images")
-    return centres, radii
+            centres[img[found], k] = xy[found, ok.argmax(1)[found]]
+            placed[rows[~found]] = False
+        todo = todo[~placed]
+    raise RuntimeError(f"factors: could not place the objects of {todo.size} images")  # never seen
 
 
 def targets(f: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -10,7 +10,7 @@ from scipy import ndimage
 from mtljax.config import ConfigError, base_config
 from mtljax.data import build_dataset
 from mtljax.data.factors import (BACKGROUNDS, CHUNK, CLASSES, COLOURS, DOWNSTREAM_TASKS, FACTORS, PRETRAIN_TASKS,
-                                  RANGES, SHAPES, TEXTURES, generate)
+                                  GAP, RANGES, SHAPES, TEXTURES, generate, sample_factors)
 
 S = 32
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity
@@ -81,6 +81,19 @@ def test_every_class_occurs_and_factors_are_independent(clean):
     table = np.stack([y[k].astype(np.float64) for k in FACTORS])
     corr = np.corrcoef(table) - np.eye(len(FACTORS))
     assert np.abs(corr).max() < 0.1, corr  # 1,500 draws: |r| ~ 0.026 for independent factors
+
+
+def test_objects_keep_apart_and_inside_the_frame():
+    f = sample_factors(30_000, 4, np.random.default_rng(0))  # geometry only, nothing drawn
+    centres, radii = f["centres"], f["radii"]
+    present = radii > 0
+    np.testing.assert_array_equal(present.sum(1), f["count"])
+    assert (radii[:, 1:].max(1) < 0.66 * radii[:, 0]).all()  # the main object is the largest
+    lo, hi = centres - radii[..., None], centres + radii[..., None]
+    assert (lo[present] >= 0).all() and (hi[present] <= 1).all()
+    dist = np.linalg.norm(centres[:, :, None] - centres[:, None], axis=-1)
+    pairs = present[:, :, None] & present[:, None] & ~np.eye(4, dtype=bool)
+    assert (dist - radii[:, :, None] - radii[:, None] >= GAP - 1e-9)[pairs].all()
 
 
 def test_splits_partition_the_factors():
