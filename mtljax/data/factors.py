@@ -4,9 +4,9 @@ A dSprites / 3D-Shapes-like dataset, richer and in colour, that needs no downloa
 source of pretraining data (``configs/pretrain.py``) and of downstream tasks for adaptation. Every
 ``image_size × image_size`` RGB image (``float32[H, W, 3]`` in [0, 1]; 32×32 in the configs) shows
 1..``max_objects`` copies of one object on a grey background. The *main* object is the largest;
-the others ("companions") are copies of it scaled by 0.5–0.65, placed anywhere in the frame. No two
-objects overlap or touch (their bounding circles keep a gap of 5 % of the image side), and every
-object lies inside the frame.
+the others ("companions") are smaller copies of it (size 0.06–0.08 against 0.10–0.15, see below),
+placed anywhere in the frame. No two objects overlap or touch (their bounding circles keep a gap of
+5 % of the image side), and every object lies inside the frame.
 
 Factors, each drawn independently and uniformly for every image, and their tasks:
 
@@ -19,8 +19,9 @@ task             kind        values
                              objects
 ``colour``       8 classes   ``COLOURS``: hue ``k · 45°`` (red, orange, lime, green, cyan, azure,
                              violet, magenta) ± 6.75°, saturation 0.75–1, value 0.8–1; shared
-``size``         regression  bounding-circle radius of the main object, 0.13–0.22 of the image
-                             side (every shape fits its bounding circle)
+``size``         regression  ``√(area / π)`` of the main object (the radius of a disk of the same
+                             area), 0.10–0.15 of the image side: objects of one size cover the
+                             same area whatever their shape
 ``pos_x``        regression  centre of the main object, 0.25–0.75 of the image width (left to
                              right)
 ``pos_y``        regression  centre of the main object, 0.25–0.75 of the image height (top to
@@ -63,7 +64,7 @@ COLOURS = ("red", "orange", "lime", "green", "cyan", "azure", "violet", "magenta
 TEXTURES = ("plain", "stripes", "checker", "dots")
 BACKGROUNDS = ("dark", "light", "gradient", "clouds", "grid")
 CLASSES = {"shape": SHAPES, "colour": COLOURS, "texture": TEXTURES, "background": BACKGROUNDS}
-RANGES = {"size": (0.13, 0.22), "pos_x": (0.25, 0.75), "pos_y": (0.25, 0.75), "orientation": (-30.0, 30.0)}
+RANGES = {"size": (0.10, 0.15), "pos_x": (0.25, 0.75), "pos_y": (0.25, 0.75), "orientation": (-30.0, 30.0)}
 FACTORS = ("shape", "colour", "size", "pos_x", "pos_y", "orientation", "texture", "count", "background")
 PRETRAIN_TASKS = ("shape", "colour", "size")
 DOWNSTREAM_TASKS = ("count", "texture", "background", "orientation", "pos_x", "pos_y")
@@ -71,9 +72,13 @@ MAX_OBJECTS = 4  # more copies do not always fit next to a large main object
 MIN_IMAGE_SIZE = 16
 CHUNK = 2048  # images generated at a time (part of the definition of the stream: keep it fixed)
 
-COMPANION_SCALE = (0.5, 0.65)
+COMPANION_SIZE = (0.06, 0.08)  # size of the companions, below the main object's smallest
 GAP = 0.05  # between the bounding circles of two objects, in image sides (> √2 pixels at 32)
 SHADE = 0.45  # brightness of the patterned parts of a textured object
+RING_HOLE = 0.45  # inner radius of a ring, in outer radii
+# area of each shape over its bounding radius squared (see _shape); size = √(area / π)
+AREAS = {"square": 2.0, "disk": np.pi, "triangle": 3 * np.sqrt(3) / 4, "cross": 2 * 1.9 * 0.6 - 0.6 ** 2,
+         "ring": np.pi * (1 - RING_HOLE ** 2), "ellipse": np.pi / 2}
 _ROTATION_FREE = (SHAPES.index("disk"), SHAPES.index("ring"))
 
 
@@ -93,7 +98,7 @@ def tasks(max_objects: int = MAX_OBJECTS) -> tuple[Task, ...]:
 # ------------------------------------------------------------------------------------------ factors
 def sample_factors(num: int, max_objects: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Factors and nuisances of ``num`` images (every length-``N`` array, ``centres [N, K, 2]`` and
-    ``radii [N, K]`` in image sides, slot 0 the main object, radius 0 for absent objects)."""
+    bounding ``radii [N, K]`` in image sides, slot 0 the main object, radius 0 for absent objects)."""
     f = {name: rng.integers(0, len(values), num) for name, values in CLASSES.items()}
     f["count"] = rng.integers(1, max_objects + 1, num)
     for name, (lo, hi) in RANGES.items():
@@ -104,32 +109,32 @@ def sample_factors(num: int, max_objects: int, rng: np.random.Generator) -> dict
     f["bg_level"] = rng.uniform(0.0, 1.0, (num, 2))  # two levels per background, scaled by its kind
     f["bg_angle"] = rng.uniform(0.0, 2 * np.pi, num)
     f["bg_grid"] = rng.uniform(0.0, 1.0, (num, 5, 5))  # clouds: coarse noise; grid: its phase
-    f["centres"], f["radii"] = _place(np.stack([f["pos_x"], f["pos_y"]], -1), f["size"], f["count"],
-                                      max_objects, rng)
+    sizes = np.concatenate([f["size"][:, None], rng.uniform(*COMPANION_SIZE, (num, max_objects - 1))], 1)
+    sizes[np.arange(max_objects)[None, :] >= f["count"][:, None]] = 0.0  # absent objects
+    bounding = np.sqrt(np.pi / np.array([AREAS[s] for s in SHAPES]))[f["shape"], None]  # radius / size
+    f["radii"] = sizes * bounding
+    f["centres"] = _place(np.stack([f["pos_x"], f["pos_y"]], -1), f["radii"], rng)
     return f
 
 
-def _place(main_xy: np.ndarray, main_r: np.ndarray, count: np.ndarray, max_objects: int, rng: np.random.Generator,
-           candidates: int = 32, rounds: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Centres ``[N, K, 2]`` and radii ``[N, K]`` of the main object (``main_xy [N, 2]``, ``main_r
-    [N]``) and of its ``count − 1`` companions.
+def _place(main_xy: np.ndarray, radii: np.ndarray, rng: np.random.Generator, candidates: int = 32,
+           rounds: int = 100) -> np.ndarray:
+    """Centres ``[N, K, 2]`` of objects of bounding ``radii [N, K]`` (0: absent), object 0 at ``main_xy``.
 
     Companions are placed one after the other, each at the first of ``candidates`` uniform positions
     that keeps clear of the objects already placed; an image where some companion finds no room
     (earlier ones can block it) starts again from its main object in the next round.
     """
-    n = len(main_r)
+    n, max_objects = radii.shape
     centres = np.zeros((n, max_objects, 2))
-    radii = main_r[:, None] * np.concatenate([np.ones((n, 1)), rng.uniform(*COMPANION_SCALE, (n, max_objects - 1))], 1)
-    radii[np.arange(max_objects)[None, :] >= count[:, None]] = 0.0
     centres[:, 0] = main_xy
-    todo = np.flatnonzero(count > 1)
+    todo = np.flatnonzero(radii[:, 1] > 0)
     for _ in range(rounds):
         if not todo.size:
-            return centres, radii
+            return centres
         placed = np.ones(todo.size, bool)
         for k in range(1, max_objects):
-            rows = np.flatnonzero(placed & (count[todo] > k))
+            rows = np.flatnonzero(placed & (radii[todo, k] > 0))
             img = todo[rows]
             rk = radii[img, k, None, None]
             xy = rk + (1 - 2 * rk) * rng.uniform(0, 1, (img.size, candidates, 2))  # [m, C, 2] in frame
@@ -196,7 +201,7 @@ def _shape(kind: int, u: np.ndarray, v: np.ndarray, r: np.ndarray) -> np.ndarray
     if name in ("disk", "ring"):
         rho2 = u * u + v * v
         inside = rho2 <= r * r
-        return inside & (rho2 >= (0.45 * r) ** 2) if name == "ring" else inside
+        return inside & (rho2 >= (RING_HOLE * r) ** 2) if name == "ring" else inside
     if name == "triangle":  # equilateral, vertex up; inradius r / 2
         half = r / 2
         return ((-v <= half) & (0.5 * v + np.sqrt(3) / 2 * u <= half)
