@@ -4,7 +4,7 @@ A dSprites / 3D-Shapes-like dataset, richer and in colour, that needs no downloa
 source of pretraining data (``configs/pretrain.py``) and of downstream tasks for adaptation. Every
 ``image_size × image_size`` RGB image (``float32[H, W, 3]`` in [0, 1]; 32×32 in the configs) shows
 1..``max_objects`` copies of one object on a grey background. The *main* object is the largest;
-the others ("companions") are smaller copies of it (size 0.06–0.08 against 0.10–0.15, see below),
+the others ("companions") are smaller copies of it (size 0.06–0.08 against 0.10–0.18, see below),
 placed anywhere in the frame. No two objects overlap or touch (their bounding circles keep a gap of
 5 % of the image side), and every object lies inside the frame.
 
@@ -20,16 +20,16 @@ task             kind        values
 ``colour``       8 classes   ``COLOURS``: hue ``k · 45°`` (red, orange, lime, green, cyan, azure,
                              violet, magenta) ± 6.75°, saturation 0.75–1, value 0.8–1; shared
 ``size``         regression  ``√(area / π)`` of the main object (the radius of a disk of the same
-                             area), 0.10–0.15 of the image side: objects of one size cover the
+                             area), 0.10–0.18 of the image side: objects of one size cover the
                              same area whatever their shape
-``pos_x``        regression  centre of the main object, 0.25–0.75 of the image width (left to
+``pos_x``        regression  centre of the main object, 0.28–0.72 of the image width (left to
                              right)
-``pos_y``        regression  centre of the main object, 0.25–0.75 of the image height (top to
+``pos_y``        regression  centre of the main object, 0.28–0.72 of the image height (top to
                              bottom)
 ``orientation``  regression  −30°..30°, counter-clockwise as seen; shared. Disks and rings look the
                              same at every angle, so their orientation is unlabelled (mask 0)
 ``texture``      4 classes   ``TEXTURES``: plain, stripes, checker, dots — parts of the object drawn
-                             at 0.45 of its colour, in a pattern of period ``image_size / 8``
+                             at 0.6 of its colour, in a pattern of period ``image_size / 8``
                              pixels that turns with the object; shared
 ``count``        classes     number of objects, 1..``max_objects``; label ``count − 1``
 ``background``   5 classes   ``BACKGROUNDS``, all grey (objects are saturated colours): dark
@@ -64,7 +64,7 @@ COLOURS = ("red", "orange", "lime", "green", "cyan", "azure", "violet", "magenta
 TEXTURES = ("plain", "stripes", "checker", "dots")
 BACKGROUNDS = ("dark", "light", "gradient", "clouds", "grid")
 CLASSES = {"shape": SHAPES, "colour": COLOURS, "texture": TEXTURES, "background": BACKGROUNDS}
-RANGES = {"size": (0.10, 0.15), "pos_x": (0.25, 0.75), "pos_y": (0.25, 0.75), "orientation": (-30.0, 30.0)}
+RANGES = {"size": (0.10, 0.18), "pos_x": (0.28, 0.72), "pos_y": (0.28, 0.72), "orientation": (-30.0, 30.0)}
 FACTORS = ("shape", "colour", "size", "pos_x", "pos_y", "orientation", "texture", "count", "background")
 PRETRAIN_TASKS = ("shape", "colour", "size")
 DOWNSTREAM_TASKS = ("count", "texture", "background", "orientation", "pos_x", "pos_y")
@@ -74,7 +74,7 @@ CHUNK = 2048  # images generated at a time (part of the definition of the stream
 
 COMPANION_SIZE = (0.06, 0.08)  # size of the companions, below the main object's smallest
 GAP = 0.05  # between the bounding circles of two objects, in image sides (> √2 pixels at 32)
-SHADE = 0.45  # brightness of the patterned parts of a textured object
+SHADE = 0.6  # brightness of the patterned parts of a textured object
 RING_HOLE = 0.45  # inner radius of a ring, in outer radii
 # area of each shape over its bounding radius squared (see _shape); size = √(area / π)
 AREAS = {"square": 2.0, "disk": np.pi, "triangle": 3 * np.sqrt(3) / 4, "cross": 2 * 1.9 * 0.6 - 0.6 ** 2,
@@ -117,7 +117,7 @@ def sample_factors(num: int, max_objects: int, rng: np.random.Generator) -> dict
     return f
 
 
-def _place(main_xy: np.ndarray, radii: np.ndarray, rng: np.random.Generator, candidates: int = 32,
+def _place(main_xy: np.ndarray, radii: np.ndarray, rng: np.random.Generator, candidates: int = 64,
            rounds: int = 100) -> np.ndarray:
     """Centres ``[N, K, 2]`` of objects of bounding ``radii [N, K]`` (0: absent), object 0 at ``main_xy``.
 
