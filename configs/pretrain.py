@@ -1,0 +1,50 @@
+"""Pretraining: a small hard-parameter-sharing ViT on the factors dataset's pretraining factors.
+
+Run (from the repository root):
+
+    mtljax train --config=configs/pretrain.py --workdir=runs/pretrain             # shape, colour, size
+    mtljax train --config=configs/pretrain.py:downstream --workdir=runs/downstream  # the other six, from scratch
+
+The project ships no weights and reaches no network, so it makes its own pretrained model:
+``factors`` (``mtljax.data.factors``) draws 32×32 RGB images of nine independent factors; this config
+trains on ``PRETRAIN_TASKS`` (shape 6-way, colour 8-way, size regression) and leaves
+``DOWNSTREAM_TASKS`` (count, texture, background, orientation, pos_x, pos_y) and multi-digits for
+adaptation, prompts, hypernetworks and merging. ``:downstream`` trains the same model from scratch on
+the downstream factors: the reference an adapted model should beat for the same budget.
+
+Model: a 4-block width-64 ViT (4 heads, MLP 128), 4×4 patches (64 tokens), mean pooling, a linear
+head per task; 50,000 training images (drawn in about 8 s), batch 128, 700 steps, AdamW 3e-3 with a
+cosine schedule. Chance: accuracy 1/6 (shape), 1/8 (colour), 1/4 (count, texture), 1/5
+(background); MSE 1/3 for regression targets in [−1, 1] (predicting 0).
+
+Expected result (one seed, measured 2026-11-27 on a 2-core CPU shared with other jobs; 2.4 steps/s,
+5 min 4 s wall for the first command, 5 min 9 s for the second), test split of 5,000 images:
+
+    pretrain     shape accuracy 0.355 (0.316 at step 350)   colour accuracy 1.000
+                 size MSE 0.155 (0.294 at step 350)
+    downstream   count accuracy 0.402   texture accuracy 0.489   background accuracy 1.000
+                 orientation MSE 0.332 (not learned yet)   pos_x MSE 0.234   pos_y MSE 0.167
+
+Shape and size are still improving at the end; ``--config.train.steps=3000`` pretrains longer (not
+measured here). The checkpoint lands in ``runs/pretrain/checkpoints``.
+"""
+
+from mtljax.config import base_config
+from mtljax.data.factors import DOWNSTREAM_TASKS, PRETRAIN_TASKS
+
+
+def get_config(arg=None):
+    if arg not in (None, "", "pretrain", "downstream"):
+        raise ValueError(f"configs/pretrain.py: unknown argument {arg!r}; use 'downstream' or nothing")
+    c = base_config()
+    c.workdir = "runs/downstream" if arg == "downstream" else "runs/pretrain"
+    c.data.name = "factors"
+    c.data.image_size = 32
+    c.data.num_train, c.data.num_test = 50_000, 5_000
+    c.data.tasks = DOWNSTREAM_TASKS if arg == "downstream" else PRETRAIN_TASKS
+    c.data.batch_size = 128
+    c.model.vit.update(patch_size=4, width=64, depth=4, num_heads=4, mlp_dim=128, pool="gap")
+    c.train.steps = 700
+    c.train.eval_every = 350
+    c.train.checkpoint_every = 350
+    return c
