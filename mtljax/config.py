@@ -156,6 +156,12 @@ def base_config() -> mlc.ConfigDict:
     c.optim.sam_balls = "separate"  # sam='flat': rho-balls per shared part and per head (reference) | joint
     c.optim.rep_mtl = False  # add the Rep-MTL saliency regulariser (Wang et al., 2025)
     c.optim.rep_mtl_kwargs = mlc.ConfigDict(dict(lambda_entropy=0.9, lambda_align=0.9, temperature=0.1))
+    # parameters that train: regular expressions searched in the parameter paths ("lora", "^heads_");
+    # empty = all. The others are frozen: no gradients, no optimizer state (mtljax.optim.trainable)
+    c.optim.trainable = ()
+
+    # start a fresh run from another run's parameters, matched by path (mtljax.trainer.warm_start)
+    c.init = mlc.ConfigDict(dict(checkpoint="", step=0))  # run directory; step 0 = its newest
 
     c.train = mlc.ConfigDict()
     c.train.steps = 1500
