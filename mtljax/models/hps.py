@@ -52,7 +52,7 @@ class MultiTaskModel(nn.Module):
     task_passes: bool = False  # run the backbone once per task, passing task ids (task-gated MoE)
     routing_group: int = 1  # examples per MoE routing group (task passes are repeated in blocks of it)
     dense_upsample: bool = False  # dense heads: progressive upsampling instead of linear unpatchify
-    specific_scopes: tuple[str, ...] = ()  # per-task modules: parameter scopes containing one of these are task-specific
+    specific_scopes: tuple[str, ...] = ()  # per-task modules: parameter scopes containing one of these are specific
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 

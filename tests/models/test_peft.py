@@ -125,7 +125,8 @@ def test_zero_init_lora_and_adapters_are_the_base_model_and_merge_equals_unmerge
         plain = _strip(merged)  # adapters are still the identity: drop them
         chex.assert_trees_all_equal_shapes(plain, _strip(params))
         chex.assert_trees_all_close(base_apply(plain)[task.name], adapted[task.name], atol=2e-5)
-    assert not any("lora" in "/".join(_keys(p)) for p, _ in jax.tree_util.tree_flatten_with_path(merge(lora, 0, alpha))[0])
+    merged_paths = ["/".join(_keys(p)) for p, _ in jax.tree_util.tree_flatten_with_path(merge(lora, 0, alpha))[0]]
+    assert not any("lora" in p for p in merged_paths)
 
     # non-zero adapters change the model
     adapters = _perturb(lora, lambda p: any("adapter" in k for k in _keys(p)) and "up" in _keys(p)[-1], seed=1)

@@ -81,6 +81,6 @@ def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, p
     return dict(blocks=blocks, prompt=shallow)
 
 
-__all__ = ["ATTENTION_TARGETS", "Adapter", "LoraDelta", "LoraMlp", "METHODS", "MLP_TARGETS", "POSITIONS", "PeftAttention",
-           "Prefix", "PromptTokens", "SCOPES", "TARGETS", "check_peft", "merge", "methods_of", "peft_plugs",
+__all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "SCOPES", "TARGETS", "Adapter", "LoraDelta",
+           "LoraMlp", "PeftAttention", "Prefix", "PromptTokens", "check_peft", "merge", "methods_of", "peft_plugs",
            "projection_dims"]

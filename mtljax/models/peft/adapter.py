@@ -1,5 +1,5 @@
 """Bottleneck adapters per task (Houlsby et al., 2019, "Parameter-Efficient Transfer Learning for NLP",
-sec. 2.1 and fig. 2; Pfeiffer et al., 2021, "AdapterFusion", sec. 3.1: one adapter after the MLP only).
+sec. 2.1 and fig. 2; Pfeiffer et al., 2021, "AdapterFusion": one adapter after the MLP only).
 
 ``h -> h + W_up,t · gelu(W_down,t · h + b_down,t) + b_up,t`` for the task ``t`` of the example: a
 down-projection to ``m`` dimensions, a nonlinearity, an up-projection back, and the adapter's own

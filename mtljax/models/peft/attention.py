@@ -14,7 +14,7 @@ positions (none for ``L = 0``). ``[B, S, D] -> [B, S, D]``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

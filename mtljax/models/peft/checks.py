@@ -28,7 +28,8 @@ def _names(value, choices, key: str, what: str) -> None:
     require(len(set(value)) == len(value), key, f"names a {what} twice: {tuple(value)}")
 
 
-def projection_dims(target: str, width: int, num_heads: int, mlp_dim: int, head_dim: int | None = None) -> tuple[int, int]:
+def projection_dims(target: str, width: int, num_heads: int, mlp_dim: int,
+                    head_dim: int | None = None) -> tuple[int, int]:
     """``(d_in, d_out)`` of a LoRA target projection of the ViT."""
     inner = num_heads * (head_dim or width // num_heads)
     return {"query": (width, inner), "key": (width, inner), "value": (width, inner), "out": (inner, width),

@@ -1,11 +1,11 @@
-"""Visual prompt tuning per task (Jia et al., 2022, "Visual Prompt Tuning", sec. 3.2, eqs. 4-7).
+"""Visual prompt tuning per task (Jia et al., 2022, "Visual Prompt Tuning", sec. 3.2).
 
 ``L`` learned tokens of the example's task join the token sequence after the class token (if any)
 and before the patch tokens: ``[cls, P_t, patches]``.
 
-* **Shallow VPT** (eq. 4-5): the ViT's ``prompt`` plug inserts ``P_t`` once, after the position
+* **Shallow VPT**: the ViT's ``prompt`` plug inserts ``P_t`` once, after the position
   embeddings; every block then updates them like any token.
-* **Deep VPT** (eq. 6-7): in addition, block ``i >= 1``'s ``prompt`` plug *replaces* the ``L`` prompt
+* **Deep VPT**: in addition, block ``i >= 1``'s ``prompt`` plug *replaces* the ``L`` prompt
   positions of the residual stream with that block's own ``P_t^i`` — the previous block's outputs at
   those positions are dropped, so the sequence length stays ``[1 +] L + N`` throughout (block 0 reads
   the inserted ones).
