@@ -154,6 +154,13 @@ def test_mixed_task_ids_equal_each_tasks_own_pass_and_deep_prompts_matter():
         chex.assert_trees_all_close(mixed_out[name][i], out[name][i], atol=1e-5)
     chex.assert_trees_all_close(mixed_losses, losses, atol=1e-5)  # each task's loss reads its own examples
 
+    # task s's loss moves only task s's slice of every per-task parameter (what marking them specific assumes)
+    jac = jax.jit(jax.jacrev(lambda p: obj.forward(p, {**batch, "task_ids": ids}, train=False)[0]))(params)
+    for path, j in jax.tree_util.tree_flatten_with_path(jac)[0]:
+        if _is_peft(path):
+            norms = np.abs(np.asarray(j)).reshape(T, T, -1).max(-1)  # [loss task, parameter slice]
+            assert (norms[~np.eye(T, dtype=bool)] == 0).all() and norms.diagonal().max() > 0, (_keys(path), norms)
+
     # ids outside [0, T): refused when known, NaN for that example when traced
     with pytest.raises(ValueError, match=r"task_ids: \[3\] outside \[0, 3\)"):
         model.apply({"params": params}, X, task_ids=jnp.array([0, 3, 1, 2]))
