@@ -124,6 +124,17 @@ def base_config() -> mlc.ConfigDict:
         importance_weight=0.01, load_weight=0.01, z_loss_weight=0.0, mi_weight=0.0,
         attn_experts=0, attn_top_k=0, attn_head_dim=0, attn_every=1,  # mod_squad: MoE attention
     ))
+    # parameter-efficient per-task modules on the ViT (model.name = hps, backbone = vit); see mtljax.models.peft
+    c.model.peft = mlc.ConfigDict(dict(
+        method="",  # "" (none) | lora | adapter | prefix | vpt, or several joined by "+" (e.g. "lora+vpt")
+        rank=4, alpha=8.0,  # LoRA: W x + (alpha / rank) B A x, B = 0 at init
+        targets=("query", "value"),  # LoRA on these projections: query key value out (attention), fc1 fc2 (MLP)
+        adapter_dim=16,  # bottleneck adapters: width m of down (D -> m) and up (m -> D)
+        adapter_positions=("attention", "mlp"),  # after attention and/or MLP (Houlsby: both; Pfeiffer: mlp)
+        prefix_length=8,  # prefix tuning: key/value prefixes per block and task (0 = the base model)
+        prompt_length=8,  # VPT: prompt tokens per task (0 = the base model)
+        deep=False,  # deep VPT: every block replaces the previous block's prompt tokens with its own
+    ))
     c.model.task_expert = mlc.ConfigDict(dict(num_experts=4, expert_dim=0, every=2, layers=()))
     # the slim model (model.name = slim; what every key means: mtljax.models.slim)
     c.model.slim = mlc.ConfigDict(dict(

@@ -15,6 +15,10 @@ mod_squad      Mod-Squad: MoE attention and MoE MLP, per-task gates, mutual-info
 task_expert    TaskExpert: memorial mixture-of-experts decoding per-task features from a ViT's blocks
 slim           slimmable encoder and per-task decoders, widths chosen at run time (Aich et al., 2023)
 =============  =================================================================================
+
+``config.model.peft.method`` adds parameter-efficient per-task modules (LoRA, bottleneck adapters,
+prefix tuning, VPT; :mod:`mtljax.models.peft`) to the ViT of ``hps``; the base ViT's parameters keep
+their paths.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from mtljax.models.moe.attention import MoeAttention
 from mtljax.models.moe.checks import check_moe, check_moe_mesh
 from mtljax.models.moe.mlp import MoeMlp
 from mtljax.models.moe.task_expert import TaskExpert
+from mtljax.models.peft import SCOPES as PEFT_SCOPES
+from mtljax.models.peft import check_peft, peft_plugs
 from mtljax.models.plugs import BlockPlugs, Context, Encoding
 from mtljax.models.slim import build_slim
 from mtljax.models.slim.checks import check_slim
@@ -140,6 +146,9 @@ def check_model(cfg, tasks, input_shape) -> None:
             if custom:
                 require(all(isinstance(i, int) and 0 <= i < cfg.vit.depth for i in te.layers), "layers",
                         f"{tuple(te.layers)} must index blocks 0..{cfg.vit.depth - 1}")
+    if "peft" in cfg:
+        with section("peft"):
+            check_peft(cfg.peft, cfg.name, cfg.get("backbone"), vit_dims(cfg.vit) if vit else None)
 
 
 def check_mesh(cfg, sizes: dict, per_device: dict) -> None:
@@ -185,7 +194,7 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
     if cfg.name == "slim":  # slimmable encoder + per-task slimmable decoders (config.model.slim)
         return build_slim(cfg, tasks, input_shape)
     kw = dict(dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype])
-    grid, patch, task_passes, group = None, 1, False, 1
+    grid, patch, task_passes, group, scopes = None, 1, False, 1, ()
     image_model = cfg.name != "hps" or cfg.backbone != "mlp"
     if image_model:
         patch = cfg.vit.patch_size
@@ -194,7 +203,12 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
         common = dict(patch_size=patch, pool=cfg.vit.pool, dropout=cfg.dropout,
                       attention_impl=cfg.vit.get("attention_impl"), **dims, **kw)
     if cfg.name == "hps" and cfg.backbone == "vit":
-        backbone = ViT(**common)
+        plugs = peft_plugs(cfg.peft, len(tasks), depth=dims["depth"], num_heads=dims["num_heads"],
+                           mlp_dim=dims["mlp_dim"], pool=cfg.vit.pool, dropout=cfg.dropout,
+                           attention_impl=cfg.vit.get("attention_impl")) if "peft" in cfg else {}
+        backbone = ViT(**common, **plugs)
+        if plugs:  # per-task modules: every task its own backbone pass (or one pass given task_ids)
+            task_passes, scopes = True, PEFT_SCOPES
     elif cfg.name in MOE_MODELS or (cfg.name == "hps" and cfg.backbone == "moe_vit"):
         backbone, task_passes, group = moe_vit(cfg, len(tasks), common)
     elif cfg.name == "task_expert":
@@ -207,7 +221,7 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
         backbone = MLP(hidden=tuple(cfg.mlp.hidden), dropout=cfg.dropout, **kw)
     return MultiTaskModel(backbone, tuple(tasks), head_hidden=cfg.head_hidden, dense_grid=grid, patch_size=patch,
                           task_passes=task_passes, routing_group=group, dense_upsample=cfg.dense_head == "upsample",
-                          **kw)
+                          specific_scopes=scopes, **kw)
 
 
 __all__ = ["check_mesh", "check_model", "BACKBONES", "BlockPlugs", "Context", "DTYPES", "Encoding", "MLP", "MODELS", "MOE_MODELS",

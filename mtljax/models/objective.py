@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models.hps import MultiTaskModel, heads_mask, per_task_representation
+from mtljax.models.hps import MultiTaskModel, heads_mask, per_task_representation, task_specific_mask
 from mtljax.optim import trainable as trainable_lib
 from mtljax.optim.task_grads import LossFunction
 from mtljax.tasks import Task
@@ -114,29 +114,40 @@ def objective(model, tasks: Sequence[Task]) -> Objective:
 
     Models with ``encode``/``decode`` whose representation is shared by all tasks (hard parameter
     sharing, V-MoE) also get the representation split; task-routed models (M³ViT, Mod-Squad,
-    TaskExpert) give every task its own representation and do not.
+    TaskExpert) and models with per-task modules (LoRA, adapters, prefixes, prompts) give every task
+    its own representation and do not. A :class:`MultiTaskModel` is given the batch's ``task_ids``
+    when it has them (heterogeneous mixtures: one pass, each example as its own task), and its
+    per-task modules are task-specific like its heads.
     """
     tasks = tuple(tasks)
+    multi_task = isinstance(model, MultiTaskModel)
+
+    def ids(batch):
+        return {"task_ids": batch["task_ids"]} if multi_task and batch.get("task_ids") is not None else {}
 
     def forward(params, batch, *, train, rng=None, step=None):
         del step
         rngs = {"dropout": rng} if rng is not None else {}
-        outputs, aux = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs)
+        outputs, aux = model.apply({"params": params}, batch["inputs"], train=train, rngs=rngs, **ids(batch))
         return task_losses(tasks, outputs, batch), outputs, aux
 
-    if not isinstance(model, MultiTaskModel) or per_task_representation(model):
-        return Objective(tasks, forward)
+    specific = heads_mask
+    if multi_task and model.specific_scopes:
+        specific = functools.partial(task_specific_mask, scopes=tuple(model.specific_scopes))
+    if not multi_task or per_task_representation(model):
+        return Objective(tasks, forward, specific=specific)
 
     def encode(params, batch, *, rng=None):
         rngs = {"dropout": rng} if rng is not None else {}
-        return model.apply({"params": params}, batch["inputs"], train=True, rngs=rngs, method=model.encode)
+        return model.apply({"params": params}, batch["inputs"], train=True, rngs=rngs, method=model.encode,
+                           **ids(batch))
 
     def decode(params, rep, batch):
         outputs = model.apply({"params": params}, rep, method=model.decode)
         return task_losses(tasks, outputs, batch), outputs
 
     keys = tuple("tokens" if t.is_dense else "pooled" for t in tasks)
-    return Objective(tasks, forward, encode, decode, keys)
+    return Objective(tasks, forward, encode, decode, keys, specific)
 
 
 def stacked_objective(model, tasks: Sequence[Task]) -> Objective:
@@ -155,4 +166,4 @@ def stacked_objective(model, tasks: Sequence[Task]) -> Objective:
     return Objective(tasks, forward)
 
 
-__all__ = ["Objective", "heads_mask", "objective", "stacked_objective", "task_losses"]
+__all__ = ["Objective", "heads_mask", "objective", "stacked_objective", "task_losses", "task_specific_mask"]

@@ -35,7 +35,8 @@ patch tokens are never pooled: pooling reads the last ``N`` tokens or the class 
 block's ``prompt`` (replacing the previous block's prompt tokens); per-task LoRA on the projections
 and prefix tuning (per-layer key/value prefixes) are ``attention`` plugs, since both live inside the
 attention (:func:`mtljax.models.layers.attend` takes keys and values of another length than the
-queries). Per-task parameters are selected per example by ``ctx.task_ids``.
+queries). Per-task parameters are selected per example by ``ctx.task_ids``; the implementations live
+in :mod:`mtljax.models.peft` (``config.model.peft``).
 """
 
 from __future__ import annotations
