@@ -17,7 +17,7 @@ slim           slimmable encoder and per-task decoders, widths chosen at run tim
 =============  =================================================================================
 
 ``config.model.peft.method`` adds parameter-efficient per-task modules (LoRA, bottleneck adapters,
-prefix tuning, VPT; :mod:`mtljax.models.peft`) to the ViT of ``hps``; the base ViT's parameters keep
+prefix tuning, VPT, task tokens, soft injection; :mod:`mtljax.models.peft`) to the ViT of ``hps``; the base ViT's parameters keep
 their paths.
 """
 
@@ -34,7 +34,7 @@ from mtljax.models.moe.checks import check_moe, check_moe_mesh
 from mtljax.models.moe.mlp import MoeMlp
 from mtljax.models.moe.task_expert import TaskExpert
 from mtljax.models.peft import SCOPES as PEFT_SCOPES
-from mtljax.models.peft import check_peft, peft_plugs
+from mtljax.models.peft import check_peft, methods_of, peft_vit
 from mtljax.models.plugs import BlockPlugs, Context, Encoding
 from mtljax.models.slim import build_slim
 from mtljax.models.slim.checks import check_slim
@@ -203,12 +203,11 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
         common = dict(patch_size=patch, pool=cfg.vit.pool, dropout=cfg.dropout,
                       attention_impl=cfg.vit.get("attention_impl"), **dims, **kw)
     if cfg.name == "hps" and cfg.backbone == "vit":
-        plugs = peft_plugs(cfg.peft, len(tasks), depth=dims["depth"], num_heads=dims["num_heads"],
-                           mlp_dim=dims["mlp_dim"], pool=cfg.vit.pool, dropout=cfg.dropout,
-                           attention_impl=cfg.vit.get("attention_impl")) if "peft" in cfg else {}
-        backbone = ViT(**common, **plugs)
-        if plugs:  # per-task modules: every task its own backbone pass (or one pass given task_ids)
-            task_passes, scopes = True, PEFT_SCOPES
+        backbone = ViT(**common)
+        if "peft" in cfg and methods_of(cfg.peft.method):
+            # per-task modules: every task its own backbone pass (or one pass given task_ids), except task tokens
+            backbone, task_passes = peft_vit(cfg.peft, [t.name for t in tasks], **common)
+            scopes = PEFT_SCOPES
     elif cfg.name in MOE_MODELS or (cfg.name == "hps" and cfg.backbone == "moe_vit"):
         backbone, task_passes, group = moe_vit(cfg, len(tasks), common)
     elif cfg.name == "task_expert":

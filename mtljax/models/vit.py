@@ -13,7 +13,7 @@ embedded, given an optional class token (``pool='cls'``) and learned position em
 optional ``prompt`` plug (prompt / task tokens, inserted before the patch tokens), ``depth`` blocks and
 the final norm (``final_norm=False``: none, and no ``ln_final`` parameters). ``pooled`` is the class
 token or the mean of the ``N`` patch tokens (the last ``N`` tokens), ``tokens`` the patch tokens (for
-dense heads), ``aux`` the merged aux of every layer (MoE balancing losses, routing metrics) and
+dense heads), ``leading`` the final states before them (class, prompt, task tokens), ``aux`` the merged aux of every layer (MoE balancing losses, routing metrics) and
 ``taps`` the residual stream after each block in ``taps`` (read by TaskExpert's memorial MoEs).
 
 Variants follow the usual table (width, depth, heads, MLP width): Ti (192, 12, 3, 768),
@@ -142,7 +142,7 @@ class ViT(nn.Module):
             x = (self.norm or LayerNorm)(name="ln_final", **kw)(x, ctx)
         tokens = x[:, -n:]
         pooled = x[:, 0] if self.pool == "cls" else jnp.mean(tokens, axis=1)
-        return Encoding(pooled, tokens, merge_aux(*auxes), taps)
+        return Encoding(pooled, tokens, merge_aux(*auxes), taps, x[:, :x.shape[1] - n])
 
     def _embed(self, images: jax.Array) -> tuple[jax.Array, int]:
         """Patch embedding, optional class token and position embeddings: ``(tokens [B, N(+1), D], N)``."""
