@@ -138,6 +138,12 @@ def base_config() -> mlc.ConfigDict:
         task_tokens=1,  # task tokens per task, all tasks' in one pass; each head reads its own (0 = the base model)
         inject_logit_init=-20.0,  # soft injection: gate logit θ_0 of every head, α = σ(θ_0) (-20: exactly the base)
     ))
+    # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
+    c.model.multi_lane = mlc.ConfigDict(dict(
+        selectors=4,  # k learned selector tokens per lane and block summarising the patches
+        prefix_length=8,  # per-lane key/value prefixes (0 = none) ...
+        prefix_blocks=2,  # ... in the first prefix_blocks blocks
+    ))
     c.model.task_expert = mlc.ConfigDict(dict(num_experts=4, expert_dim=0, every=2, layers=()))
     # the slim model (model.name = slim; what every key means: mtljax.models.slim)
     c.model.slim = mlc.ConfigDict(dict(

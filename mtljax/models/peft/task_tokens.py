@@ -51,11 +51,13 @@ SCOPE = "task_token"  # the parameter's name contains it (freeze / mark by this 
 
 class TaskTokens(nn.Module):
     """The ViT's ``prompt`` plug: insert all tasks' ``length`` tokens at ``start``,
-    ``[B, S, D] -> [B, S + T·length, D]`` (the same tokens for every example; no task ids needed)."""
+    ``[B, S, D] -> [B, S + T·length, D]`` (the same tokens for every example; no task ids needed).
+    ``param_name``: the parameter's name (MULTI-LANE's lane class tokens: ``lane_cls``)."""
 
     num_tasks: int
     length: int
     start: int = 0
+    param_name: str = "task_tokens"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -63,7 +65,7 @@ class TaskTokens(nn.Module):
     def __call__(self, x: jax.Array, ctx: Context | None = None) -> jax.Array:
         b, _, d = x.shape
         init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed"))
-        tokens = self.param("task_tokens", init, (self.num_tasks, self.length, d), self.param_dtype)
+        tokens = self.param(self.param_name, init, (self.num_tasks, self.length, d), self.param_dtype)
         tokens = jnp.broadcast_to(tokens.reshape(1, -1, d).astype(x.dtype), (b, self.num_tasks * self.length, d))
         return jnp.concatenate([x[:, :self.start], tokens, x[:, self.start:]], axis=1)
 
