@@ -19,8 +19,8 @@ multi_lane     MULTI-LANE: a frozen ViT and one lane per task reading learned pa
 =============  =================================================================================
 
 ``config.model.peft.method`` adds parameter-efficient per-task modules (LoRA, bottleneck adapters,
-prefix tuning, VPT, task tokens, soft injection; :mod:`mtljax.models.peft`) to the ViT of ``hps``; the base ViT's parameters keep
-their paths.
+prefix tuning, VPT, task tokens, soft injection; :mod:`mtljax.models.peft`) to the ViT of ``hps``; the
+base ViT's parameters keep their paths.
 """
 
 from __future__ import annotations

@@ -56,7 +56,13 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.config import positive_int, require
-from mtljax.models.layers import Dtype, attend, attention_head_dim, heads_projection, output_projection
+from mtljax.models.layers import (
+    Dtype,
+    attend,
+    attention_head_dim,
+    heads_projection,
+    output_projection,
+)
 from mtljax.models.peft.prefix import Prefix
 from mtljax.models.peft.task_tokens import TaskTokens, TaskTokenViT
 from mtljax.models.plugs import BlockPlugs, Context

@@ -14,7 +14,8 @@ optional ``prompt`` plug (prompt / task tokens, inserted before the patch tokens
 the final norm (``final_norm=False``: none, and no ``ln_final`` parameters). ``pooled`` is the class
 token or the mean of the ``N`` patch tokens (the last ``N`` tokens), ``tokens`` the patch tokens (for
 dense heads), ``leading`` the final states before them (class, prompt, task tokens), ``aux`` the
-merged aux of every layer (MoE balancing losses, routing metrics) and ``taps`` the residual stream after each block in ``taps`` (read by TaskExpert's memorial MoEs).
+merged aux of every layer (MoE balancing losses, routing metrics) and ``taps`` the residual stream
+after each block in ``taps`` (read by TaskExpert's memorial MoEs).
 
 Variants follow the usual table (width, depth, heads, MLP width): Ti (192, 12, 3, 768),
 S (384, 12, 6, 1536), B (768, 12, 12, 3072), L (1024, 24, 16, 4096); ``variant='custom'`` takes the

@@ -2,8 +2,8 @@
 task tokens, soft injection of task embeddings.
 
 ``config.model.peft.method`` (``""`` for none, one of ``lora``, ``adapter``, ``prefix``, ``vpt``,
-``task_tokens``, ``inject``, or several joined by ``+``) puts per-task modules into the ViT of ``config.model.name='hps'``,
-``backbone='vit'``, through its plugs (:mod:`mtljax.models.plugs`):
+``task_tokens``, ``inject``, or several joined by ``+``) puts per-task modules into the ViT of
+``config.model.name='hps'``, ``backbone='vit'``, through its plugs (:mod:`mtljax.models.plugs`):
 
 =================  ==========================  ======================================================
 module             plug                        keys of ``config.model.peft``
@@ -27,17 +27,17 @@ module             plug                        keys of ``config.model.peft``
 
 Every module is per task: its parameters have a leading task axis ``[T, ...]`` and each example
 reads its own task's slice (``ctx.task_ids``, one gather, no loop over tasks) — except task tokens,
-which every example carries for all tasks. The model runs one
-backbone pass per task by default (not for task tokens alone: they need no task ids) (``MultiTaskModel(task_passes=True)``, every task's head reads its
-own pass); a batch that carries ``task_ids`` (heterogeneous mixtures: every example belongs to one
-task) runs once, each example with its own task's modules.
+which every example carries for all tasks. The model runs one backbone pass per task by default
+(``MultiTaskModel(task_passes=True)``, every task's head reads its own pass; not for task tokens alone,
+which need no task ids); a batch that carries ``task_ids`` (heterogeneous mixtures: every example
+belongs to one task) runs once, each example with its own task's modules.
 
 Parameter paths: the base ViT's parameters keep exactly their paths and shapes (a pretrained
 checkpoint loads into them); every per-task parameter lies under a scope whose name contains its
 kind — ``lora_<projection>``, ``attn_adapter`` / ``mlp_adapter``, ``prefix``, ``prompt``,
-``prompt/task_tokens``, ``attn/inject`` — so
-:data:`SCOPES` (and the trainer's freezing patterns) find them, and the objective marks them
-task-specific like the heads (left out of Gramians; each task's slice gets its own task's gradient).
+``prompt/task_tokens``, ``attn/inject`` — so :data:`SCOPES` (and the trainer's freezing patterns)
+find them, and the objective marks them task-specific like the heads (left out of Gramians; each
+task's slice gets its own task's gradient — for task tokens, other tasks' losses reach them too).
 """
 
 from __future__ import annotations
@@ -49,8 +49,15 @@ import flax.linen as nn
 from mtljax.models.peft.adapter import POSITIONS, Adapter
 from mtljax.models.peft.attention import PeftAttention
 from mtljax.models.peft.checks import METHODS, check_peft, methods_of, projection_dims
-from mtljax.models.peft.lora import ATTENTION_TARGETS, MLP_TARGETS, TARGETS, LoraDelta, LoraMlp, merge
 from mtljax.models.peft.inject import SoftInject, init_from_mean
+from mtljax.models.peft.lora import (
+    ATTENTION_TARGETS,
+    MLP_TARGETS,
+    TARGETS,
+    LoraDelta,
+    LoraMlp,
+    merge,
+)
 from mtljax.models.peft.prefix import Prefix
 from mtljax.models.peft.prompt import PromptTokens
 from mtljax.models.peft.task_tokens import TaskTokens, TaskTokenViT
@@ -127,5 +134,5 @@ def needs_task_ids(p) -> bool:
 
 __all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "SCOPES", "TARGETS", "Adapter", "LoraDelta",
            "LoraMlp", "PeftAttention", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
-           "check_peft", "init_from_mean", "merge", "methods_of", "needs_task_ids", "peft_plugs", "peft_vit", "projection_dims",
-           "task_token_count"]
+           "check_peft", "init_from_mean", "merge", "methods_of", "needs_task_ids", "peft_plugs", "peft_vit",
+           "projection_dims", "task_token_count"]

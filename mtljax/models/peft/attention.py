@@ -22,8 +22,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models.layers import Dtype, attend, attention_head_dim, heads_projection, output_projection
-from mtljax.models.peft.inject import SCOPE as INJECT, SoftInject
+from mtljax.models.layers import (
+    Dtype,
+    attend,
+    attention_head_dim,
+    heads_projection,
+    output_projection,
+)
+from mtljax.models.peft.inject import SCOPE as INJECT
+from mtljax.models.peft.inject import SoftInject
 from mtljax.models.peft.lora import PREFIX, LoraDelta
 from mtljax.models.peft.prefix import Prefix
 from mtljax.models.peft.select import task_ids_of
