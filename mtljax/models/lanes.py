@@ -1,6 +1,7 @@
 """MULTI-LANE (De Min, Mancini, Lathuilière, Roy, Ricci, 2024, "Less is more: summarizing patch tokens for
-efficient multi-label class-incremental learning"; code tdemin16/multi-lane): a frozen ViT over the
-patches and, per task, a *lane*: a class token that reads a few learned summaries of the patches.
+efficient multi-label class-incremental learning", CoLLAs, arXiv 2405.15633; code tdemin16/multi-lane):
+a frozen ViT over the patches and, per task, a *lane*: a class token that reads a few learned summaries
+of the patches.
 
 Per task ``t`` (a lane) and block ``l``, with ``X`` the block's normalised patch tokens ``[N, C]`` and
 ``S_t`` its ``k`` learned selectors ``[k, C]``::
