@@ -126,7 +126,8 @@ def base_config() -> mlc.ConfigDict:
     ))
     # parameter-efficient per-task modules on the ViT (model.name = hps, backbone = vit); see mtljax.models.peft
     c.model.peft = mlc.ConfigDict(dict(
-        method="",  # "" (none) | lora | adapter | prefix | vpt, or several joined by "+" (e.g. "lora+vpt")
+        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject, or several joined by "+" (e.g. "lora+vpt")
+        method="",
         rank=4, alpha=8.0,  # LoRA: W x + (alpha / rank) B A x, B = 0 at init
         targets=("query", "value"),  # LoRA on these projections: query key value out (attention), fc1 fc2 (MLP)
         adapter_dim=16,  # bottleneck adapters: width m of down (D -> m) and up (m -> D)
@@ -134,6 +135,14 @@ def base_config() -> mlc.ConfigDict:
         prefix_length=8,  # prefix tuning: key/value prefixes per block and task (0 = the base model)
         prompt_length=8,  # VPT: prompt tokens per task (0 = the base model)
         deep=False,  # deep VPT: every block replaces the previous block's prompt tokens with its own
+        task_tokens=1,  # task tokens per task, all tasks' in one pass; each head reads its own (0 = the base model)
+        inject_logit_init=-20.0,  # soft injection: gate logit θ_0 of every head, α = σ(θ_0) (-20: exactly the base)
+    ))
+    # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
+    c.model.multi_lane = mlc.ConfigDict(dict(
+        selectors=4,  # k learned selector tokens per lane and block summarising the patches
+        prefix_length=8,  # per-lane key/value prefixes (0 = none) ...
+        prefix_blocks=2,  # ... in the first prefix_blocks blocks
     ))
     c.model.task_expert = mlc.ConfigDict(dict(num_experts=4, expert_dim=0, every=2, layers=()))
     # the slim model (model.name = slim; what every key means: mtljax.models.slim)

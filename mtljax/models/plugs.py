@@ -97,13 +97,16 @@ class Encoding(NamedTuple):
 
     ``pooled [B, D]`` and ``tokens [B, N, D]`` (the patch tokens; ``None`` for non-image backbones), or
     per-task dicts of them (TaskExpert); ``aux`` (merged losses and metrics of its layers); ``taps``
-    (``{block index: residual stream [B, S, D] after that block}`` for the blocks the ViT was asked to tap).
+    (``{block index: residual stream [B, S, D] after that block}`` for the blocks the ViT was asked to tap);
+    ``leading`` (the ViT: the final states of the positions before the patch tokens ``[B, S - N, D]`` —
+    class token, prompt and task tokens —, read by task-token heads; a slice XLA drops when unread).
     """
 
     pooled: Any
     tokens: Any
     aux: Aux
     taps: dict | None = None
+    leading: Any = None
 
 
 def empty_aux() -> Aux:

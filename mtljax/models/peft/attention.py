@@ -1,15 +1,17 @@
 """The ViT's ``attention`` plug with the per-task modules that live inside attention: LoRA on its
-projections (:mod:`~mtljax.models.peft.lora`) and key/value prefixes (:mod:`~mtljax.models.peft.prefix`).
+projections (:mod:`~mtljax.models.peft.lora`), key/value prefixes (:mod:`~mtljax.models.peft.prefix`)
+and soft injection of task embeddings into the heads (:mod:`~mtljax.models.peft.inject`).
 
-Without either it is exactly :class:`~mtljax.models.layers.SelfAttention`: the same projections
+Without any of them it is exactly :class:`~mtljax.models.layers.SelfAttention`: the same projections
 (``query``, ``key``, ``value``, ``out``) under the same names and shapes, so the base ViT's parameters
 — a pretrained checkpoint's — keep their paths. Per task ``t`` (the example's ``ctx.task_ids``)::
 
     q = W_q x + Δ_q,t(x)        k = [P_k,t ; W_k x + Δ_k,t(x)]        v = [P_v,t ; W_v x + Δ_v,t(x)]
-    y = W_o attend(q, k, v) + Δ_o,t(attend(q, k, v))
+    a = inject_t(attend(q, k, v))        y = W_o a + Δ_o,t(a)
 
-with ``Δ`` the LoRA update of a targeted projection (zero otherwise) and ``P`` the ``L`` prefix
-positions (none for ``L = 0``). ``[B, S, D] -> [B, S, D]``.
+with ``Δ`` the LoRA update of a targeted projection (zero otherwise), ``P`` the ``L`` prefix
+positions (none for ``L = 0``) and ``inject_t`` each head's soft injection (the identity
+without it). ``[B, S, D] -> [B, S, D]``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models.layers import Dtype, attend, attention_head_dim, heads_projection, output_projection
+from mtljax.models.layers import (
+    Dtype,
+    attend,
+    attention_head_dim,
+    heads_projection,
+    output_projection,
+)
+from mtljax.models.peft.inject import SCOPE as INJECT
+from mtljax.models.peft.inject import SoftInject
 from mtljax.models.peft.lora import PREFIX, LoraDelta
 from mtljax.models.peft.prefix import Prefix
 from mtljax.models.peft.select import task_ids_of
@@ -30,7 +40,8 @@ from mtljax.models.plugs import Context
 class PeftAttention(nn.Module):
     """Multi-head self-attention with per-task LoRA on ``lora_targets`` (of ``query``, ``key``,
     ``value``, ``out``; rank ``lora_rank``, scale ``lora_alpha / lora_rank``) and per-task key/value
-    prefixes of length ``prefix_length``; see the module docstring."""
+    prefixes of length ``prefix_length``; ``inject``: soft injection of task embeddings into every head
+    (gate logits initialised to ``inject_logit_init``); see the module docstring."""
 
     num_heads: int
     num_tasks: int
@@ -40,6 +51,8 @@ class PeftAttention(nn.Module):
     lora_alpha: float = 1.0
     lora_targets: Sequence[str] = ()
     prefix_length: int = 0
+    inject: bool = False
+    inject_logit_init: float = -20.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -48,7 +61,7 @@ class PeftAttention(nn.Module):
         width = x.shape[-1]
         head_dim = attention_head_dim(width, self.num_heads, self.head_dim)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        per_task = bool(self.lora_targets) or self.prefix_length > 0
+        per_task = bool(self.lora_targets) or self.prefix_length > 0 or self.inject
         ids = task_ids_of(ctx, x.shape[0], "PeftAttention") if per_task else None
         heads = (self.num_heads, head_dim)
 
@@ -66,4 +79,6 @@ class PeftAttention(nn.Module):
             k = jnp.concatenate([pk.astype(k.dtype), k], axis=1)
             v = jnp.concatenate([pv.astype(v.dtype), v], axis=1)
         out = attend(q, k, v, self.attention_impl)  # [B, S, H, h]
+        if self.inject:
+            out = SoftInject(self.num_tasks, self.inject_logit_init, name=INJECT, **kw)(out, ids)
         return project("out", output_projection(width, name="out", **kw), out, ("heads", "kv"), ("embed",), (width,))

@@ -3,11 +3,13 @@ prefixes ``model.peft``). Only the keys of the chosen methods are read."""
 
 from __future__ import annotations
 
+import math
+
 from mtljax.config import positive_int, require
 from mtljax.models.peft.adapter import POSITIONS
 from mtljax.models.peft.lora import TARGETS
 
-METHODS = ("lora", "adapter", "prefix", "vpt")
+METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject")
 
 
 def methods_of(method) -> tuple[str, ...]:
@@ -67,3 +69,11 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None) -> None:
     if "vpt" in methods:
         _length(p.prompt_length, "prompt_length")
         require(isinstance(p.deep, bool), "deep", f"must be True or False, got {p.deep!r}")
+    if "task_tokens" in methods:
+        _length(p.task_tokens, "task_tokens")
+        require("vpt" not in methods, "method",
+                "'task_tokens' and 'vpt' both insert tokens through the ViT's prompt plug; use one of them")
+    if "inject" in methods:
+        value = p.inject_logit_init
+        require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                "inject_logit_init", f"must be a finite number (the gate logit θ_0, α = σ(θ_0)), got {value!r}")
