@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 import jax
@@ -39,17 +40,18 @@ class InitPlan:
     loaded_size: int
 
     def summary(self) -> str:
-        """One line per fate, paths grouped by their first component."""
-        def groups(paths):
+        """One line: loaded paths counted by their first component; new and ignored ones by module
+        (block numbers folded: ``backbone/block*/attn/lora_query (8)``)."""
+        def groups(paths, fine):
             counts: dict[str, int] = {}
             for p in paths:
-                head = p.split("/")[0]
+                head = re.sub(r"(?<=block)\d+", "*", p.rsplit("/", 1)[0]) if fine and "/" in p else p.split("/")[0]
                 counts[head] = counts.get(head, 0) + 1
             return ", ".join(f"{k} ({n})" for k, n in counts.items()) or "-"
 
         return (f"init from {self.state_dir} (step {self.step}): loaded {len(self.loaded)} arrays "
-                f"({self.loaded_size:,} values): {groups(self.loaded)}; new {len(self.new)}: {groups(self.new)}; "
-                f"ignored {len(self.ignored)}: {groups(self.ignored)}")
+                f"({self.loaded_size:,} values): {groups(self.loaded, False)}; new {len(self.new)}: "
+                f"{groups(self.new, True)}; ignored {len(self.ignored)}: {groups(self.ignored, True)}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

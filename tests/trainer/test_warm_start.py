@@ -68,7 +68,7 @@ def test_adapt_loads_by_path_and_trains_only_the_trainable(pretrained, tmp_path)
     assert {p.split("/")[0] for p in report["loaded"]} == {"backbone", "heads_t1"}
     assert {p.split("/")[0] for p in report["new"]} == {"heads_t2"}
     assert {p.split("/")[0] for p in report["ignored"]} == {"heads_t0"}
-    assert any(line.startswith("init from ") and "new 2: heads_t2 (2)" in line for line in lines)
+    assert any(line.startswith("init from ") and "new 2: heads_t2/out (2)" in line for line in lines)
 
     source, adapted = _params(pretrained, 6), _params(tmp_path / "adapt", 4)
     src, out = source["params"], adapted["params"]
