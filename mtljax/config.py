@@ -86,8 +86,10 @@ def base_config() -> mlc.ConfigDict:
     c.data.image_size = 16
     c.data.jitter = 3
     c.data.test_fraction = 0.3
-    # scenes
+    # scenes, factors (objects per image)
     c.data.max_objects = 4
+    # factors (many-factor images, mtljax.data.factors); use image_size 32
+    c.data.pixel_noise = 0.02  # std of the Gaussian noise added to every pixel
     # multitab (MultiTab-Bench: T regression tasks of correlation rho; configs/multitab.py)
     c.data.num_tasks = 7
     c.data.num_features = 32

@@ -16,7 +16,7 @@ CONFIGS = sorted(pathlib.Path(__file__).parents[1].joinpath("configs").glob("*.p
 
 def _experiment(config, tmp_path):
     config.workdir = str(tmp_path / "run")
-    if config.data.name in ("multi_digits", "multitab", "scenes"):  # generated: the sizes only
+    if config.data.name in ("multi_digits", "multitab", "scenes", "factors"):  # generated: the sizes only
         config.data.num_train, config.data.num_test = 64, 32
     with tfds.testing.mock_data(num_examples=8):
         return Experiment(config, devices=jax.devices())

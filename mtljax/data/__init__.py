@@ -1,5 +1,5 @@
-"""Datasets: multi-digits (bundled), MultiTab-Bench and scenes (generated), CIFAR100-MTL and CelebA (tfds),
-task mixtures; grain pipelines with checkpointable iterators and per-host slices."""
+"""Datasets: multi-digits (bundled), MultiTab-Bench, scenes and factors (generated), CIFAR100-MTL and CelebA
+(tfds), task mixtures; grain pipelines with checkpointable iterators and per-host slices."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ DATASETS = {
     "cifar100_mtl": "mtljax.data.cifar100_mtl",
     "celeba": "mtljax.data.celeba",
     "scenes": "mtljax.data.scenes",
+    "factors": "mtljax.data.factors",
     "mixture": "mtljax.data.mixture",
 }
 
