@@ -88,7 +88,7 @@ def base_config() -> mlc.ConfigDict:
     c.data.test_fraction = 0.3
     # scenes, factors (objects per image)
     c.data.max_objects = 4
-    # factors (many-factor images, mtljax.data.factors; configs/pretrain.py); image_size 32 in the configs
+    # factors (many-factor images, mtljax.data.factors); use image_size 32
     c.data.pixel_noise = 0.02  # std of the Gaussian noise added to every pixel
     # multitab (MultiTab-Bench: T regression tasks of correlation rho; configs/multitab.py)
     c.data.num_tasks = 7
@@ -126,6 +126,26 @@ def base_config() -> mlc.ConfigDict:
         importance_weight=0.01, load_weight=0.01, z_loss_weight=0.0, mi_weight=0.0,
         attn_experts=0, attn_top_k=0, attn_head_dim=0, attn_every=1,  # mod_squad: MoE attention
     ))
+    # parameter-efficient per-task modules on the ViT (model.name = hps, backbone = vit); see mtljax.models.peft
+    c.model.peft = mlc.ConfigDict(dict(
+        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject, or several joined by "+" (e.g. "lora+vpt")
+        method="",
+        rank=4, alpha=8.0,  # LoRA: W x + (alpha / rank) B A x, B = 0 at init
+        targets=("query", "value"),  # LoRA on these projections: query key value out (attention), fc1 fc2 (MLP)
+        adapter_dim=16,  # bottleneck adapters: width m of down (D -> m) and up (m -> D)
+        adapter_positions=("attention", "mlp"),  # after attention and/or MLP (Houlsby: both; Pfeiffer: mlp)
+        prefix_length=8,  # prefix tuning: key/value prefixes per block and task (0 = the base model)
+        prompt_length=8,  # VPT: prompt tokens per task (0 = the base model)
+        deep=False,  # deep VPT: every block replaces the previous block's prompt tokens with its own
+        task_tokens=1,  # task tokens per task, all tasks' in one pass; each head reads its own (0 = the base model)
+        inject_logit_init=-20.0,  # soft injection: gate logit θ_0 of every head, α = σ(θ_0) (-20: exactly the base)
+    ))
+    # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
+    c.model.multi_lane = mlc.ConfigDict(dict(
+        selectors=4,  # k learned selector tokens per lane and block summarising the patches
+        prefix_length=8,  # per-lane key/value prefixes (0 = none) ...
+        prefix_blocks=2,  # ... in the first prefix_blocks blocks
+    ))
     c.model.task_expert = mlc.ConfigDict(dict(num_experts=4, expert_dim=0, every=2, layers=()))
     # the slim model (model.name = slim; what every key means: mtljax.models.slim)
     c.model.slim = mlc.ConfigDict(dict(
@@ -158,6 +178,12 @@ def base_config() -> mlc.ConfigDict:
     c.optim.sam_balls = "separate"  # sam='flat': rho-balls per shared part and per head (reference) | joint
     c.optim.rep_mtl = False  # add the Rep-MTL saliency regulariser (Wang et al., 2025)
     c.optim.rep_mtl_kwargs = mlc.ConfigDict(dict(lambda_entropy=0.9, lambda_align=0.9, temperature=0.1))
+    # parameters that train: regular expressions searched in the parameter paths ("lora", "^heads_");
+    # empty = all. The others are frozen: no gradients, no optimizer state (mtljax.optim.trainable)
+    c.optim.trainable = ()
+
+    # start a fresh run from another run's parameters, matched by path (mtljax.trainer.warm_start)
+    c.init = mlc.ConfigDict(dict(checkpoint="", step=0))  # run directory; step 0 = its newest
 
     c.train = mlc.ConfigDict()
     c.train.steps = 1500

@@ -1,7 +1,7 @@
 """Factors: generated images of many independent factors of variation, one task per factor.
 
 A dSprites / 3D-Shapes-like dataset, richer and in colour, that needs no download: the project's
-source of pretraining data (``configs/pretrain.py``) and of downstream tasks for adaptation. Every
+source of pretraining data and of downstream tasks for adaptation. Every
 ``image_size × image_size`` RGB image (``float32[H, W, 3]`` in [0, 1]; 32×32 in the configs) shows
 1..``max_objects`` copies of one object on a grey background. The *main* object is the largest;
 the others ("companions") are smaller copies of it (size 0.06–0.08 against 0.10–0.18, see below),
@@ -47,7 +47,7 @@ Images are generated in chunks of ``CHUNK`` from ``SeedSequence(seed, spawn_key=
 deterministic by ``config.data.seed``, train and test from independent streams, memory bounded
 for any size, and the first ``k · CHUNK`` images do not depend on how many are asked for.
 
-``PRETRAIN_TASKS`` are the factors ``configs/pretrain.py`` pretrains on; ``DOWNSTREAM_TASKS``, the
+``PRETRAIN_TASKS`` are the factors to pretrain a backbone on (``--config.data.tasks``); ``DOWNSTREAM_TASKS``, the
 others, are the tasks to adapt the pretrained model to.
 """
 

@@ -14,7 +14,13 @@ m3vit          M³ViT: MoE MLP every ``moe.every`` blocks, per-task or task-cond
 mod_squad      Mod-Squad: MoE attention and MoE MLP, per-task gates, mutual-information loss
 task_expert    TaskExpert: memorial mixture-of-experts decoding per-task features from a ViT's blocks
 slim           slimmable encoder and per-task decoders, widths chosen at run time (Aich et al., 2023)
+multi_lane     MULTI-LANE: a frozen ViT and one lane per task reading learned patch summaries
+               (De Min et al., 2024; :mod:`mtljax.models.lanes`)
 =============  =================================================================================
+
+``config.model.peft.method`` adds parameter-efficient per-task modules (LoRA, bottleneck adapters,
+prefix tuning, VPT, task tokens, soft injection; :mod:`mtljax.models.peft`) to the ViT of ``hps``; the
+base ViT's parameters keep their paths.
 """
 
 from __future__ import annotations
@@ -23,18 +29,22 @@ import functools
 
 from mtljax.config import positive_int, require, section
 from mtljax.models.hps import MultiTaskModel
+from mtljax.models.lanes import SCOPE as LANE_SCOPE
+from mtljax.models.lanes import check_multi_lane, multi_lane_vit
 from mtljax.models.layers import ATTENTION_IMPLS, DTYPES
 from mtljax.models.mlp import MLP
 from mtljax.models.moe.attention import MoeAttention
 from mtljax.models.moe.checks import check_moe, check_moe_mesh
 from mtljax.models.moe.mlp import MoeMlp
 from mtljax.models.moe.task_expert import TaskExpert
+from mtljax.models.peft import SCOPES as PEFT_SCOPES
+from mtljax.models.peft import check_peft, methods_of, peft_vit
 from mtljax.models.plugs import BlockPlugs, Context, Encoding
 from mtljax.models.slim import build_slim
 from mtljax.models.slim.checks import check_slim
 from mtljax.models.vit import VARIANTS, ViT, vit_dims
 
-MODELS = ("hps", "m3vit", "mod_squad", "task_expert", "slim")
+MODELS = ("hps", "m3vit", "mod_squad", "task_expert", "slim", "multi_lane")
 RENAMED = {"controllable": "slim"}  # old model names, refused with a one-line hint
 MOE_MODELS = ("m3vit", "mod_squad")
 BACKBONES = ("vit", "mlp", "moe_vit")
@@ -140,6 +150,14 @@ def check_model(cfg, tasks, input_shape) -> None:
             if custom:
                 require(all(isinstance(i, int) and 0 <= i < cfg.vit.depth for i in te.layers), "layers",
                         f"{tuple(te.layers)} must index blocks 0..{cfg.vit.depth - 1}")
+    if cfg.name == "multi_lane":
+        require("multi_lane" in cfg, "multi_lane", "is missing: config.model.name='multi_lane' needs it "
+                                                   "(see mtljax.config.base_config)")
+        with section("multi_lane"):
+            check_multi_lane(cfg.multi_lane, vit_dims(cfg.vit)["depth"])
+    if "peft" in cfg:
+        with section("peft"):
+            check_peft(cfg.peft, cfg.name, cfg.get("backbone"), vit_dims(cfg.vit) if vit else None)
 
 
 def check_mesh(cfg, sizes: dict, per_device: dict) -> None:
@@ -185,7 +203,7 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
     if cfg.name == "slim":  # slimmable encoder + per-task slimmable decoders (config.model.slim)
         return build_slim(cfg, tasks, input_shape)
     kw = dict(dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype])
-    grid, patch, task_passes, group = None, 1, False, 1
+    grid, patch, task_passes, group, scopes = None, 1, False, 1, ()
     image_model = cfg.name != "hps" or cfg.backbone != "mlp"
     if image_model:
         patch = cfg.vit.patch_size
@@ -195,8 +213,14 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
                       attention_impl=cfg.vit.get("attention_impl"), **dims, **kw)
     if cfg.name == "hps" and cfg.backbone == "vit":
         backbone = ViT(**common)
+        if "peft" in cfg and methods_of(cfg.peft.method):
+            # per-task modules: every task its own backbone pass (or one pass given task_ids), except task tokens
+            backbone, task_passes = peft_vit(cfg.peft, [t.name for t in tasks], **common)
+            scopes = PEFT_SCOPES
     elif cfg.name in MOE_MODELS or (cfg.name == "hps" and cfg.backbone == "moe_vit"):
         backbone, task_passes, group = moe_vit(cfg, len(tasks), common)
+    elif cfg.name == "multi_lane":  # one pass for all lanes (no task ids); lane parameters are task-specific
+        backbone, scopes = multi_lane_vit(cfg.multi_lane, [t.name for t in tasks], **common), (LANE_SCOPE,)
     elif cfg.name == "task_expert":
         te = cfg.task_expert
         layers = moe_layers(te.every, dims["depth"], te.layers)
@@ -207,7 +231,7 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
         backbone = MLP(hidden=tuple(cfg.mlp.hidden), dropout=cfg.dropout, **kw)
     return MultiTaskModel(backbone, tuple(tasks), head_hidden=cfg.head_hidden, dense_grid=grid, patch_size=patch,
                           task_passes=task_passes, routing_group=group, dense_upsample=cfg.dense_head == "upsample",
-                          **kw)
+                          specific_scopes=scopes, **kw)
 
 
 __all__ = ["check_mesh", "check_model", "BACKBONES", "BlockPlugs", "Context", "DTYPES", "Encoding", "MLP", "MODELS", "MOE_MODELS",

@@ -112,27 +112,40 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
         width = x.shape[-1]
-        if self.head_dim is None and width % self.num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
-        head_dim = self.head_dim or width // self.num_heads
+        head_dim = attention_head_dim(width, self.num_heads, self.head_dim)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        q, k, v = (heads_projection(self.num_heads, head_dim, name=n, **kw)(x) for n in ("query", "key", "value"))
+        out = attend(q, k, v, self.attention_impl)  # [B, S, H, h]
+        return output_projection(width, name="out", **kw)(out)
 
-        def proj(name):
-            return nn.DenseGeneral(
-                (self.num_heads, head_dim),
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                kernel_init=nn.with_logical_partitioning(default_init, ("embed", "heads", "kv")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
-                name=name,
-            )(x)
 
-        out = attend(proj("query"), proj("key"), proj("value"), self.attention_impl)  # [B, S, H, h]
-        return nn.DenseGeneral(
-            width,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(default_init, ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            name="out",
-        )(out)
+def attention_head_dim(width: int, num_heads: int, head_dim: int | None = None) -> int:
+    """``head_dim``, or ``width // num_heads`` when it is ``None`` (a ValueError if that does not divide)."""
+    if head_dim is None and width % num_heads:
+        raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+    return head_dim or width // num_heads
+
+
+def heads_projection(num_heads: int, head_dim: int, *, dtype, param_dtype, name=None) -> nn.DenseGeneral:
+    """A query/key/value projection ``[..., D] -> [..., H, h]`` (kernel ``(embed, heads, kv)``)."""
+    return nn.DenseGeneral(
+        (num_heads, head_dim),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(default_init, ("embed", "heads", "kv")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+        name=name,
+    )
+
+
+def output_projection(width: int, *, dtype, param_dtype, name=None) -> nn.DenseGeneral:
+    """The attention output projection ``[..., H, h] -> [..., D]`` (kernel ``(heads, kv, embed)``)."""
+    return nn.DenseGeneral(
+        width,
+        axis=(-2, -1),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(default_init, ("heads", "kv", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )

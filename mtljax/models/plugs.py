@@ -35,7 +35,8 @@ patch tokens are never pooled: pooling reads the last ``N`` tokens or the class 
 block's ``prompt`` (replacing the previous block's prompt tokens); per-task LoRA on the projections
 and prefix tuning (per-layer key/value prefixes) are ``attention`` plugs, since both live inside the
 attention (:func:`mtljax.models.layers.attend` takes keys and values of another length than the
-queries). Per-task parameters are selected per example by ``ctx.task_ids``.
+queries). Per-task parameters are selected per example by ``ctx.task_ids``; the implementations live
+in :mod:`mtljax.models.peft` (``config.model.peft``).
 """
 
 from __future__ import annotations
@@ -96,13 +97,16 @@ class Encoding(NamedTuple):
 
     ``pooled [B, D]`` and ``tokens [B, N, D]`` (the patch tokens; ``None`` for non-image backbones), or
     per-task dicts of them (TaskExpert); ``aux`` (merged losses and metrics of its layers); ``taps``
-    (``{block index: residual stream [B, S, D] after that block}`` for the blocks the ViT was asked to tap).
+    (``{block index: residual stream [B, S, D] after that block}`` for the blocks the ViT was asked to tap);
+    ``leading`` (the ViT: the final states of the positions before the patch tokens ``[B, S - N, D]`` —
+    class token, prompt and task tokens —, read by task-token heads; a slice XLA drops when unread).
     """
 
     pooled: Any
     tokens: Any
     aux: Aux
     taps: dict | None = None
+    leading: Any = None
 
 
 def empty_aux() -> Aux:

@@ -7,14 +7,15 @@ block outputs). Each block's layers are plugs (:mod:`mtljax.models.plugs`): ``bl
 dense defaults (:class:`~mtljax.models.layers.SelfAttention` with ``num_heads``,
 :class:`~mtljax.models.layers.MlpBlock` with ``mlp_dim``, the ViT's ``norm``).
 
-``ViT(...)(images [B, H, W, C], ctx) -> Encoding(pooled [B, D], tokens [B, N, D], aux, taps)``:
+``ViT(...)(images [B, H, W, C], ctx) -> Encoding(pooled [B, D], tokens [B, N, D], aux, taps, leading)``:
 images are cut into non-overlapping ``patch_size²`` patches (H and W must be multiples), linearly
 embedded, given an optional class token (``pool='cls'``) and learned position embeddings, then the
 optional ``prompt`` plug (prompt / task tokens, inserted before the patch tokens), ``depth`` blocks and
 the final norm (``final_norm=False``: none, and no ``ln_final`` parameters). ``pooled`` is the class
 token or the mean of the ``N`` patch tokens (the last ``N`` tokens), ``tokens`` the patch tokens (for
-dense heads), ``aux`` the merged aux of every layer (MoE balancing losses, routing metrics) and
-``taps`` the residual stream after each block in ``taps`` (read by TaskExpert's memorial MoEs).
+dense heads), ``leading`` the final states before them (class, prompt, task tokens), ``aux`` the
+merged aux of every layer (MoE balancing losses, routing metrics) and ``taps`` the residual stream
+after each block in ``taps`` (read by TaskExpert's memorial MoEs).
 
 Variants follow the usual table (width, depth, heads, MLP width): Ti (192, 12, 3, 768),
 S (384, 12, 6, 1536), B (768, 12, 12, 3072), L (1024, 24, 16, 4096); ``variant='custom'`` takes the
@@ -142,7 +143,7 @@ class ViT(nn.Module):
             x = (self.norm or LayerNorm)(name="ln_final", **kw)(x, ctx)
         tokens = x[:, -n:]
         pooled = x[:, 0] if self.pool == "cls" else jnp.mean(tokens, axis=1)
-        return Encoding(pooled, tokens, merge_aux(*auxes), taps)
+        return Encoding(pooled, tokens, merge_aux(*auxes), taps, x[:, :x.shape[1] - n])
 
     def _embed(self, images: jax.Array) -> tuple[jax.Array, int]:
         """Patch embedding, optional class token and position embeddings: ``(tokens [B, N(+1), D], N)``."""

@@ -15,6 +15,7 @@ mistake stops here, before compilation and before anything is written. Then::
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Iterator
 
@@ -34,7 +35,8 @@ from mtljax.parallel.mesh import make_mesh, resolve_shape
 from mtljax.parallel.rules import batch_sharding, batch_shards, rules_from_config
 from mtljax.trainer import step as st
 from mtljax.trainer.optimizer import build_objective, build_optimizer, training_level
-from mtljax.trainer.state import abstract_state, create_state
+from mtljax.trainer import warm_start
+from mtljax.trainer.state import abstract_state, create_state, param_shapes
 
 TRAIN_KEYS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 
@@ -61,7 +63,7 @@ class Experiment:
             self.method = get_method(o.method, **dict(o.method_kwargs))
             self.level = training_level(o, self.method)
             self.objective = build_objective(o, model_objective(self.model, self.tasks), self.level,
-                                             config.model.name)
+                                             config.model.name, self.param_shapes if o.get("trainable") else None)
             names = [t.name for t in self.tasks]
             for name, w in o.task_weights.items():
                 require(name in names, f"task_weights.{name}", f"no such task; tasks are {names}")
@@ -80,24 +82,45 @@ class Experiment:
                     f"{config.data[key]} is not divisible by the {shards} batch shards of config.mesh.shape={sizes}")
         with section("model"):
             check_mesh(config.model, sizes, {k: config.data[k] // shards for k in ("batch_size", "eval_batch_size")})
+        init = config.get("init")
+        self.init_plan = None
+        if init is not None and init.checkpoint:
+            with section("init"):
+                self.init_plan = warm_start.plan(init, self.param_shapes)
         check_workdir(config.workdir)
+
+    @functools.cached_property
+    def param_shapes(self):
+        """The model's parameters as ``ShapeDtypeStruct`` (traced, never allocated)."""
+        return param_shapes(self.model, self.dataset.input_shape)
 
     # ---- state and steps ----------------------------------------------------------------------------
     def init_state(self):
         """``(state, shardings)``: the initial train state, created directly on the mesh."""
         state, shardings, _ = create_state(self.model, self.tx, self.dataset.input_shape, self.config.seed,
-                                           self.mesh, self.rules)
+                                           self.mesh, self.rules, self.objective.split)
         return state, shardings
+
+    def warm_start(self, state, shardings, log=print):
+        """``state`` with the parameters of ``config.init`` loaded (:mod:`~mtljax.trainer.warm_start`)
+        and a fresh optimizer state for them; ``state`` itself when there is no ``config.init``."""
+        if self.init_plan is None:
+            return state
+        params = warm_start.load(self.init_plan, state.params, shardings.params)
+        init_opt = jax.jit(lambda p: self.tx.init(self.objective.split(p)[0]), out_shardings=shardings.opt_state)
+        log(self.init_plan.summary())
+        return state.replace(params=params, opt_state=init_opt(params))
 
     def abstract_state(self):
         """``(abstract, shardings)`` of the train state without allocating it (for restoring)."""
-        return abstract_state(self.model, self.tx, self.dataset.input_shape, self.mesh, self.rules)
+        return abstract_state(self.model, self.tx, self.dataset.input_shape, self.mesh, self.rules,
+                              self.objective.split)
 
     def train_step(self, shardings):
         """The (unjitted) train step of ``config.optim`` on this mesh."""
         gramian_fn = None
         if self.mesh.size > 1:  # the Gramian of sharded per-task gradients with one all-reduce
-            specs = jax.tree.map(lambda s: s.spec, shardings.params)
+            specs = self.objective.split(jax.tree.map(lambda s: s.spec, shardings.params))[0]
             shared_specs, _ = Partition(specs, self.objective.specific(specs)).split(specs)
             gramian_fn = lambda rows: sharded_gramian(rows, self.mesh, shared_specs)  # noqa: E731
         weights = self.task_weights if any(w != 1.0 for w in self.task_weights) else None

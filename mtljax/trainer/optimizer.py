@@ -13,6 +13,10 @@ with the key relative to ``config.optim``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
+import jax
 import optax
 
 from mtljax.config import ConfigError, one_of, require
@@ -22,6 +26,7 @@ from mtljax.optim.flat_sam import BALLS, flat_sam
 from mtljax.optim.rep_mtl import with_rep_mtl
 from mtljax.optim.sam import sam, sam_adversary
 from mtljax.optim.task_grads import LEVELS
+from mtljax.optim.trainable import trainable_mask
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -73,8 +78,10 @@ def training_level(cfg, method: Method) -> str:
     return cfg.level
 
 
-def build_objective(cfg, objective, level: str, model_name: str = "this model"):
-    """The model's objective with the training terms of ``config.optim`` (Rep-MTL)."""
+def build_objective(cfg, objective, level: str, model_name: str = "this model", params=None):
+    """The model's objective with the training terms of ``config.optim`` (Rep-MTL) and its trainable
+    parameters (``trainable``: path patterns checked against ``params``, the model's parameter shapes)."""
+    objective = _with_trainable(cfg, objective, params)
     if "rep" in (level, cfg.level):
         require(objective.has_representation, "level",
                 f"'rep' needs one representation shared by all tasks, but config.model.name={model_name!r} "
@@ -87,6 +94,18 @@ def build_objective(cfg, objective, level: str, model_name: str = "this model"):
     except ValueError as e:
         key = "rep_mtl_kwargs" if "argument" in str(e) or "must be" in str(e) else "rep_mtl"
         raise ConfigError(str(e).removeprefix("rep_mtl: "), key) from None
+
+
+def _with_trainable(cfg, objective, params):
+    patterns = tuple(cfg.get("trainable", ()) or ())
+    if not patterns:
+        return objective
+    try:
+        mask = trainable_mask(params, patterns)
+    except ValueError as e:
+        raise ConfigError(str(e), "trainable") from None
+    require(any(jax.tree.leaves(mask)), "trainable", f"{patterns} selects no parameter")
+    return dataclasses.replace(objective, trainable=functools.partial(trainable_mask, patterns=patterns, check=False))
 
 
 def build_optimizer(cfg, method: Method, num_tasks: int, total_steps: int) -> optax.GradientTransformationExtraArgs:

@@ -31,29 +31,39 @@ def dummy_inputs(input_shape, batch: int = 1):
     return jnp.zeros((batch, *input_shape), jnp.float32)
 
 
-def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape):
-    """``init(seed_key) -> TrainState`` with logically-partitioned (boxed) leaves."""
+def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape, split=None):
+    """``init(seed_key) -> TrainState`` with logically-partitioned (boxed) leaves.
+
+    ``split(params) -> (trainable, frozen)``: ``tx`` is initialised on the trainable ones only.
+    """
 
     def init(key):
         k_params, k_dropout, k_state = jax.random.split(key, 3)
         variables = model.init({"params": k_params, "dropout": k_dropout}, dummy_inputs(input_shape), train=False)
         params = variables["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=k_state)
+        opt_state = tx.init(params if split is None else split(params)[0])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=k_state)
 
     return init
 
 
-def create_state(model, tx, input_shape, seed: int, mesh, rules):
+def param_shapes(model: nn.Module, input_shape):
+    """The model's (unboxed) parameters as ``ShapeDtypeStruct`` without allocating them."""
+    init = make_init_fn(model, optax.identity(), input_shape)
+    return nn.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)).params)
+
+
+def create_state(model, tx, input_shape, seed: int, mesh, rules, split=None):
     """Initialise a sharded train state directly on the mesh; returns (state, shardings, abstract)."""
-    abstract, shardings = abstract_state(model, tx, input_shape, mesh, rules)
-    init = make_init_fn(model, tx, input_shape)
+    abstract, shardings = abstract_state(model, tx, input_shape, mesh, rules, split)
+    init = make_init_fn(model, tx, input_shape, split)
     state = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(jax.random.PRNGKey(seed))
     return state, shardings, abstract
 
 
-def abstract_state(model, tx, input_shape, mesh, rules):
+def abstract_state(model, tx, input_shape, mesh, rules, split=None):
     """Shapes, dtypes and shardings of the train state without allocating it."""
-    init = make_init_fn(model, tx, input_shape)
+    init = make_init_fn(model, tx, input_shape, split)
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = tree_shardings(boxed, mesh, rules)
     return jax.tree.map(

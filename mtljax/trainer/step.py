@@ -37,17 +37,19 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, l
     ``tx`` starts with the multi-task transform; ``level`` (``param`` | ``gramian`` | ``rep``) is where
     per-task gradients are taken; ``task_weights`` ``[T]`` statically scale the losses the method
     sees; ``gramian_fn`` assembles the Gramian of sharded gradients on a mesh. Which parameters are
-    task-specific is the objective's (``objective.specific``).
+    task-specific and which train is the objective's (``objective.specific``, ``objective.trainable``);
+    ``tx`` and its state see the trainable parameters only.
     """
     tasks = objective.tasks
 
     def train_step(state: TrainState, batch: Mapping):
         k_model, k_method = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        fn = objective.loss_function(batch, rng=k_model, step=state.step, task_weights=task_weights)
-        grads, aux = task_gradients(fn, state.params, level=level, specific=objective.specific(state.params),
+        params, frozen = objective.split(state.params)  # frozen parameters are not differentiated
+        fn = objective.loss_function(batch, rng=k_model, step=state.step, task_weights=task_weights, frozen=frozen)
+        grads, aux = task_gradients(fn, params, level=level, specific=objective.specific(params),
                                     chunk_size=chunk_size, key=k_method, gramian_fn=gramian_fn)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        new = state.replace(step=state.step + 1, params=objective.join(optax.apply_updates(params, updates), frozen),
                             opt_state=opt_state)
 
         losses = aux["task_losses"]

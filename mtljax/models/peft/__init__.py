@@ -1,0 +1,138 @@
+"""Parameter-efficient per-task modules on the one ViT: LoRA, bottleneck adapters, prefix tuning, VPT,
+task tokens, soft injection of task embeddings.
+
+``config.model.peft.method`` (``""`` for none, one of ``lora``, ``adapter``, ``prefix``, ``vpt``,
+``task_tokens``, ``inject``, or several joined by ``+``) puts per-task modules into the ViT of
+``config.model.name='hps'``, ``backbone='vit'``, through its plugs (:mod:`mtljax.models.plugs`):
+
+=================  ==========================  ======================================================
+module             plug                        keys of ``config.model.peft``
+=================  ==========================  ======================================================
+``lora``           ``attention`` / ``mlp``     ``rank``, ``alpha``, ``targets`` (query key value out
+                                               fc1 fc2); :func:`merge` folds one task into the kernels
+``adapter``        ``attention_adapter`` /     ``adapter_dim``, ``adapter_positions`` (attention, mlp)
+                   ``mlp_adapter``
+``prefix``         ``attention``               ``prefix_length`` (key/value prefixes per block)
+``prompt`` (vpt)   the ViT's ``prompt``,       ``prompt_length``, ``deep`` (new tokens every block)
+                   deep: blocks' ``prompt``
+``task_tokens``    the ViT's ``prompt`` +      ``task_tokens`` (tokens per task; all tasks' tokens in
+                   :class:`TaskTokenViT`       one pass, each head reads its own)
+``inject``         ``attention``               ``inject_logit_init`` (SITE: per-task, per-head
+                                               embeddings mixed into the heads by gates σ(θ));
+                                               :func:`init_from_mean`
+``attention``      ``attention``               the attention plug carrying LoRA, prefixes, injection
+``select``         —                           the per-task gather by ``ctx.task_ids``
+``checks``         —                           :func:`check_peft` (called by ``check_model``)
+=================  ==========================  ======================================================
+
+Every module is per task: its parameters have a leading task axis ``[T, ...]`` and each example
+reads its own task's slice (``ctx.task_ids``, one gather, no loop over tasks) — except task tokens,
+which every example carries for all tasks. The model runs one backbone pass per task by default
+(``MultiTaskModel(task_passes=True)``, every task's head reads its own pass; not for task tokens alone,
+which need no task ids); a batch that carries ``task_ids`` (heterogeneous mixtures: every example
+belongs to one task) runs once, each example with its own task's modules.
+
+Parameter paths: the base ViT's parameters keep exactly their paths and shapes (a pretrained
+checkpoint loads into them); every per-task parameter lies under a scope whose name contains its
+kind — ``lora_<projection>``, ``attn_adapter`` / ``mlp_adapter``, ``prefix``, ``prompt``,
+``prompt/task_tokens``, ``attn/inject`` — so :data:`SCOPES` (and the trainer's freezing patterns)
+find them, and the objective marks them task-specific like the heads (left out of Gramians; each
+task's slice gets its own task's gradient — for task tokens, other tasks' losses reach them too).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+
+from mtljax.models.peft.adapter import POSITIONS, Adapter
+from mtljax.models.peft.attention import PeftAttention
+from mtljax.models.peft.checks import METHODS, check_peft, methods_of, projection_dims
+from mtljax.models.peft.inject import SoftInject, init_from_mean
+from mtljax.models.peft.lora import (
+    ATTENTION_TARGETS,
+    MLP_TARGETS,
+    TARGETS,
+    LoraDelta,
+    LoraMlp,
+    merge,
+)
+from mtljax.models.peft.prefix import Prefix
+from mtljax.models.peft.prompt import PromptTokens
+from mtljax.models.peft.task_tokens import TaskTokens, TaskTokenViT
+from mtljax.models.plugs import BlockPlugs
+from mtljax.models.vit import ViT
+
+# every per-task parameter's path has a key containing one
+SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject")
+
+
+def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, pool: str, dropout: float = 0.0,
+               attention_impl: str | None = None, head_dim: int | None = None) -> dict:
+    """ViT keyword arguments (``blocks``, ``prompt``) with the modules of ``p = config.model.peft`` for
+    ``num_tasks`` tasks; ``{}`` when no module is created (no method, or only zero-length prefixes /
+    prompts). The ViT's dimensions and settings are those of its builder."""
+    methods = methods_of(p.method)
+    targets = tuple(p.targets) if "lora" in methods else ()
+    attn_targets = tuple(t for t in targets if t in ATTENTION_TARGETS)
+    mlp_targets = tuple(t for t in targets if t in MLP_TARGETS)
+    prefix = p.prefix_length if "prefix" in methods else 0
+    prompt = p.prompt_length if "vpt" in methods else 0
+    inject = "inject" in methods
+    attention = mlp = adapter = shallow = deep = None
+    if attn_targets or prefix or inject:
+        attention = functools.partial(PeftAttention, num_heads, num_tasks, head_dim, attention_impl,
+                                      lora_rank=p.rank, lora_alpha=float(p.alpha), lora_targets=attn_targets,
+                                      prefix_length=prefix, inject=inject,
+                                      inject_logit_init=float(p.inject_logit_init) if inject else -20.0)
+    if mlp_targets:
+        mlp = functools.partial(LoraMlp, mlp_dim, num_tasks, p.rank, float(p.alpha), mlp_targets, dropout)
+    if "adapter" in methods:
+        adapter = functools.partial(Adapter, num_tasks, p.adapter_dim)
+    positions = tuple(p.adapter_positions) if adapter else ()
+    if prompt:
+        start = 1 if pool == "cls" else 0
+        shallow = functools.partial(PromptTokens, num_tasks, prompt, start)
+        deep = functools.partial(PromptTokens, num_tasks, prompt, start, replace=True) if p.deep else None
+    if task_token_count(p):  # check_peft refuses it together with vpt (both are the ViT's prompt plug)
+        shallow = functools.partial(TaskTokens, num_tasks, p.task_tokens, 1 if pool == "cls" else 0)
+    if not (attention or mlp or adapter or shallow):
+        return {}
+    blocks = tuple(BlockPlugs(attention=attention, mlp=mlp,
+                              attention_adapter=adapter if "attention" in positions else None,
+                              mlp_adapter=adapter if "mlp" in positions else None,
+                              prompt=deep if i > 0 else None) for i in range(depth))
+    return dict(blocks=blocks, prompt=shallow)
+
+
+def task_token_count(p) -> int:
+    """Task tokens per task of ``p = config.model.peft`` (0 when ``task_tokens`` is not a method)."""
+    return int(p.task_tokens) if "task_tokens" in methods_of(p.method) else 0
+
+
+def peft_vit(p, task_names, **vit) -> tuple[nn.Module, bool]:
+    """The backbone of ``hps`` + ``vit`` with the modules of ``p = config.model.peft`` for the tasks
+    ``task_names``, and whether it needs one pass per task (task ids); ``vit`` are the ViT's keyword
+    arguments. Task tokens wrap the ViT in :class:`TaskTokenViT` (its parameter tree stays the ViT's)."""
+    plugs = peft_plugs(p, len(task_names), depth=vit["depth"], num_heads=vit["num_heads"], mlp_dim=vit["mlp_dim"],
+                       pool=vit["pool"], dropout=vit.get("dropout", 0.0), attention_impl=vit.get("attention_impl"),
+                       head_dim=vit.get("head_dim"))
+    backbone = ViT(**vit, **plugs)
+    n = task_token_count(p)
+    if n:
+        backbone = TaskTokenViT(backbone, tuple(task_names), n)
+    return backbone, needs_task_ids(p)
+
+
+def needs_task_ids(p) -> bool:
+    """Whether ``p = config.model.peft`` creates a module that reads each example's task (all but task tokens)."""
+    m = methods_of(p.method)
+    return ("lora" in m or "adapter" in m or "inject" in m or ("prefix" in m and p.prefix_length > 0)
+            or ("vpt" in m and p.prompt_length > 0))
+
+
+__all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "SCOPES", "TARGETS", "Adapter", "LoraDelta",
+           "LoraMlp", "PeftAttention", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
+           "check_peft", "init_from_mean", "merge", "methods_of", "needs_task_ids", "peft_plugs", "peft_vit",
+           "projection_dims", "task_token_count"]

@@ -1,0 +1,79 @@
+"""Checks of the ``config.model.peft`` section (keys relative to it; :func:`mtljax.config.section`
+prefixes ``model.peft``). Only the keys of the chosen methods are read."""
+
+from __future__ import annotations
+
+import math
+
+from mtljax.config import positive_int, require
+from mtljax.models.peft.adapter import POSITIONS
+from mtljax.models.peft.lora import TARGETS
+
+METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject")
+
+
+def methods_of(method) -> tuple[str, ...]:
+    """The methods named by ``config.model.peft.method``: ``""`` -> ``()``, ``"lora+vpt"`` -> ``("lora", "vpt")``."""
+    return tuple(m.strip() for m in str(method).split("+") if m.strip())
+
+
+def _length(value, key: str) -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key,
+            f"must be an integer >= 0, got {value!r}")
+
+
+def _names(value, choices, key: str, what: str) -> None:
+    require(isinstance(value, (tuple, list)) and len(value) > 0, key,
+            f"must be a non-empty list of {what}s from {list(choices)}, got {value!r}")
+    for v in value:
+        require(v in choices, key, f"unknown {what} {v!r}; choose from {list(choices)}")
+    require(len(set(value)) == len(value), key, f"names a {what} twice: {tuple(value)}")
+
+
+def projection_dims(target: str, width: int, num_heads: int, mlp_dim: int,
+                    head_dim: int | None = None) -> tuple[int, int]:
+    """``(d_in, d_out)`` of a LoRA target projection of the ViT."""
+    inner = num_heads * (head_dim or width // num_heads)
+    return {"query": (width, inner), "key": (width, inner), "value": (width, inner), "out": (inner, width),
+            "fc1": (width, mlp_dim), "fc2": (mlp_dim, width)}[target]
+
+
+def check_peft(p, model_name: str, backbone: str, dims: dict | None) -> None:
+    """``p`` is ``config.model.peft``; ``dims`` the ViT's ``width``/``num_heads``/``mlp_dim`` (``None``:
+    not a ViT)."""
+    require(isinstance(p.method, str), "method", f"must be a string, got {p.method!r}")
+    methods = methods_of(p.method)
+    for m in methods:
+        require(m in METHODS, "method", f"unknown method {m!r}; choose from {list(METHODS)}, several joined by "
+                                        "'+' (e.g. 'lora+vpt'), or '' for none")
+    require(len(set(methods)) == len(methods), "method", f"names a method twice: {p.method!r}")
+    if not methods:
+        return
+    require(model_name == "hps" and backbone == "vit" and dims is not None, "method",
+            f"per-task modules plug into the ViT of config.model.name='hps' with backbone 'vit', got "
+            f"name={model_name!r}, backbone={backbone!r}")
+    if "lora" in methods:
+        positive_int(p.rank, "rank")
+        require(isinstance(p.alpha, (int, float)) and not isinstance(p.alpha, bool) and p.alpha > 0, "alpha",
+                f"must be a number > 0, got {p.alpha!r}")
+        _names(p.targets, TARGETS, "targets", "target")
+        for t in p.targets:
+            d_in, d_out = projection_dims(t, dims["width"], dims["num_heads"], dims["mlp_dim"])
+            require(p.rank <= min(d_in, d_out), "rank",
+                    f"{p.rank} is larger than the {t!r} projection ({d_in} -> {d_out}); use at most {min(d_in, d_out)}")
+    if "adapter" in methods:
+        positive_int(p.adapter_dim, "adapter_dim")
+        _names(p.adapter_positions, POSITIONS, "adapter_positions", "position")
+    if "prefix" in methods:
+        _length(p.prefix_length, "prefix_length")
+    if "vpt" in methods:
+        _length(p.prompt_length, "prompt_length")
+        require(isinstance(p.deep, bool), "deep", f"must be True or False, got {p.deep!r}")
+    if "task_tokens" in methods:
+        _length(p.task_tokens, "task_tokens")
+        require("vpt" not in methods, "method",
+                "'task_tokens' and 'vpt' both insert tokens through the ViT's prompt plug; use one of them")
+    if "inject" in methods:
+        value = p.inject_logit_init
+        require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                "inject_logit_init", f"must be a finite number (the gate logit θ_0, α = σ(θ_0)), got {value!r}")
