@@ -33,18 +33,25 @@ from mtljax.config import base_config
 from mtljax.data.factors import DOWNSTREAM_TASKS, PRETRAIN_TASKS
 
 
+ARGS = ("pretrain", "downstream", "probe", "finetune")
+
+
 def get_config(arg=None):
-    if arg not in (None, "", "pretrain", "downstream"):
-        raise ValueError(f"configs/pretrain.py: unknown argument {arg!r}; use 'downstream' or nothing")
+    arg = arg or "pretrain"
+    if arg not in ARGS:
+        raise ValueError(f"configs/pretrain.py: unknown argument {arg!r}; use one of {', '.join(ARGS)}")
     c = base_config()
-    c.workdir = "runs/downstream" if arg == "downstream" else "runs/pretrain"
+    c.workdir = f"runs/{arg}"
     c.data.name = "factors"
     c.data.image_size = 32
     c.data.num_train, c.data.num_test = 50_000, 5_000
-    c.data.tasks = DOWNSTREAM_TASKS if arg == "downstream" else PRETRAIN_TASKS
+    c.data.tasks = PRETRAIN_TASKS if arg == "pretrain" else DOWNSTREAM_TASKS
     c.data.batch_size = 128
     c.model.vit.update(patch_size=4, width=64, depth=4, num_heads=4, mlp_dim=128, pool="gap")
     c.train.steps = 700
     c.train.eval_every = 350
     c.train.checkpoint_every = 350
+    if arg in ("probe", "finetune"):  # adaptation: the base of configs/adapt_*.py and the prompt-pathway configs
+        c.init.checkpoint = "runs/pretrain"
+        c.optim.trainable = ("^heads_",) if arg == "probe" else ()
     return c

@@ -16,6 +16,7 @@ CONFIGS = sorted(pathlib.Path(__file__).parents[1].joinpath("configs").glob("*.p
 
 def _experiment(config, tmp_path):
     config.workdir = str(tmp_path / "run")
+    config.init.checkpoint = ""  # the adaptation configs start from runs/pretrain (tests/trainer/test_warm_start.py)
     if config.data.name in ("multi_digits", "multitab", "scenes", "factors"):  # generated: the sizes only
         config.data.num_train, config.data.num_test = 64, 32
     with tfds.testing.mock_data(num_examples=8):
