@@ -181,6 +181,9 @@ def base_config() -> mlc.ConfigDict:
     # parameters that train: regular expressions searched in the parameter paths ("lora", "^heads_");
     # empty = all. The others are frozen: no gradients, no optimizer state (mtljax.optim.trainable)
     c.optim.trainable = ()
+    # tasks whose own parameters (heads, rows of per-task modules) stay unchanged: add a task to a trained
+    # model without changing the earlier ones (freeze the shared parameters too; mtljax.optim.trainable)
+    c.optim.frozen_tasks = ()
 
     # start a fresh run from another run's parameters, matched by path (mtljax.trainer.warm_start)
     c.init = mlc.ConfigDict(dict(checkpoint="", step=0))  # run directory; step 0 = its newest

@@ -21,9 +21,10 @@ frozen backbone), and the frozen values pass through the step untouched: bit-ide
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 MASKED = optax.MaskedNode
@@ -93,9 +94,45 @@ def join(trainable, frozen):
     return jax.tree.map(lambda a, b: b if is_masked(a) else a, trainable, frozen, is_leaf=is_masked)
 
 
+def freeze_tasks(frozen: Sequence[int], task_names: Sequence[str], specific: Callable[[Any], Any],
+                 head_prefix: str = "heads_") -> optax.GradientTransformation:
+    """Zero every update that belongs to the tasks with indices ``frozen``: adding a task to a
+    trained model without changing what the earlier tasks compute.
+
+    Two kinds of parameters belong to a task (``specific(tree)`` marks them, a boolean pytree):
+    a whole leaf under ``<head_prefix><task>`` (its head), and row ``t`` of a per-task module
+    stacked over the tasks (``[T, ...]``: LoRA factors, prompts, prefixes, MULTI-LANE lanes). Those
+    updates are multiplied by 0; shared parameters pass unchanged — freeze them too (``trainable``
+    patterns) for the earlier tasks' outputs to stay bit-identical. Place it after the multi-task
+    transform (so that global-norm clipping sees no frozen gradient) and again last (AdamW's weight
+    decay would move a frozen row otherwise); the optimizer's moments for frozen rows are kept but
+    never reach the parameters.
+    """
+    names = tuple(task_names)
+    keep = jnp.ones(len(names), jnp.float32).at[jnp.asarray(list(frozen), jnp.int32)].set(0.0)
+    frozen_heads = {head_prefix + names[i] for i in frozen}
+
+    def zero(path, update, mine):
+        if not mine:
+            return update
+        first = path_string(path).split("/", 1)[0]
+        if first.startswith(head_prefix):
+            return jnp.zeros_like(update) if first in frozen_heads else update
+        if update.ndim == 0 or update.shape[0] != len(names):
+            raise ValueError(f"freeze_tasks: task-specific parameter {path_string(path)!r} of shape {update.shape} "
+                             f"is neither a head nor stacked over the {len(names)} tasks")
+        return update * keep.reshape((-1,) + (1,) * (update.ndim - 1)).astype(update.dtype)
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(zero, updates, specific(updates)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def count(tree) -> int:
     """Number of scalar parameters in a (possibly masked) tree."""
     return sum(int(x.size) for x in jax.tree.leaves(tree))
 
 
-__all__ = ["compile_patterns", "count", "join", "param_paths", "path_string", "split", "trainable_mask"]
+__all__ = ["compile_patterns", "count", "freeze_tasks", "join", "param_paths", "path_string", "split", "trainable_mask"]

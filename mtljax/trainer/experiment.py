@@ -34,7 +34,7 @@ from mtljax.parallel import distributed
 from mtljax.parallel.mesh import make_mesh, resolve_shape
 from mtljax.parallel.rules import batch_sharding, batch_shards, rules_from_config
 from mtljax.trainer import step as st
-from mtljax.trainer.optimizer import build_objective, build_optimizer, training_level
+from mtljax.trainer.optimizer import build_objective, build_optimizer, task_freezer, training_level
 from mtljax.trainer import warm_start
 from mtljax.trainer.state import abstract_state, create_state, param_shapes
 
@@ -69,7 +69,8 @@ class Experiment:
                 require(name in names, f"task_weights.{name}", f"no such task; tasks are {names}")
                 require(w >= 0, f"task_weights.{name}", f"must be >= 0, got {w}")
             self.task_weights = [float(o.task_weights.get(n, 1.0)) for n in names]
-            self.tx = build_optimizer(o, self.method, len(self.tasks), config.train.steps)
+            freeze = task_freezer(o, names, self.objective.specific)
+            self.tx = build_optimizer(o, self.method, len(self.tasks), config.train.steps, freeze)
         with section("mesh"):
             devices = jax.devices() if devices is None else devices
             sizes = resolve_shape(dict(config.mesh.shape), len(devices))

@@ -20,13 +20,14 @@ import jax
 import optax
 
 from mtljax.config import ConfigError, one_of, require
+from mtljax.models.hps import HEAD_PREFIX
 from mtljax.optim import as_optax
 from mtljax.optim.base import HEADS, Method
 from mtljax.optim.flat_sam import BALLS, flat_sam
 from mtljax.optim.rep_mtl import with_rep_mtl
 from mtljax.optim.sam import sam, sam_adversary
 from mtljax.optim.task_grads import LEVELS
-from mtljax.optim.trainable import trainable_mask
+from mtljax.optim.trainable import freeze_tasks, trainable_mask
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -108,8 +109,24 @@ def _with_trainable(cfg, objective, params):
     return dataclasses.replace(objective, trainable=functools.partial(trainable_mask, patterns=patterns, check=False))
 
 
-def build_optimizer(cfg, method: Method, num_tasks: int, total_steps: int) -> optax.GradientTransformationExtraArgs:
-    """The whole chain of ``config.optim`` for ``method`` over ``num_tasks`` tasks."""
+def task_freezer(cfg, task_names, specific) -> optax.GradientTransformation | None:
+    """``config.optim.frozen_tasks``: :func:`~mtljax.optim.trainable.freeze_tasks` for those tasks, or None."""
+    frozen = tuple(cfg.get("frozen_tasks", ()) or ())
+    if not frozen:
+        return None
+    names = list(task_names)
+    require(not isinstance(cfg.frozen_tasks, str), "frozen_tasks",
+            f"must be a sequence of task names, got the string {cfg.frozen_tasks!r}")
+    for name in frozen:
+        require(name in names, "frozen_tasks", f"no task {name!r}; tasks are {names}")
+    require(len(set(frozen)) < len(names), "frozen_tasks", f"{frozen} freezes every task: nothing would train")
+    return freeze_tasks([names.index(n) for n in frozen], names, specific, HEAD_PREFIX)
+
+
+def build_optimizer(cfg, method: Method, num_tasks: int, total_steps: int,
+                    freeze: optax.GradientTransformation | None = None) -> optax.GradientTransformationExtraArgs:
+    """The whole chain of ``config.optim`` for ``method`` over ``num_tasks`` tasks; ``freeze``
+    (:func:`task_freezer`) goes right after the multi-task transform and again at the end."""
     heads = cfg.get("head_grads", "") or ""
     one_of(heads, ("",) + HEADS, "head_grads", "value")
     mode = one_of(cfg.get("sam", "none"), SAM_MODES, "sam", "mode")
@@ -118,6 +135,8 @@ def build_optimizer(cfg, method: Method, num_tasks: int, total_steps: int) -> op
     balls = one_of(cfg.get("sam_balls", "separate"), BALLS, "sam_balls", "value")
     mt = as_optax(method, num_tasks, heads=heads)
     rest = parameter_optimizer(cfg, total_steps)
+    if freeze is not None:
+        rest = optax.chain(freeze, rest, freeze)
     if mode == "flat":
         return optax.chain(flat_sam(mt, cfg.sam_rho, adaptive=cfg.sam_adaptive, balls=balls), rest)
     tx = optax.chain(mt, rest)
