@@ -1,0 +1,127 @@
+"""``python benchmarks/adapt.py report DIR``: markdown tables from ``DIR/results.jsonl`` and
+``DIR/timing.json`` (mean ± 95 % confidence half-width over seeds: Student's t with n − 1 degrees
+of freedom)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+
+from scipy import stats
+
+
+def _metric(task_metrics: dict) -> tuple[str, float]:
+    return ("acc", task_metrics["accuracy"]) if "accuracy" in task_metrics else ("MSE", task_metrics["mse"])
+
+
+def _mean_ci(values: list[float]) -> str:
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{m:.3f}"
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{m:.3f} ± {half:.3f}"
+
+
+def _grouped(rows, key):
+    out: dict = {}
+    for r in rows:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+def _accuracy_table(rows, timing):
+    by_method = _grouped(rows, lambda r: r["name"])
+    tasks = rows[0]["tasks"]
+    kinds = {t: _metric(rows[0]["metrics"][t])[0] for t in tasks}
+    steps = (timing or {}).get("train_step", {})
+    ref = steps.get("full fine-tuning")
+    head = ["method", *[f"{t} {kinds[t]}" for t in tasks], "trained (% of backbone)", "step ÷ full FT",
+            "optimizer state ÷ full FT", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rs in by_method.items():
+        cells = [name] + [_mean_ci([_metric(r["metrics"][t])[1] for r in rs]) for t in tasks]
+        r0 = rs[0]
+        cells.append(f"{r0['trained']:,} ({100 * r0['trained'] / r0['backbone']:.1f} %)")
+        s = steps.get(name)
+        if s and ref:
+            cells += [f"{s['median_ms'] / ref['median_ms']:.2f}", f"{s['opt_state_bytes'] / ref['opt_state_bytes']:.3f}"]
+        else:
+            cells += ["–", "–"]
+        cells.append(str(len(rs)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mvlpt_table(rows):
+    tasks = rows[0]["tasks"]
+    shots = sorted({r["shots"] for r in rows})
+    head = ["init", *[f"{s}-shot {t}" for s in shots for t in tasks], *[f"{s}-shot mean" for s in shots], "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for init, rs in _grouped(rows, lambda r: r["task_init"]).items():
+        cells, n = [init], 0
+        means = []
+        for s in shots:
+            rr = [r for r in rs if r["shots"] == s]
+            n = max(n, len(rr))
+            for t in tasks:
+                cells.append(_mean_ci([_metric(r["metrics"][t])[1] for r in rr]) if rr else "–")
+            means.append(_mean_ci([statistics.fmean(_metric(r["metrics"][t])[1] for t in tasks) for r in rr])
+                         if rr else "–")
+        lines.append("| " + " | ".join(cells + means + [str(n)]) + " |")
+    return "\n".join(lines)
+
+
+def _incremental_table(rows):
+    order = rows[-1]["tasks"]
+    head = ["stage", "new task", *order, "earlier tasks' outputs bit-identical"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rows, key=lambda r: r["stage"]):
+        cells = [str(r["stage"]), r["new_task"]]
+        for t in order:
+            cells.append(f"{_metric(r['metrics'][t])[1]:.3f}" if t in r["metrics"] else "")
+        ident = r["earlier_logits_identical"]
+        cells.append(("all " + str(len(ident)) + " yes" if all(ident.values()) else str(ident)) if ident else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _timing_tables(timing):
+    steps = timing["train_step"]
+    ref = steps["full fine-tuning"]
+    lines = [f"Device: {timing['device']}; train batch {timing['batch_size']} (per task pass), "
+             f"eval batch {timing['eval_batch_size']}.", "",
+             "| method | train step (ms, median) | ÷ full FT | optimizer state (bytes) | ÷ full FT | step temp memory (bytes) |",
+             "|---|---|---|---|---|---|"]
+    for name, s in steps.items():
+        lines.append(f"| {name} | {s['median_ms']:.2f} | {s['median_ms'] / ref['median_ms']:.2f} | "
+                     f"{s['opt_state_bytes']:,} | {s['opt_state_bytes'] / ref['opt_state_bytes']:.3f} | "
+                     f"{s['temp_bytes']:,} |" if s["temp_bytes"] is not None else "")
+    inf = timing["inference"]
+    base = inf.get("frozen ViT (probe)")
+    lines += ["", "| forward | inference (ms, median) | ÷ frozen ViT |", "|---|---|---|"]
+    for name, s in inf.items():
+        lines.append(f"| {name} | {s['median_ms']:.2f} | {s['median_ms'] / base['median_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def report(out: str) -> str:
+    path = os.path.join(out, "results.jsonl")
+    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+    tpath = os.path.join(out, "timing.json")
+    timing = json.load(open(tpath)) if os.path.exists(tpath) else None
+    parts = []
+    pre = [r for r in rows if r["kind"] == "pretrain"]
+    if pre:
+        parts.append("Pretrained backbone (test): " + ", ".join(
+            f"{t} {_metric(m)[0]} {_metric(m)[1]:.3f}" for t, m in pre[-1]["metrics"].items()))
+    for kind, title, fn in (("accuracy", "Adaptation methods", lambda rs: _accuracy_table(rs, timing)),
+                            ("mvlpt", "MVLPT prompt initialisation, few-shot targets", _mvlpt_table),
+                            ("incremental", "MULTI-LANE, one task at a time", _incremental_table)):
+        rs = [r for r in rows if r["kind"] == kind]
+        if rs:
+            parts += [f"### {title}", fn(rs)]
+    if timing:
+        parts += ["### Step time, optimizer memory, inference", _timing_tables(timing)]
+    return "\n\n".join(parts)
