@@ -80,6 +80,7 @@ def base_config() -> mlc.ConfigDict:
     c.data.prefetch = 2
     c.data.data_dir = ""  # for tfds datasets
     c.data.seed = 0  # seed of generated datasets (the training order uses config.seed)
+    c.data.shots = 0  # factors: K > 0 = a balanced few-shot training set, K per class of every classification task
     # multi_digits
     c.data.num_train = 20_000
     c.data.num_test = 4_000
