@@ -184,7 +184,9 @@ def base_config() -> mlc.ConfigDict:
     c.optim.trainable = ()
 
     # start a fresh run from another run's parameters, matched by path (mtljax.trainer.warm_start)
-    c.init = mlc.ConfigDict(dict(checkpoint="", step=0))  # run directory; step 0 = its newest
+    # task_init: per-task parameters (prompts, LoRA, ...) of tasks the source run lacks: fresh | mean (of the
+    # source's tasks) | <a source task's name> (MVLPT-style prompt initialisation); shared tasks map by name
+    c.init = mlc.ConfigDict(dict(checkpoint="", step=0, task_init="fresh"))  # run directory; step 0 = its newest
 
     c.train = mlc.ConfigDict()
     c.train.steps = 1500
