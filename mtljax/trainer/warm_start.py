@@ -200,9 +200,8 @@ def plan(init_config, param_shapes, *, tasks=(), specific=None) -> InitPlan | No
                 f"no source task {task_init!r}; the source run's tasks are {list(source_tasks)} (or use 'fresh' or "
                 "'mean')")
     by_name = bool(tasks) and source_tasks is not None and tuple(source_tasks) != tasks
-    per_task = set()
-    if by_name:
-        per_task = {p for p in _per_task_paths(target, specific, len(tasks)) if p in source}
+    stacked = {p for p in _per_task_paths(target, specific, len(tasks)) if p in source} if tasks else set()
+    per_task = stacked if by_name else set()
     loaded, new, mapped = [], [], []
     for path, x in target.items():
         if path not in source:
@@ -216,8 +215,10 @@ def plan(init_config, param_shapes, *, tasks=(), specific=None) -> InitPlan | No
             mapped.append(path)
             continue
         if shape != tuple(x.shape):
+            hint = ("; a per-task parameter, but the source run's task names are unknown (no config.json with "
+                    "data.tasks in its run directory)" if path in stacked and source_tasks is None else "")
             raise ConfigError(f"{path}: shape {shape} in the checkpoint, {tuple(x.shape)} in this model "
-                              f"({state_dir})", "checkpoint")
+                              f"({state_dir}){hint}", "checkpoint")
         loaded.append(path)
     task_map = _task_map(tasks, source_tasks, task_init) if mapped else ()
     if mapped and all(src == "fresh" for _, src in task_map):  # nothing to take from the source
