@@ -80,6 +80,7 @@ def base_config() -> mlc.ConfigDict:
     c.data.prefetch = 2
     c.data.data_dir = ""  # for tfds datasets
     c.data.seed = 0  # seed of generated datasets (the training order uses config.seed)
+    c.data.shots = 0  # factors: K > 0 = a balanced few-shot training set, K per class of every classification task
     # multi_digits
     c.data.num_train = 20_000
     c.data.num_test = 4_000
@@ -186,7 +187,9 @@ def base_config() -> mlc.ConfigDict:
     c.optim.frozen_tasks = ()
 
     # start a fresh run from another run's parameters, matched by path (mtljax.trainer.warm_start)
-    c.init = mlc.ConfigDict(dict(checkpoint="", step=0))  # run directory; step 0 = its newest
+    # task_init: per-task parameters (prompts, LoRA, ...) of tasks the source run lacks: fresh | mean (of the
+    # source's tasks) | <a source task's name> (MVLPT-style prompt initialisation); shared tasks map by name
+    c.init = mlc.ConfigDict(dict(checkpoint="", step=0, task_init="fresh"))  # run directory; step 0 = its newest
 
     c.train = mlc.ConfigDict()
     c.train.steps = 1500

@@ -47,6 +47,18 @@ Images are generated in chunks of ``CHUNK`` from ``SeedSequence(seed, spawn_key=
 deterministic by ``config.data.seed``, train and test from independent streams, memory bounded
 for any size, and the first ``k · CHUNK`` images do not depend on how many are asked for.
 
+Few-shot training sets (``config.data.shots = K > 0``; 0, the default, is off): the training split
+becomes a balanced set of ``n`` images, ``n`` the smallest multiple of the least common multiple of
+the class counts ``C`` of the classification tasks among ``config.data.tasks`` (all the factors when
+it is empty) that is at least ``K × max C``. In it every one of those factors takes each of its
+``C`` classes exactly ``n / C >= K`` times — ``K`` examples per class at least, exactly ``K`` for the
+tasks with the most classes whenever ``K × max C`` is such a multiple (count, texture, background:
+``C`` = 4, 4, 5, ``n = 5K`` for ``K`` a multiple of 4, e.g. ``K = 16``: ``n = 80``, 20 images per
+count and texture class, 16 per background) — in an order shuffled independently per factor by
+``SeedSequence(seed, spawn_key=(2,))``; every other factor (the regression ones, the nuisances) is
+drawn as usual from the training stream, given the forced classes. ``num_train`` is then unused;
+the test split is unchanged. Deterministic by ``config.data.seed``.
+
 ``PRETRAIN_TASKS`` are the factors to pretrain a backbone on (``--config.data.tasks``); ``DOWNSTREAM_TASKS``, the
 others, are the tasks to adapt the pretrained model to.
 """
@@ -70,6 +82,7 @@ PRETRAIN_TASKS = ("shape", "colour", "size")
 DOWNSTREAM_TASKS = ("count", "texture", "background", "orientation", "pos_x", "pos_y")
 MAX_OBJECTS = 4  # more copies do not always fit next to a large main object
 MIN_IMAGE_SIZE = 16
+FEW_SHOT = True  # config.data.shots (mtljax.data.registry)
 CHUNK = 2048  # images generated at a time (part of the definition of the stream: keep it fixed)
 
 COMPANION_SIZE = (0.06, 0.08)  # size of the companions, below the main object's smallest
@@ -95,12 +108,40 @@ def tasks(max_objects: int = MAX_OBJECTS) -> tuple[Task, ...]:
     return tuple(out)
 
 
+def default_task_names(cfg) -> list[str]:
+    """The tasks of ``cfg = config.data`` when ``tasks`` is empty (all factors), without building it."""
+    return list(FACTORS)
+
+
+def num_classes(name: str, max_objects: int = MAX_OBJECTS) -> int:
+    """Classes of the classification factor ``name`` (0 for a regression factor)."""
+    return len(CLASSES[name]) if name in CLASSES else max_objects if name == "count" else 0
+
+
+def shot_labels(shots: int, task_names, max_objects: int = MAX_OBJECTS, seed: int = 0) -> dict[str, np.ndarray]:
+    """The forced class labels (``count``: ``count − 1``) of a balanced few-shot training set with
+    ``shots`` examples of every class of the classification tasks among ``task_names`` (module
+    docstring): ``{task: int array [n]}``, every class of a ``C``-class task exactly ``n / C`` times."""
+    counts = {t: num_classes(t, max_objects) for t in task_names if num_classes(t, max_objects)}
+    if not counts:
+        return {}
+    lcm = int(np.lcm.reduce(list(counts.values())))
+    n = -(-shots * max(counts.values()) // lcm) * lcm
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+    return {t: rng.permutation(np.tile(np.arange(c), n // c)) for t, c in counts.items()}
+
+
 # ------------------------------------------------------------------------------------------ factors
-def sample_factors(num: int, max_objects: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def sample_factors(num: int, max_objects: int, rng: np.random.Generator,
+                   forced: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Factors and nuisances of ``num`` images (every length-``N`` array, ``centres [N, K, 2]`` and
-    bounding ``radii [N, K]`` in image sides, slot 0 the main object, radius 0 for absent objects)."""
+    bounding ``radii [N, K]`` in image sides, slot 0 the main object, radius 0 for absent objects).
+    ``forced``: class labels (``[N]``, as :func:`targets` gives them) that replace the drawn ones of
+    those classification factors; everything else is drawn as usual, given them."""
     f = {name: rng.integers(0, len(values), num) for name, values in CLASSES.items()}
     f["count"] = rng.integers(1, max_objects + 1, num)
+    for name, labels in (forced or {}).items():
+        f[name] = np.asarray(labels, np.int64) + (1 if name == "count" else 0)
     for name, (lo, hi) in RANGES.items():
         f[name] = rng.uniform(lo, hi, num)
     f["hue"] = (f["colour"] + rng.uniform(-0.15, 0.15, num)) / len(COLOURS)
@@ -269,13 +310,16 @@ def draw(f: dict[str, np.ndarray], image_size: int, pixel_noise: float, rng: np.
 
 
 def generate(num: int, image_size: int = 32, max_objects: int = MAX_OBJECTS, *, seed: int = 0, stream: int = 0,
-             pixel_noise: float = 0.02) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+             pixel_noise: float = 0.02, forced: dict[str, np.ndarray] | None = None
+             ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``num`` images of stream ``stream`` (0 train, 1 test): ``(images float32[N, S, S, 3], targets
-    {task: [N]}, masks {task: float32[N]} of the partially labelled tasks)``."""
+    {task: [N]}, masks {task: float32[N]} of the partially labelled tasks)``. ``forced``: class labels
+    ``{task: [num]}`` to draw the images with (:func:`shot_labels`)."""
     images, tgts, masks = [], [], []
     for chunk, start in enumerate(range(0, num, CHUNK)):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, chunk)))
-        f = sample_factors(min(CHUNK, num - start), max_objects, rng)
+        stop = min(num, start + CHUNK)
+        f = sample_factors(stop - start, max_objects, rng, {k: v[start:stop] for k, v in (forced or {}).items()})
         images.append(draw(f, image_size, pixel_noise, rng))
         t, m = targets(f)
         tgts.append(t)
@@ -288,8 +332,9 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def build(cfg) -> Dataset:
-    """Config keys (``config.data``): num_train, num_test, image_size, max_objects, pixel_noise, seed;
-    ``tasks`` (checked here, before anything is drawn; the experiment selects them)."""
+    """Config keys (``config.data``): num_train, num_test, image_size, max_objects, pixel_noise, seed,
+    shots (few-shot training sets, module docstring); ``tasks`` (checked here, before anything is drawn;
+    the experiment selects them)."""
     for key in ("num_train", "num_test", "image_size", "max_objects"):
         positive_int(cfg[key], key)
     require(cfg.image_size >= MIN_IMAGE_SIZE, "image_size",
@@ -301,11 +346,21 @@ def build(cfg) -> Dataset:
     unknown = [t for t in cfg.get("tasks", ()) or () if t not in FACTORS]
     if unknown:
         raise ConfigError(f"factors has no task(s) {unknown}; it has {list(FACTORS)}", "tasks")
+    shots = cfg.get("shots", 0)
+    require(isinstance(shots, int) and not isinstance(shots, bool) and shots >= 0, "shots",
+            f"must be an integer >= 0 (0: off), got {shots!r}")
+    forced = {}
+    if shots:
+        names = list(cfg.get("tasks", ()) or ()) or list(FACTORS)
+        forced = shot_labels(shots, names, cfg.max_objects, cfg.seed)
+        require(bool(forced), "shots", f"few-shot sets need a classification task among data.tasks={names}; "
+                f"factors has {[t for t in FACTORS if num_classes(t)]}")
+    num_train = len(next(iter(forced.values()))) if forced else cfg.num_train
     splits = {}
-    for stream, (split, num) in enumerate((("train", cfg.num_train), ("test", cfg.num_test))):
+    for stream, (split, num) in enumerate((("train", num_train), ("test", cfg.num_test))):
         x, y, m = generate(num, cfg.image_size, cfg.max_objects, seed=cfg.seed, stream=stream,
-                           pixel_noise=float(cfg.pixel_noise))
+                           pixel_noise=float(cfg.pixel_noise), forced=forced if split == "train" else None)
         splits[split] = ArraySource(x, y, m)
     info = {"classes": CLASSES, "ranges": RANGES, "pretrain_tasks": PRETRAIN_TASKS,
-            "downstream_tasks": DOWNSTREAM_TASKS}
+            "downstream_tasks": DOWNSTREAM_TASKS, "shots": shots, "num_train": num_train}
     return Dataset("factors", tasks(cfg.max_objects), (cfg.image_size, cfg.image_size, 3), splits, info)

@@ -41,6 +41,11 @@ def targets(x: np.ndarray, w: np.ndarray, degrees, noise, rng: np.random.Generat
     return y + rng.standard_normal(z.shape) * np.asarray(noise)[None, :]
 
 
+def default_task_names(cfg) -> list[str]:
+    """The tasks of ``cfg = config.data`` (a config or its JSON dict), without building the dataset."""
+    return [f"t{t}" for t in range(int(cfg.get("num_tasks", 7)))]
+
+
 def build(cfg) -> Dataset:
     """Config keys: num_tasks, num_features, rho, degrees, noise (scalar or per task), num_train,
     num_test, seed."""
@@ -51,7 +56,7 @@ def build(cfg) -> Dataset:
     noise = np.broadcast_to(np.asarray(cfg.noise, np.float64), (T,))
     rng = np.random.default_rng(cfg.seed)
     w = task_vectors(T, D, float(cfg.rho), rng)
-    names = [f"t{t}" for t in range(T)]
+    names = default_task_names(cfg)
     splits = {}
     for split, n in (("train", cfg.num_train), ("test", cfg.num_test)):
         x = rng.standard_normal((n, D))

@@ -30,4 +30,19 @@ def build_section(data_config) -> Dataset:
     name = data_config.name
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}", "name")
-    return importlib.import_module(DATASETS[name]).build(data_config)
+    module = importlib.import_module(DATASETS[name])
+    shots = data_config.get("shots", 0)
+    if shots and not getattr(module, "FEW_SHOT", False):
+        raise ConfigError(f"{name} has no few-shot training sets (data.shots is for factors); set it to 0", "shots")
+    return module.build(data_config)
+
+
+def default_task_names(data_config) -> tuple[str, ...] | None:
+    """The names of the tasks a dataset has when ``config.data.tasks`` is empty, from ``data_config``
+    (a ``config.data`` or its JSON dict) without building the dataset: for the datasets whose module
+    defines ``default_task_names(data_config)``; ``None`` for the others (and unknown names)."""
+    name = data_config.get("name")
+    if name not in DATASETS:
+        return None
+    fn = getattr(importlib.import_module(DATASETS[name]), "default_task_names", None)
+    return tuple(fn(data_config)) if fn is not None else None

@@ -87,7 +87,8 @@ class Experiment:
         self.init_plan = None
         if init is not None and init.checkpoint:
             with section("init"):
-                self.init_plan = warm_start.plan(init, self.param_shapes)
+                self.init_plan = warm_start.plan(init, self.param_shapes, tasks=[t.name for t in self.tasks],
+                                                 specific=self.objective.specific(self.param_shapes))
         check_workdir(config.workdir)
 
     @functools.cached_property

@@ -10,12 +10,33 @@ error naming its path, raised by :func:`plan` when the experiment is built: befo
 before anything is written. The source checkpoint is opened read-only and never modified; only the
 parameters that are loaded are read (an orbax partial restore), placed straight onto the mesh.
 
+Per-task parameters (LoRA factors, adapters, prefixes, VPT prompts, task tokens, soft-injection
+embeddings and gates, MULTI-LANE lanes: the parameters the objective marks task-specific, heads
+excepted) carry a leading task axis ``[T, ...]`` in the order of the run's tasks. They are matched *by
+task name*: slot ``i`` of this run (task ``tasks[i]``) takes the source run's slot of the same task
+when the source had that task, whatever its position there; the slots of tasks the source lacks are
+filled as ``config.init.task_init`` says (multitask prompt initialisation, Shen et al., MVLPT):
+
+* ``"fresh"`` (default): keep this run's fresh initialisation;
+* ``"mean"``: the mean over all of the source's slots;
+* the name of one source task: that task's slot (MVLPT's single best source task).
+
+The source run's task names come from ``<source run>/config.json`` (``data.tasks``; an empty list
+means the dataset's default tasks, :func:`mtljax.data.registry.default_task_names`). A per-task
+parameter is one with a leading dimension equal to the number of tasks in both runs (the rest of
+its shape must match, else the same one-line error as any shape mismatch). When both runs have the
+same tasks in the same order the parameters load by path, as any other. Without a ``config.json``
+in the source run the per-task parameters load by path too (by position). Heads (``heads_<task>``)
+load by path, i.e. by task name; the heads of new tasks stay fresh. The slot selection and means are
+computed on the host after restoring the source's stacked arrays, and placed with this run's sharding.
+
 A run that already has checkpoints of its own resumes from them and ignores ``config.init``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import Any
@@ -25,7 +46,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mtljax.config import ConfigError, require
+from mtljax.data.registry import default_task_names
 from mtljax.optim.trainable import path_string
+
+TASK_INIT = ("fresh", "mean")  # or the name of one source task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +62,23 @@ class InitPlan:
     new: tuple[str, ...]
     ignored: tuple[str, ...]
     loaded_size: int
+    # per-task parameters matched by task name (see the module docstring): their paths, and for every
+    # task of this run where its slot comes from: ``"source:<task>"``, ``"mean"`` or ``"fresh"``
+    per_task: tuple[str, ...] = ()
+    task_map: tuple[tuple[str, str], ...] = ()
+    source_tasks: tuple[str, ...] = ()
+    task_init: str = "fresh"
+
+    def mapping(self) -> str:
+        """``'count' <- source 'count', 'texture' <- mean of 3 source tasks, ...``."""
+        def fate(src):
+            if src == "mean":
+                return f"mean of {len(self.source_tasks)} source tasks"
+            if src == "fresh":
+                return "fresh"
+            return f"source {src.split(':', 1)[1]!r}"
+
+        return ", ".join(f"{t!r} <- {fate(src)}" for t, src in self.task_map)
 
     def summary(self) -> str:
         """One line: loaded paths counted by their first component; new and ignored ones by module
@@ -51,7 +92,9 @@ class InitPlan:
 
         return (f"init from {self.state_dir} (step {self.step}): loaded {len(self.loaded)} arrays "
                 f"({self.loaded_size:,} values): {groups(self.loaded, False)}; new {len(self.new)}: "
-                f"{groups(self.new, True)}; ignored {len(self.ignored)}: {groups(self.ignored, True)}")
+                f"{groups(self.new, True)}; ignored {len(self.ignored)}: {groups(self.ignored, True)}"
+                + (f"; per-task {len(self.per_task)} arrays ({groups(self.per_task, True)}): {self.mapping()}"
+                   if self.per_task else ""))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,29 +134,102 @@ def source_shapes(state_dir: str) -> dict[str, tuple[tuple[int, ...], Any]]:
     return {path_string(p): (tuple(m.shape), m.dtype) for p, m in leaves}
 
 
-def plan(init_config, param_shapes) -> InitPlan | None:
+def source_task_names(state_dir: str) -> tuple[str, ...] | None:
+    """The task names, in order, of the run that wrote ``state_dir`` (``<run>/checkpoints/<step>/state``),
+    read from its ``config.json``; ``None`` when there is none or its dataset's default tasks cannot be
+    named without building it."""
+    steps_dir = os.path.dirname(os.path.dirname(state_dir))
+    for run in (os.path.dirname(steps_dir), steps_dir):
+        path = os.path.join(run, "config.json")
+        if os.path.isfile(path):
+            break
+    else:
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f).get("data", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    names = data.get("tasks") or default_task_names(data)
+    return tuple(str(n) for n in names) if names else None
+
+
+def _per_task_paths(target, specific, num_tasks: int) -> list[str]:
+    """Paths of the parameters marked task-specific (``specific``: booleans like the parameters) outside
+    the heads whose leading dimension is ``num_tasks``."""
+    if specific is None:
+        return []
+    marked = {path_string(p) for p, m in jax.tree_util.tree_flatten_with_path(specific)[0] if m}
+    return [p for p, x in target.items() if p in marked and not p.split("/")[0].startswith("heads_")
+            and len(x.shape) >= 1 and x.shape[0] == num_tasks]
+
+
+def _task_map(tasks, source_tasks, task_init) -> tuple[tuple[str, str], ...]:
+    """Where every task's slot comes from (``"source:<task>"``, ``"mean"`` or ``"fresh"``)."""
+    def origin(name):
+        if name in source_tasks:
+            return f"source:{name}"
+        if task_init in TASK_INIT:
+            return task_init
+        return f"source:{task_init}"
+
+    return tuple((t, origin(t)) for t in tasks)
+
+
+def plan(init_config, param_shapes, *, tasks=(), specific=None) -> InitPlan | None:
     """The :class:`InitPlan` of ``config.init`` for a model with parameters ``param_shapes`` (a pytree
-    of ``ShapeDtypeStruct``), or ``None`` when ``config.init.checkpoint`` is empty."""
+    of ``ShapeDtypeStruct``) for the tasks named ``tasks`` (in order), whose task-specific parameters
+    ``specific`` marks (a boolean pytree like ``param_shapes``, e.g. the objective's ``specific``;
+    ``None``: no per-task transfer, everything by path), or ``None`` when ``config.init.checkpoint`` is
+    empty."""
     if not init_config.checkpoint:
         return None
+    task_init = init_config.get("task_init", "fresh")
+    require(isinstance(task_init, str) and bool(task_init), "task_init",
+            f"must be 'fresh', 'mean' or the name of a source task, got {task_init!r}")
     state_dir, step = checkpoint_dir(init_config.checkpoint, int(init_config.get("step", 0)))
     source = source_shapes(state_dir)
     target = {path_string(p): x for p, x in jax.tree_util.tree_flatten_with_path(param_shapes)[0]}
-    loaded, new = [], []
+    tasks = tuple(tasks)
+    source_tasks = source_task_names(state_dir)
+    if task_init not in TASK_INIT:
+        require(source_tasks is not None, "task_init",
+                f"{task_init!r} names a source task, but the task names of {state_dir} are unknown (no config.json "
+                "with data.tasks in its run directory); use 'fresh' or 'mean'")
+        require(task_init in source_tasks, "task_init",
+                f"no source task {task_init!r}; the source run's tasks are {list(source_tasks)} (or use 'fresh' or "
+                "'mean')")
+    by_name = bool(tasks) and source_tasks is not None and tuple(source_tasks) != tasks
+    stacked = {p for p in _per_task_paths(target, specific, len(tasks)) if p in source} if tasks else set()
+    per_task = stacked if by_name else set()
+    loaded, new, mapped = [], [], []
     for path, x in target.items():
         if path not in source:
             new.append(path)
             continue
-        shape = source[path][0]
-        if tuple(shape) != tuple(x.shape):
-            raise ConfigError(f"{path}: shape {tuple(shape)} in the checkpoint, {tuple(x.shape)} in this model "
-                              f"({state_dir})", "checkpoint")
+        shape = tuple(source[path][0])
+        if path in per_task:
+            if len(shape) < 1 or shape[0] != len(source_tasks) or shape[1:] != tuple(x.shape[1:]):
+                raise ConfigError(f"{path}: shape {shape} in the checkpoint ({len(source_tasks)} source tasks), "
+                                  f"{tuple(x.shape)} in this model ({len(tasks)} tasks) ({state_dir})", "checkpoint")
+            mapped.append(path)
+            continue
+        if shape != tuple(x.shape):
+            hint = ("; a per-task parameter, but the source run's task names are unknown (no config.json with "
+                    "data.tasks in its run directory)" if path in stacked and source_tasks is None else "")
+            raise ConfigError(f"{path}: shape {shape} in the checkpoint, {tuple(x.shape)} in this model "
+                              f"({state_dir}){hint}", "checkpoint")
         loaded.append(path)
-    require(bool(loaded), "checkpoint", f"no parameter path of this model is in {state_dir} "
+    task_map = _task_map(tasks, source_tasks, task_init) if mapped else ()
+    if mapped and all(src == "fresh" for _, src in task_map):  # nothing to take from the source
+        new += mapped
+        mapped = []
+    require(bool(loaded or mapped), "checkpoint", f"no parameter path of this model is in {state_dir} "
             f"(the checkpoint has e.g. {sorted(source)[:2]}, the model {sorted(target)[:2]})")
     ignored = [p for p in source if p not in target]
     size = sum(int(np.prod(target[p].shape)) for p in loaded)
-    return InitPlan(state_dir, step, tuple(loaded), tuple(new), tuple(ignored), size)
+    return InitPlan(state_dir, step, tuple(loaded), tuple(new), tuple(ignored), size, tuple(mapped),
+                    task_map if mapped else (), tuple(source_tasks or ()), task_init)
 
 
 def _nested(paths_values: dict[str, Any]) -> dict:
@@ -127,20 +243,47 @@ def _nested(paths_values: dict[str, Any]) -> dict:
     return out
 
 
+def _fill(fresh: np.ndarray, source: np.ndarray, init_plan: InitPlan) -> np.ndarray:
+    """The per-task array ``fresh [T, ...]`` with its slots replaced as ``init_plan.task_map`` says from
+    the source's ``source [S, ...]`` (means in float64, then this run's dtype)."""
+    out = np.array(fresh, copy=True)
+    index = {name: i for i, name in enumerate(init_plan.source_tasks)}
+    for i, (_, src) in enumerate(init_plan.task_map):
+        if src == "mean":
+            out[i] = source.astype(np.float64).mean(0).astype(out.dtype)
+        elif src.startswith("source:"):
+            out[i] = source[index[src.split(":", 1)[1]]].astype(out.dtype)
+    return out
+
+
 def load(init_plan: InitPlan, params, param_shardings):
-    """``params`` with every loaded path replaced by the checkpoint's value (dtype of ``params``,
-    sharded as ``param_shardings``)."""
+    """``params`` with every loaded path replaced by the checkpoint's value and every per-task path's
+    slots filled by task name (dtype of ``params``, sharded as ``param_shardings``)."""
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     shardings = treedef.flatten_up_to(param_shardings)
-    wanted = set(init_plan.loaded)
-    item = {path_string(p): jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-            for (p, x), s in zip(flat, shardings) if path_string(p) in wanted}
+    wanted, per_task = set(init_plan.loaded), set(init_plan.per_task)
+    source = source_shapes(init_plan.state_dir) if per_task else {}
+    item = {}
+    for (p, x), s in zip(flat, shardings):
+        path = path_string(p)
+        if path in wanted:
+            item[path] = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+        elif path in per_task:  # the whole stacked source array, on the host
+            item[path] = jax.ShapeDtypeStruct(*source[path])
     item = {"params": _nested(item)}
     restored = ocp.PyTreeCheckpointer().restore(
         init_plan.state_dir, args=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
     values = {path_string(p): x for p, x in jax.tree_util.tree_flatten_with_path(restored["params"])[0]}
-    return jax.tree_util.tree_unflatten(treedef, [values.get(path_string(p), x) for p, x in flat])
+    out = []
+    for (p, x), s in zip(flat, shardings):
+        path = path_string(p)
+        if path in per_task:
+            filled = _fill(np.asarray(jax.device_get(x)), np.asarray(values[path]), init_plan)
+            out.append(jax.device_put(filled, s))
+        else:
+            out.append(values.get(path, x))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
-__all__ = ["InitPlan", "checkpoint_dir", "load", "plan", "source_shapes"]
+__all__ = ["TASK_INIT", "InitPlan", "checkpoint_dir", "load", "plan", "source_shapes", "source_task_names"]

@@ -181,3 +181,61 @@ def test_bad_config_is_a_one_line_error(key, value, message):
     with pytest.raises(ConfigError, match=message) as err:
         build_dataset(_cfg(**{key: value}))
     assert "\n" not in str(err.value)
+
+
+def test_few_shot_training_sets_are_balanced_deterministic_and_drawn_as_labelled():
+    """shots K = 4 on count (4 classes), texture (4), background (5): n = 20 (the least multiple of
+    lcm(4, 4, 5) = 20 >= 4 × 5), every class exactly n / C times; the test split is untouched; the
+    pixels show the forced count (connected components), background (flat dark / light levels) and
+    texture (plain objects have no shaded pixels)."""
+    tasks = ("count", "texture", "background", "size")
+    cfg = _cfg(tasks=tasks, shots=4, pixel_noise=0.0, num_train=300)
+    ds = build_dataset(cfg)
+    train = ds.splits["train"]
+    assert len(train) == 20
+    b = train.get_batch(np.arange(20))
+    y = b["targets"]
+    assert np.bincount(y["count"], minlength=4).tolist() == [5] * 4
+    assert np.bincount(y["texture"], minlength=4).tolist() == [5] * 4
+    assert np.bincount(y["background"], minlength=5).tolist() == [4] * 5
+    again = build_dataset(cfg).splits["train"].get_batch(np.arange(20))
+    np.testing.assert_array_equal(b["inputs"], again["inputs"])
+    other = build_dataset(_cfg(tasks=tasks, shots=4, pixel_noise=0.0, seed=3)).splits["train"].get_batch(np.arange(20))
+    assert not np.array_equal(y["count"], other["targets"]["count"])  # shuffled by the seed
+    full = build_dataset(_cfg(tasks=tasks, pixel_noise=0.0))
+    np.testing.assert_array_equal(ds.splits["test"].get_batch(np.arange(100))["inputs"],
+                                  full.splits["test"].get_batch(np.arange(100))["inputs"])
+
+    x = b["inputs"]
+    inside = _objects(x)
+    for i in range(20):
+        assert ndimage.label(inside[i], EIGHT)[1] == y["count"][i] + 1, i
+        grey = x[i, ..., 0][~inside[i]]
+        name = BACKGROUNDS[y["background"][i]]
+        if name in ("dark", "light"):
+            assert grey.std() < 1e-6 and (grey.mean() < 0.25 if name == "dark" else grey.mean() > 0.65), i
+        bright = x[i].max(-1)[inside[i]]
+        if TEXTURES[y["texture"][i]] == "plain":
+            assert (bright >= 0.7 * bright.max()).all(), i
+
+    # shape (6) and colour (8): lcm 24, n = 48 >= 4 × 8; shape classes 8 times, colour 6
+    y = build_dataset(_cfg(tasks=("shape", "colour"), shots=4)).splits["train"].get_batch(np.arange(48))["targets"]
+    assert np.bincount(y["shape"]).tolist() == [8] * 6 and np.bincount(y["colour"]).tolist() == [6] * 8
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(shots=-1), "config.data.shots: must be an integer >= 0"),
+    (dict(shots=True), "config.data.shots: must be an integer >= 0"),
+    (dict(shots=4, tasks=("size", "pos_x")), "config.data.shots: few-shot sets need a classification task"),
+])
+def test_bad_shots_are_one_line_errors(changes, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        build_dataset(_cfg(**changes))
+    assert "\n" not in str(err.value)
+
+
+def test_shots_on_another_dataset_is_an_error():
+    c = base_config().data
+    c.shots = 8
+    with pytest.raises(ConfigError, match="config.data.shots: multi_digits has no few-shot"):
+        build_dataset(c)

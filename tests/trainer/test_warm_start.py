@@ -13,6 +13,8 @@ import pytest
 from mtljax.commands.train import train
 from mtljax.config import ConfigError, base_config
 from mtljax.optim.trainable import count, join, param_paths, split, trainable_mask
+from mtljax.trainer import warm_start
+from mtljax.trainer.checkpoint import Checkpointer
 from mtljax.trainer.experiment import Experiment
 
 
@@ -134,3 +136,89 @@ def test_trainable_patterns_search_paths():
     trainable, frozen = split(params, mask)
     assert count(trainable) == 6 and count(frozen) == 3
     jax.tree.map(np.testing.assert_array_equal, join(trainable, frozen), params)
+
+
+# ---- per-task parameters by task name (MVLPT-style prompt initialisation) --------------------------------
+def _vpt_config(workdir, tasks, steps=2):
+    c = base_config()
+    c.workdir = str(workdir)
+    c.data.update(name="factors", image_size=16, num_train=32, num_test=16, batch_size=16, eval_batch_size=16,
+                  tasks=tasks)
+    c.model.vit.update(patch_size=8, width=16, depth=1, num_heads=2, mlp_dim=16)
+    c.model.peft.update(method="vpt", prompt_length=2)
+    c.train.update(steps=steps, log_every=steps, eval_every=steps, checkpoint_every=steps, progress=False)
+    return c
+
+
+@pytest.fixture(scope="module")
+def vpt_source(tmp_path_factory):
+    """A source run with VPT prompts on tasks A = shape, B = colour, as the trainer leaves it (its
+    config.json and a step-2 checkpoint) but holding its initial state: random prompts, distinct per
+    task, are all these tests need, and no train step is compiled."""
+    workdir = tmp_path_factory.mktemp("vpt_source") / "run"
+    c = _vpt_config(workdir, ("shape", "colour"))
+    exp = Experiment(c)
+    with jax.set_mesh(exp.mesh):
+        state, _ = exp.init_state()
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, async_save=False)
+        ckpt.save(2, state, exp.train_iterator(prefetch=0))
+        ckpt.close()
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(c.to_json_best_effort())
+    return workdir
+
+
+def test_per_task_prompts_map_by_task_name(vpt_source, tmp_path):
+    """Target tasks (B = colour, C = texture) from a source on (A = shape, B = colour): B's prompt slot is
+    the source's B slot wherever it sits, C's the mean of the source's slots, A's slot, or its fresh
+    initialisation, as config.init.task_init says; the source run is not touched."""
+    before = _digest(vpt_source)
+    source = _params(vpt_source, 2)["params"]
+    src = np.asarray(source["backbone"]["prompt"]["tokens"])  # [2, L, D]: shape, colour
+    c = _vpt_config(tmp_path / "target", ("colour", "texture"))
+    c.init.update(checkpoint=str(vpt_source), task_init="mean")
+    exp = Experiment(c)
+    specific = exp.objective.specific(exp.param_shapes)
+    expected = {"mean": src.astype(np.float64).mean(0).astype(np.float32), "shape": src[0]}
+    with jax.set_mesh(exp.mesh):
+        state, shardings = exp.init_state()
+        fresh = np.asarray(state.params["backbone"]["prompt"]["tokens"])
+        lines = []
+        warmed = exp.warm_start(state, shardings, log=lines.append).params  # the trainer's path, once
+        for task_init in ("mean", "shape", "fresh"):
+            c.init.task_init = task_init
+            plan = warm_start.plan(c.init, exp.param_shapes, tasks=("colour", "texture"), specific=specific)
+            params = warmed if task_init == "mean" else warm_start.load(plan, state.params, shardings.params)
+            out = np.asarray(params["backbone"]["prompt"]["tokens"])
+            assert out.shape == fresh.shape == (2, *src.shape[1:])
+            np.testing.assert_array_equal(out[0], src[1])  # colour <- the source's colour (its slot 1)
+            np.testing.assert_array_equal(out[1], expected.get(task_init, fresh[1]))
+            assert plan.per_task == ("backbone/prompt/tokens",)
+            origin = {"mean": "mean of 2 source tasks", "shape": "source 'shape'", "fresh": "fresh"}[task_init]
+            assert plan.mapping() == f"'colour' <- source 'colour', 'texture' <- {origin}"
+            report = plan.as_dict()
+            assert report["task_map"] == (("colour", "source:colour"),
+                                          ("texture", "source:shape" if task_init == "shape" else task_init))
+            assert report["source_tasks"] == ("shape", "colour")
+            assert "heads_colour/out/kernel" in plan.loaded and "heads_texture/out/kernel" in plan.new
+            assert "heads_shape/out/kernel" in plan.ignored
+            np.testing.assert_array_equal(params["heads_colour"]["out"]["kernel"],
+                                          source["heads_colour"]["out"]["kernel"])
+        # the source's tasks in another order: the slots follow the names
+        plan = warm_start.plan(c.init, exp.param_shapes, tasks=("colour", "shape"), specific=specific)
+        out = warm_start.load(plan, state.params, shardings.params)["backbone"]["prompt"]["tokens"]
+        np.testing.assert_array_equal(np.asarray(out), src[::-1])
+    assert lines[0].startswith("init from ") and lines[0].endswith(
+        "per-task 1 arrays (backbone/prompt (1)): 'colour' <- source 'colour', 'texture' <- mean of 2 source tasks")
+    assert exp.init_plan.per_task == ("backbone/prompt/tokens",)
+    assert _digest(vpt_source) == before
+
+
+def test_per_task_bad_task_init_is_a_one_line_error(vpt_source, tmp_path):
+    c = _vpt_config(tmp_path / "bad", ("colour", "texture"))
+    c.init.update(checkpoint=str(vpt_source), task_init="texture")
+    with pytest.raises(ConfigError) as err:
+        Experiment(c)
+    msg = str(err.value)
+    assert msg.startswith("config.init.task_init: no source task 'texture'") and "['shape', 'colour']" in msg, msg
+    assert "\n" not in msg and not os.path.exists(tmp_path / "bad")
