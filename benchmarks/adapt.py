@@ -37,6 +37,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,29 +135,34 @@ def accuracy(args, pool, pretrain):
     return [pool.submit(run_job, j) for j in jobs]
 
 
-def mvlpt(args, pool, pretrain):
-    from mtljax.config import load_config
+def mvlpt_source(args, pool, pretrain):
+    job = dict(kind="mvlpt-source", name="source prompts", spec="configs/mvlpt.py:source", init=pretrain,
+               workdir=os.path.join(args.out, "mvlpt", "source"), steps=args.steps, num_train=args.num_train)
+    return pool.submit(run_job, job)
 
-    src_dir = os.path.join(args.out, "mvlpt", "source")
-    source = dict(kind="mvlpt-source", name="source prompts", spec="configs/mvlpt.py:source", init=pretrain,
-                  workdir=src_dir, steps=args.steps, num_train=args.num_train)
-    _record(args.out, pool.submit(run_job, source).result())
-    src_tasks = list(load_config(os.path.join(ROOT, "configs/mvlpt.py:source")).data.tasks)
+
+def mvlpt_targets(args, pool, source: dict):
+    """Few-shot target runs from the source run's prompts: ``fresh`` and ``mean`` for every seed and
+    shot count, each single source task once (first seed, first shot count)."""
     futures = []
     for shots in args.shots:
-        inits = ["fresh", "mean"] + (src_tasks if shots == args.shots[0] else [])
+        inits = ["fresh", "mean"] + (list(source["tasks"]) if shots == args.shots[0] else [])
         for init in inits:
             for s in range(args.seeds if init in ("fresh", "mean") else 1):
                 futures.append(pool.submit(run_job, dict(
                     kind="mvlpt", name=f"{init} {shots}-shot", shots=shots, task_init=init, seed=s,
-                    spec="configs/mvlpt.py", init=src_dir, steps=args.few_shot_steps,
+                    spec="configs/mvlpt.py", init=source["workdir"], steps=args.few_shot_steps,
                     changes={"data.shots": shots, "init.task_init": init},
                     workdir=os.path.join(args.out, "mvlpt", f"{init}-{shots}-s{s}"))))
     return futures
 
 
 def incremental(args):
-    """Stage by stage in this process (each stage needs the last); predictions compared bit for bit."""
+    """Stage by stage in this process (each stage needs the last). For the earlier tasks, compares the
+    test outputs of the stage's model as loaded (before the new task trains) with those after it trained
+    — the same compiled model, so they must be bit-identical — and with the previous stage's outputs
+    (a model with one lane fewer: XLA may pick other kernels for other shapes, so float rounding may
+    differ; the largest difference is recorded)."""
     import jax
     import numpy as np
 
@@ -166,26 +172,32 @@ def incremental(args):
     from mtljax.trainer.loop import restore_params
 
     order = list(args.order or DOWNSTREAM_TASKS)
-    seen_logits, prev, rows = {}, "", []
+    previous, prev, rows = {}, "", []
     for k in range(1, len(order) + 1):
         tasks = order[:k]
         workdir = os.path.join(args.out, "incremental", f"stage{k}")
         c = _config("configs/multi_lane.py", workdir, 0, prev or args.pretrain_dir, args.steps, args.num_train,
                     **{"data.tasks": tuple(tasks), "optim.frozen_tasks": tuple(tasks[:-1])})
         t0 = time.perf_counter()
-        summary = mtljax.train(c, log=lambda s: print("   ", s) if s.startswith("init from") else None)
         exp = Experiment(c, devices=jax.devices()[:1])
         with jax.set_mesh(exp.mesh):
+            state, shardings = exp.init_state()
+            before = _test_logits(exp, exp.warm_start(state, shardings, log=lambda s: None).params)
+        summary = mtljax.train(c, log=lambda s: print("   ", s) if s.startswith("init from") else None)
+        with jax.set_mesh(exp.mesh):
             _, params, _ = restore_params(exp)
-            logits = _test_logits(exp, params)
-        identical = {t: bool(np.array_equal(seen_logits[t], logits[t])) for t in tasks[:-1]}
-        seen_logits.update(logits)
+            after = _test_logits(exp, params)
+        earlier = tasks[:-1]
         row = dict(kind="incremental", stage=k, new_task=tasks[-1], tasks=tasks, metrics=summary["metrics"],
-                   earlier_logits_identical=identical, wall_s=round(time.perf_counter() - t0, 1))
+                   earlier_outputs_identical={t: bool(np.array_equal(before[t], after[t])) for t in earlier},
+                   max_abs_diff_vs_previous_stage={t: float(np.max(np.abs(previous[t] - after[t]))) for t in earlier},
+                   wall_s=round(time.perf_counter() - t0, 1))
+        previous = after
         rows.append(row)
         with open(os.path.join(args.out, "results.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"[incremental] stage {k} (+{tasks[-1]}): identical {identical}", flush=True)
+        print(f"[incremental] stage {k} (+{tasks[-1]}): identical {row['earlier_outputs_identical']}, "
+              f"vs previous stage {row['max_abs_diff_vs_previous_stage']}", flush=True)
         prev = workdir
     return rows
 
@@ -243,18 +255,26 @@ def main(argv=None):
     with _pool(args.workers, cache) as pool:
         pretrain = args.pretrain_dir or _pretrain(args, pool)
         args.pretrain_dir = pretrain
-        futures = []
+        futures, source = [], None
+        if args.what in ("mvlpt", "all"):
+            source = mvlpt_source(args, pool, pretrain)
         if args.what in ("accuracy", "all"):
             futures += accuracy(args, pool, pretrain)
-        if args.what in ("mvlpt", "all"):
-            futures += mvlpt(args, pool, pretrain)
-        if args.what in ("incremental", "all"):
-            incremental(args)
+        lanes = None
+        if args.what in ("incremental", "all"):  # in this process, beside the pool
+            lanes = threading.Thread(target=incremental, args=(args,))
+            lanes.start()
+        if source is not None:
+            result = source.result()
+            _record(args.out, result)
+            futures += mvlpt_targets(args, pool, result)
         for f in cf.as_completed(futures):
             try:
                 _record(args.out, f.result())
             except Exception as e:  # noqa: BLE001 - one failed run must not lose the others
                 print(f"FAILED: {type(e).__name__}: {e}", flush=True)
+        if lanes is not None:
+            lanes.join()
 
 
 if __name__ == "__main__":

@@ -75,14 +75,17 @@ def _mvlpt_table(rows):
 
 def _incremental_table(rows):
     order = rows[-1]["tasks"]
-    head = ["stage", "new task", *order, "earlier tasks' outputs bit-identical"]
+    head = ["stage", "new task", *order, "earlier tasks' outputs unchanged by training the new lane",
+            "max abs difference vs the previous stage's model"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: r["stage"]):
         cells = [str(r["stage"]), r["new_task"]]
         for t in order:
             cells.append(f"{_metric(r['metrics'][t])[1]:.3f}" if t in r["metrics"] else "")
-        ident = r["earlier_logits_identical"]
-        cells.append(("all " + str(len(ident)) + " yes" if all(ident.values()) else str(ident)) if ident else "–")
+        ident = r["earlier_outputs_identical"]
+        cells.append((f"bit-identical ({len(ident)} tasks)" if all(ident.values()) else str(ident)) if ident else "–")
+        diff = r["max_abs_diff_vs_previous_stage"]
+        cells.append(f"{max(diff.values()):.1e}" if diff else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
