@@ -132,6 +132,15 @@ def accuracy(args, pool, pretrain):
                  num_train=args.num_train, workdir=os.path.join(args.out, "accuracy", f"{i}-s{s}"))
             for s in range(args.seeds) for i, (name, spec) in enumerate(METHODS.items())
             if not args.methods or name in args.methods]
+    if args.task_per_example:  # the per-example-module methods again, one backbone pass per step
+        from benchmarks.adapt_timing import PER_EXAMPLE
+
+        jobs += [dict(kind="accuracy", name=f"{name}, one task per example", spec=METHODS[name], seed=s,
+                      init=pretrain, steps=args.steps, num_train=args.num_train,
+                      changes={"data.task_per_example": True},
+                      workdir=os.path.join(args.out, "accuracy", f"{name.replace(' ', '_')}-tpe-s{s}"))
+                 for s in range(args.seeds) for name in PER_EXAMPLE
+                 if not args.methods or {name, f"{name}, one task per example"} & set(args.methods)]
     return [pool.submit(run_job, j) for j in jobs]
 
 
@@ -231,10 +240,13 @@ def main(argv=None):
     ap.add_argument("--order", nargs="*", default=None, help="incremental: the order the tasks arrive in")
     ap.add_argument("--pretrain-dir", default="")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--per-round", type=int, default=10, help="timing: timed calls per round")
     ap.add_argument("--methods", nargs="*", default=None, help=f"a subset of {list(METHODS)}")
+    ap.add_argument("--task-per-example", action="store_true",
+                    help="accuracy: also the methods whose modules read the task with config.data.task_per_example")
     args = ap.parse_args(argv)
     args.out = args.out_flag or args.out
-    unknown = set(args.methods or ()) - set(METHODS)
+    unknown = {m.removesuffix(", one task per example") for m in args.methods or ()} - set(METHODS)
     if unknown:
         ap.error(f"--methods: unknown {sorted(unknown)}; choose from {list(METHODS)}")
     if not args.out:

@@ -32,18 +32,30 @@ def _grouped(rows, key):
 
 
 def _accuracy_table(rows, timing):
-    by_method = _grouped(rows, lambda r: r["name"])
+    from benchmarks.adapt import METHODS
+
+    def order(r):
+        base, _, variant = r["name"].partition(", ")
+        return list(METHODS).index(base) if base in METHODS else len(METHODS), variant
+
+    by_method = _grouped(sorted(rows, key=order), lambda r: r["name"])
     tasks = rows[0]["tasks"]
     kinds = {t: _metric(rows[0]["metrics"][t])[0] for t in tasks}
     steps = (timing or {}).get("train_step", {})
     ref = steps.get("full fine-tuning")
-    head = ["method", *[f"{t} {kinds[t]}" for t in tasks], "trained (% of backbone)", "step ÷ full FT",
-            "optimizer state ÷ full FT", "seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = min(r["backbone"] for r in rows)  # the plain ViT (per-task modules sit under backbone/ too)
+    head = ["method", *[f"{t} {kinds[t]}" for t in tasks], "trained per task (% of ViT)",
+            f"step ÷ full FT ({(timing or {}).get('device', '?')})", "optimizer state ÷ full FT", "seeds"]
+    lines = [f"ViT: {base:,} parameters; per-task counts include the task's linear head.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, rs in by_method.items():
         cells = [name] + [_mean_ci([_metric(r["metrics"][t])[1] for r in rs]) for t in tasks]
         r0 = rs[0]
-        cells.append(f"{r0['trained']:,} ({100 * r0['trained'] / r0['backbone']:.1f} %)")
+        if r0["trained"] > base:  # the shared ViT trains: every task's model is all of it
+            cells.append(f"all {r0['trained']:,} shared")
+        else:
+            per = r0["trained"] / len(tasks)
+            cells.append(f"{per:,.0f} ({100 * per / base:.2f} %)")
         s = steps.get(name)
         if s and ref:
             cells += [f"{s['median_ms'] / ref['median_ms']:.2f}", f"{s['opt_state_bytes'] / ref['opt_state_bytes']:.3f}"]
@@ -93,7 +105,9 @@ def _incremental_table(rows):
 def _timing_tables(timing):
     steps = timing["train_step"]
     ref = steps["full fine-tuning"]
-    lines = [f"Device: {timing['device']}; train batch {timing['batch_size']} (per task pass), "
+    env = timing.get("environment", {})
+    machine = f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, jax {env.get('jax', '?')}"
+    lines = [f"Device: {timing['device']} ({machine}); train batch {timing['batch_size']} (per task pass), "
              f"eval batch {timing['eval_batch_size']}.", "",
              "| method | train step (ms, median) | ÷ full FT | optimizer state (bytes) | ÷ full FT | step temp memory (bytes) |",
              "|---|---|---|---|---|---|"]

@@ -1,6 +1,7 @@
 """``python benchmarks/adapt.py timing --out DIR``: each adaptation method's compiled train step timed
 alone, in interleaved rounds (:func:`benchmarks.common.measure`), its optimizer state's bytes and the
-compiled step's temporary memory; then MULTI-LANE's inference (the test-time forward of a batch)
+compiled step's temporary memory (the methods whose modules read each example's task also with
+``config.data.task_per_example``: one backbone pass instead of one per task); then MULTI-LANE's inference (the test-time forward of a batch)
 against the number of lanes, next to the frozen ViT alone. Writes ``DIR/timing.json``.
 
 The parameters are freshly initialised (values do not change the time): no pretrained checkpoint is
@@ -15,6 +16,11 @@ import statistics
 import tempfile
 
 import jax
+
+
+# methods whose modules read each example's task: by default one backbone pass per task; with
+# config.data.task_per_example one pass, each example through its own task's modules
+PER_EXAMPLE = ("LoRA", "adapters", "prefix", "VPT", "soft injection")
 
 
 class _Contender:
@@ -66,8 +72,10 @@ def timing(args, methods, make_config):
     tmp = tempfile.mkdtemp(prefix="adapt-timing-")
     cfg = lambda spec, **kw: make_config(spec, os.path.join(tmp, "run"), 0, "", 0, args.num_train, **kw)  # noqa: E731
     steps = [_train_step(name, cfg(spec)) for name, spec in methods.items()]
+    steps += [_train_step(f"{name}, one task per example", cfg(methods[name], **{"data.task_per_example": True}))
+              for name in PER_EXAMPLE]
     print(f"train steps compiled; timing {args.rounds} rounds", flush=True)
-    measure(steps, rounds=args.rounds, per_round=10)
+    measure(steps, rounds=args.rounds, per_round=args.per_round)
     result = {"environment": environment(), "device": str(jax.devices()[0].device_kind),
               "batch_size": cfg(methods["LoRA"]).data.batch_size, "train_step": {}}
     for c in steps:
@@ -78,7 +86,7 @@ def timing(args, methods, make_config):
     lanes = [_forward("frozen ViT (probe)", cfg(methods["linear probe"], **{"data.tasks": DOWNSTREAM_TASKS[:1]}))]
     for t in range(1, len(DOWNSTREAM_TASKS) + 1):
         lanes.append(_forward(f"{t} lanes", cfg(methods["MULTI-LANE"], **{"data.tasks": DOWNSTREAM_TASKS[:t]})))
-    measure(lanes, rounds=args.rounds, per_round=10)
+    measure(lanes, rounds=args.rounds, per_round=args.per_round)
     result["inference"] = {c.name: dict(median_ms=_median_ms(c)) for c in lanes}
     result["eval_batch_size"] = lanes[0].exp.config.data.eval_batch_size
     for c in lanes:

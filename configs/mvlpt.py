@@ -25,7 +25,18 @@ one source task's prompt (``shape``, ``colour``, ...: MVLPT's single best source
 mapping (``per-task ...: 'count' <- mean of 6 source tasks, ...``) and writes it to
 ``<workdir>/init.json``.
 
-RESULT
+Measured with ``benchmarks/adapt.py mvlpt`` (BENCHMARKS.md, "Adapting a pretrained ViT") on an NVIDIA
+H100, 2026-11-27, from a backbone pretrained for 3,000 steps; test accuracy, mean over the three
+target tasks, 3 seeds, mean ± 95 % CI:
+
+    init      16 shots        64 shots
+    fresh     0.323 ± 0.028   0.424 ± 0.032
+    mean      0.327 ± 0.008   0.464 ± 0.006   (background 0.641 -> 0.753 at 64 shots)
+
+At 16 shots the initialisation makes no clear difference; at 64 the mean of the source prompts is
+ahead of random prompts by 0.04 with non-overlapping intervals. Single sources at 16 shots (one seed):
+orientation 0.351, pos_y 0.300, shape 0.295, pos_x 0.286, size 0.317, colour 0.275 — the best single
+source (orientation) is chosen on test numbers here, an oracle choice.
 """
 
 import os

@@ -13,7 +13,24 @@ optimizer state); the six downstream factors of ``configs/pretrain.py`` (count, 
 orientation, pos_x, pos_y) each get their own modules and linear head. Every other setting is
 ``configs/pretrain.py:probe``'s (the linear probe).
 
-RESULT
+Measured with ``benchmarks/adapt.py accuracy`` (BENCHMARKS.md, "Adapting a pretrained ViT") on an NVIDIA
+H100, 2026-11-27: 3 seeds, mean ± 95 % CI, test split of 5,000 images, from a backbone pretrained for
+3,000 steps (``--config.train.steps=3000`` in the first command; the 700-step default gives a weaker one,
+shape accuracy 0.355 against 0.541).
+
+    count accuracy 0.437 ± 0.034,
+    texture accuracy 0.326 ± 0.005,
+    background accuracy 0.748 ± 0.023,
+    orientation MSE 0.333 ± 0.001,
+    pos_x MSE 0.328 ± 0.010,
+    pos_y MSE 0.337 ± 0.004
+
+Trained: 237 parameters per task with its head (0.17 % of the 141,248-parameter ViT). For comparison, the
+linear probe (``configs/pretrain.py:probe``): count accuracy 0.369 ± 0.006, texture accuracy 0.343 ±
+0.009, background accuracy 0.454 ± 0.007, orientation MSE 0.330 ± 0.001, pos_x MSE 0.328 ± 0.000, pos_y
+MSE 0.336 ± 0.000; full fine-tuning (``:finetune``): count accuracy 0.696 ± 0.088, texture accuracy 0.324
+± 0.009, background accuracy 0.994 ± 0.004, orientation MSE 0.333 ± 0.001, pos_x MSE 0.082 ± 0.078, pos_y
+MSE 0.111 ± 0.156.
 """
 
 import os

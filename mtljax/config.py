@@ -80,6 +80,9 @@ def base_config() -> mlc.ConfigDict:
     c.data.prefetch = 2
     c.data.data_dir = ""  # for tfds datasets
     c.data.seed = 0  # seed of generated datasets (the training order uses config.seed)
+    # every training example trains one task (position j -> task j mod T) and the batch carries task_ids:
+    # per-task modules (LoRA, adapters, prompts, ...) then run the batch once, not once per task
+    c.data.task_per_example = False
     c.data.shots = 0  # factors: K > 0 = a balanced few-shot training set, K per class of every classification task
     # multi_digits
     c.data.num_train = 20_000

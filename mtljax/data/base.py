@@ -112,21 +112,38 @@ def train_dataset(
     indices: grain.MapDataset | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    task_per_example: bool = False,
 ) -> grain.MapDataset:
     """Random-access dataset of this process's share of global training batch ``k``.
 
     ``indices``: the order of examples, either a grain dataset of positions or a function of the seed
-    returning one (mixtures); default: ``index_stream(len(source), seed)``.
+    returning one (mixtures); default: ``index_stream(len(source), seed)``. ``task_per_example``: see
+    :func:`one_task_per_example`.
     """
     rows = host_slice(global_batch, process_index, process_count)
     if callable(indices) and not isinstance(indices, grain.MapDataset):
         indices = indices(seed)  # a seeded order (e.g. a mixture's), built for this run's seed
     stream = index_stream(len(source), seed) if indices is None else indices
-    return (
+    ds = (
         stream.batch(global_batch, drop_remainder=True)
         .map(lambda idx: np.asarray(idx)[rows])
         .map(lambda idx: filter_tasks(source.get_batch(idx), tasks))
     )
+    return ds.map(lambda b: one_task_per_example(b, rows, len(tasks))) if task_per_example else ds
+
+
+def one_task_per_example(batch: Batch, rows: slice, num_tasks: int) -> Batch:
+    """Make every example of a batch train one task: the example at global batch position ``j``
+    trains task ``j mod T`` — its other tasks' masks are set to 0 — and the batch carries
+    ``task_ids [B]`` (``int32``). A model with per-task modules then runs the batch *once*, each
+    example through its own task's modules (``MultiTaskModel(task_ids=...)``), instead of once per
+    task; each task's loss averages over its ``B/T`` examples. Positions are random draws of the
+    shuffled stream, so every example trains every task over the epochs (``config.data.task_per_example``).
+    """
+    ids = (np.arange(rows.start, rows.stop) % num_tasks).astype(np.int32)
+    masks = {name: m * (ids == i).reshape((-1,) + (1,) * (np.ndim(m) - 1)).astype(m.dtype)
+             for i, (name, m) in enumerate(batch["masks"].items())}
+    return dict(batch, masks=masks, task_ids=ids)
 
 
 def train_iterator(dataset: grain.MapDataset, prefetch: int = 2) -> grain.DatasetIterator:

@@ -57,6 +57,11 @@ class Experiment:
             with section("data"):
                 dataset = dataset.select_tasks(list(config.data.tasks))
         self.dataset, self.tasks = dataset, dataset.tasks
+        with section("data"):
+            one = config.data.get("task_per_example", False)
+            require(isinstance(one, bool), "task_per_example", f"must be True or False, got {one!r}")
+            require(not one or config.data.batch_size >= len(self.tasks), "task_per_example",
+                    f"needs batch_size >= the {len(self.tasks)} tasks, got {config.data.batch_size}")
         self.model = build_model(config.model, self.tasks, dataset.input_shape)
         with section("optim"):
             o = config.optim
@@ -141,6 +146,7 @@ class Experiment:
         c = self.config
         ds = data_base.train_dataset(self.dataset.splits["train"], self.tasks, c.data.batch_size, c.seed,
                                      indices=self.dataset.info.get("train_indices"),
+                                     task_per_example=bool(c.data.get("task_per_example", False)),
                                      process_index=jax.process_index(), process_count=jax.process_count())
         return data_base.train_iterator(ds, prefetch=c.data.prefetch if prefetch is None else prefetch)
 

@@ -61,3 +61,17 @@ def test_eval_covers_each_example_once_with_padding_masked():
     # partial labels survive: task b keeps its own mask on real rows
     b_mask = np.concatenate([b["masks"]["b"] for b in batches])[:37]
     np.testing.assert_array_equal(b_mask, (np.arange(37) % 3 != 0).astype(np.float32))
+
+
+def test_task_per_example_partitions_each_batch_by_position_across_hosts():
+    src = _source()
+    plain = next(train_iterator(train_dataset(src, TASKS, 8, seed=2)))
+    one = next(train_iterator(train_dataset(src, TASKS, 8, seed=2, task_per_example=True)))
+    assert _ids(one) == _ids(plain)  # same examples, same order
+    np.testing.assert_array_equal(one["task_ids"], [0, 1] * 4)
+    np.testing.assert_array_equal(one["masks"]["a"], [1, 0] * 4)
+    np.testing.assert_array_equal(one["masks"]["b"], plain["masks"]["b"] * np.array([0, 1] * 4))  # kept 0s stay 0
+    parts = [next(train_iterator(train_dataset(src, TASKS, 8, seed=2, process_index=p, process_count=2,
+                                               task_per_example=True))) for p in range(2)]
+    np.testing.assert_array_equal(np.concatenate([p["task_ids"] for p in parts]), one["task_ids"])
+    assert one["task_ids"].dtype == np.int32
