@@ -254,7 +254,7 @@ def main(argv=None):
     if args.what == "report":
         from benchmarks.adapt_report import report
 
-        print(report(args.out))
+        print(report(args.out, METHODS))
         return
     os.makedirs(args.out, exist_ok=True)
     cache = os.path.join(args.out, "jax-cache")

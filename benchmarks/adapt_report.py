@@ -31,12 +31,10 @@ def _grouped(rows, key):
     return out
 
 
-def _accuracy_table(rows, timing):
-    from benchmarks.adapt import METHODS
-
+def _accuracy_table(rows, timing, methods):
     def order(r):
         base, _, variant = r["name"].partition(", ")
-        return list(METHODS).index(base) if base in METHODS else len(METHODS), variant
+        return list(methods).index(base) if base in methods else len(methods), variant
 
     by_method = _grouped(sorted(rows, key=order), lambda r: r["name"])
     tasks = rows[0]["tasks"]
@@ -123,7 +121,8 @@ def _timing_tables(timing):
     return "\n".join(lines)
 
 
-def report(out: str) -> str:
+def report(out: str, methods=()) -> str:
+    """The tables of ``out``; ``methods``: the order of the accuracy table's rows (others last)."""
     path = os.path.join(out, "results.jsonl")
     rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
     tpath = os.path.join(out, "timing.json")
@@ -133,7 +132,7 @@ def report(out: str) -> str:
     if pre:
         parts.append("Pretrained backbone (test): " + ", ".join(
             f"{t} {_metric(m)[0]} {_metric(m)[1]:.3f}" for t, m in pre[-1]["metrics"].items()))
-    for kind, title, fn in (("accuracy", "Adaptation methods", lambda rs: _accuracy_table(rs, timing)),
+    for kind, title, fn in (("accuracy", "Adaptation methods", lambda rs: _accuracy_table(rs, timing, methods)),
                             ("mvlpt", "MVLPT prompt initialisation, few-shot targets", _mvlpt_table),
                             ("incremental", "MULTI-LANE, one task at a time", _incremental_table)):
         rs = [r for r in rows if r["kind"] == kind]
