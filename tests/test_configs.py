@@ -58,6 +58,10 @@ def test_config_args():
     ({"optim.sam": "flat", "optim.level": "gramian", "optim.method": "upgrad"}, "config.optim.level: 'gramian'"),
     ({"optim.head_grads": "own"}, "config.optim.head_grads: unknown value 'own'"),
     ({"data.num_train": 64, "data.image_size": 4}, "config.data.image_size: 4 is too small"),
+    ({"data.task_per_example": "yes"}, "config.data.task_per_example: must be True or False"),
+    ({"data.task_per_example": True, "data.batch_size": 1},
+     "config.data.task_per_example: needs batch_size >= the 2 tasks, got 1"),
+    ({"optim.frozen_tasks": ("up",)}, r"config.optim.frozen_tasks: no task 'up'; tasks are \['left', 'right'\]"),
 ])
 def test_bad_keys_are_one_line_errors(tmp_path, changes, message):
     config = base_config()
