@@ -35,8 +35,10 @@ A run that already has checkpoints of its own resumes from them and ignores ``co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 from typing import Any
@@ -121,10 +123,30 @@ def checkpoint_dir(path: str, step: int) -> tuple[str, int]:
     return os.path.join(directory, str(step), "state"), step
 
 
+class _StepMetadataNote(logging.Filter):
+    """Drops orbax's note that ``<step>/state`` has no ``_CHECKPOINT_METADATA``: a checkpoint manager
+    keeps that file one level up, in ``<step>/``, and a plain Checkpointer opening the item looks for it
+    in the item's own directory. Nothing is missing."""
+
+    def filter(self, record):
+        return "_CHECKPOINT_METADATA" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _reading_item():
+    logger, note = logging.getLogger("absl"), _StepMetadataNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
+
+
 def source_shapes(state_dir: str) -> dict[str, tuple[tuple[int, ...], Any]]:
     """``{path: (shape, dtype)}`` of the checkpoint's parameters (metadata only; nothing is read)."""
     try:
-        tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
+        with _reading_item():
+            tree = ocp.StandardCheckpointer().metadata(state_dir).item_metadata.tree
     except Exception as e:  # noqa: BLE001 - any unreadable metadata is the same user error
         raise ConfigError(f"cannot read the checkpoint metadata in {state_dir} ({type(e).__name__}: {e})",
                           "checkpoint") from None
@@ -271,9 +293,10 @@ def load(init_plan: InitPlan, params, param_shardings):
         elif path in per_task:  # the whole stacked source array, on the host
             item[path] = jax.ShapeDtypeStruct(*source[path])
     item = {"params": _nested(item)}
-    restored = ocp.PyTreeCheckpointer().restore(
-        init_plan.state_dir, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    with _reading_item():
+        restored = ocp.PyTreeCheckpointer().restore(
+            init_plan.state_dir, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
     values = {path_string(p): x for p, x in jax.tree_util.tree_flatten_with_path(restored["params"])[0]}
     out = []
     for (p, x), s in zip(flat, shardings):
