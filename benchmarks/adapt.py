@@ -128,16 +128,17 @@ def _pretrain(args, pool):
 
 
 def accuracy(args, pool, pretrain):
-    jobs = [dict(kind="accuracy", name=name, spec=spec, seed=s, init=pretrain, steps=args.steps,
-                 num_train=args.num_train, workdir=os.path.join(args.out, "accuracy", f"{i}-s{s}"))
+    jobs = [dict(kind="accuracy", name=name + args.tag, spec=spec, seed=s, init=pretrain, steps=args.steps,
+                 num_train=args.num_train, changes=dict(args.set),
+                 workdir=os.path.join(args.out, "accuracy", f"{i}-s{s}"))
             for s in range(args.seeds) for i, (name, spec) in enumerate(METHODS.items())
             if not args.methods or name in args.methods]
     if args.task_per_example:  # the per-example-module methods again, one backbone pass per step
         from benchmarks.adapt_timing import PER_EXAMPLE
 
-        jobs += [dict(kind="accuracy", name=f"{name}, one task per example", spec=METHODS[name], seed=s,
+        jobs += [dict(kind="accuracy", name=f"{name}, one task per example{args.tag}", spec=METHODS[name], seed=s,
                       init=pretrain, steps=args.steps, num_train=args.num_train,
-                      changes={"data.task_per_example": True},
+                      changes={**dict(args.set), "data.task_per_example": True},
                       workdir=os.path.join(args.out, "accuracy", f"{name.replace(' ', '_')}-tpe-s{s}"))
                  for s in range(args.seeds) for name in PER_EXAMPLE
                  if not args.methods or {name, f"{name}, one task per example"} & set(args.methods)]
@@ -225,6 +226,19 @@ def _test_logits(exp, params):
     return {t: np.concatenate(v) for t, v in outs.items()}
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as a Python literal when it is one (``0.03``, ``True``, ``("a",)``)."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=("accuracy", "mvlpt", "incremental", "timing", "all", "report"))
@@ -242,6 +256,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-round", type=int, default=10, help="timing: timed calls per round")
     ap.add_argument("--methods", nargs="*", default=None, help=f"a subset of {list(METHODS)}")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                    help="accuracy: a config change for every run, e.g. optim.learning_rate=0.03 (repeatable)")
+    ap.add_argument("--tag", default="", help="accuracy: appended to the method names (e.g. ', lr 0.03')")
     ap.add_argument("--task-per-example", action="store_true",
                     help="accuracy: also the methods whose modules read the task with config.data.task_per_example")
     args = ap.parse_args(argv)
