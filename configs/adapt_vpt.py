@@ -25,12 +25,8 @@ shape accuracy 0.355 against 0.541).
     pos_x MSE 0.212 ± 0.089,
     pos_y MSE 0.233 ± 0.187
 
-Trained: 685 parameters per task with its head (0.49 % of the 141,248-parameter ViT). For comparison, the
-linear probe (``configs/pretrain.py:probe``): count accuracy 0.369 ± 0.006, texture accuracy 0.343 ±
-0.009, background accuracy 0.454 ± 0.007, orientation MSE 0.330 ± 0.001, pos_x MSE 0.328 ± 0.000, pos_y
-MSE 0.336 ± 0.000; full fine-tuning (``:finetune``): count accuracy 0.696 ± 0.088, texture accuracy 0.324
-± 0.009, background accuracy 0.994 ± 0.004, orientation MSE 0.333 ± 0.001, pos_x MSE 0.082 ± 0.078, pos_y
-MSE 0.111 ± 0.156.
+Trained: 685 parameters per task with its head (0.49 % of the 141,248-parameter ViT). The linear probe
+and full fine-tuning, for comparison: ``configs/pretrain.py``.
 """
 
 import os
