@@ -30,8 +30,8 @@ and full fine-tuning, for comparison: ``configs/pretrain.py``.
 
 Prefix tuning stays at the linear probe's level here: the prefixes start at ``N(0, 0.02²)`` while the
 tokens' own keys and values are of order 1, and AdamW at ``3e-3`` for 700 steps moves them too little
-(the paper's reparameterisation MLP and a larger learning rate for the prefixes are the usual remedies;
-not measured here).
+(a tenfold learning rate helps background only, BENCHMARKS.md; the paper's reparameterisation MLP and
+prefixes initialised from real tokens' keys and values are untried here).
 """
 
 import os

@@ -32,8 +32,8 @@ and full fine-tuning, for comparison: ``configs/pretrain.py``.
 
 Soft injection stays at the linear probe's level here: the gates open slowly from ``alpha = 0.047`` and
 the embeddings start at 0 (the paper's embeddings start as mean head activations,
-``mtljax.models.peft.init_from_mean``, which this config does not call); a larger learning rate for the
-gates is the likely remedy (not measured here).
+``mtljax.models.peft.init_from_mean``, which this config does not call); a tenfold learning rate helps
+background only (BENCHMARKS.md).
 """
 
 import os
