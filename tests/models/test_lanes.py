@@ -4,7 +4,6 @@ leaves the other lanes' outputs bit-identical, a lane's cost grows with the patc
 than the ViT's, parameter paths and counts, one-line config errors."""
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +15,7 @@ from mtljax.models import build_model
 from mtljax.models.objective import objective
 from mtljax.optim.trainable import trainable_mask
 from mtljax.tasks import Task
+from param_trees import keys as _keys, random_like as _random, shapes, strip
 
 TASKS = (Task("a", "multiclass", num_classes=3), Task("b", "regression"), Task("seg", "dense", num_classes=2))
 T, B, WIDTH, HEADS, MLP, K, L = len(TASKS), 4, 16, 2, 32, 2, 3
@@ -35,24 +35,12 @@ def _model(tasks=TASKS, size=8, **kw):
 
 
 def _shapes(model, x=X):
-    return jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(1), x)["params"]))
-
-
-def _keys(path):
-    return [str(getattr(k, "key", k)) for k in path]
-
-
-def _random(shapes, seed=0, scale=0.5):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
+    return shapes(model, x)
 
 
 def _strip(params):
     """``params`` without the lanes' entries (and the scopes they leave empty)."""
-    if not isinstance(params, dict):
-        return params
-    out = {k: _strip(v) for k, v in params.items() if "lane" not in k}
-    return {k: v for k, v in out.items() if not (isinstance(v, dict) and not v)}
+    return strip(params, ("lane",))
 
 
 MODEL = _model()

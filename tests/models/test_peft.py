@@ -19,6 +19,7 @@ from mtljax.models.peft import SCOPES, PromptTokens, merge
 from mtljax.models.plugs import Context
 from mtljax.models.vit import ViT
 from mtljax.tasks import Task
+from param_trees import keys as _keys, shapes, strip
 
 TASKS = (Task("a", "multiclass", num_classes=3), Task("b", "regression"), Task("seg", "dense", num_classes=2))
 T, B, WIDTH, DEPTH, HEADS, MLP = len(TASKS), 4, 16, 2, 2, 32
@@ -38,7 +39,7 @@ def _model(pool="gap", **peft):
 
 
 def _shapes(model):
-    return jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(1), X)["params"]))
+    return shapes(model, X)
 
 
 def _is_peft(path) -> bool:
@@ -47,9 +48,7 @@ def _is_peft(path) -> bool:
 
 def _strip(params):
     """``params`` without the per-task modules' entries."""
-    if not isinstance(params, dict):
-        return params
-    return {k: _strip(v) for k, v in params.items() if not any(s in k for s in SCOPES)}
+    return strip(params, SCOPES)
 
 
 def _perturb(params, which, seed=0, scale=0.5):
@@ -57,10 +56,6 @@ def _perturb(params, which, seed=0, scale=0.5):
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map_with_path(
         lambda p, a: a + scale * rng.standard_normal(a.shape).astype(a.dtype) if which(p) else a, params)
-
-
-def _keys(path):
-    return [str(getattr(k, "key", k)) for k in path]
 
 
 def _apply(model):

@@ -17,6 +17,7 @@ from mtljax.models.peft import SoftInject, init_from_mean
 from mtljax.models.vit import Block
 from mtljax.optim.trainable import trainable_mask
 from mtljax.tasks import Task
+from param_trees import keys as _keys, random_like as _random, shapes, strip
 
 TASKS = (Task("a", "multiclass", num_classes=3), Task("b", "regression"), Task("seg", "dense", num_classes=2))
 T, B, WIDTH, DEPTH, HEADS, MLP, N = len(TASKS), 4, 16, 2, 2, 32, 4
@@ -35,22 +36,11 @@ def _model(depth=DEPTH, pool="gap", **peft):
 
 
 def _shapes(model):
-    return jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(1), X)["params"]))
-
-
-def _keys(path):
-    return [str(getattr(k, "key", k)) for k in path]
-
-
-def _random(shapes, seed=0, scale=0.5):
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
+    return shapes(model, X)
 
 
 def _strip(params, scope):
-    if not isinstance(params, dict):
-        return params
-    return {k: _strip(v, scope) for k, v in params.items() if scope not in k}
+    return strip(params, (scope,))
 
 
 def _counts(shapes, scope):
