@@ -1,6 +1,6 @@
 """LoRA on the frozen pretrained factors ViT (``configs/pretrain.py``).
 
-Run (from the repository root):
+Run (from the repository root; what every adaptation config shares: ``configs/pretrain.py``):
 
     mtljax train --config=configs/pretrain.py --workdir=runs/pretrain     # once: the backbone
     mtljax train --config=configs/adapt_lora.py --workdir=runs/adapt_lora
@@ -9,25 +9,10 @@ Per task, low-rank updates ``W + (alpha/rank)·B_t A_t`` of the query and value 
 (rank 4, alpha 8; ``B_t = 0`` at the start, so the run starts at the linear probe's model).
 ``mtljax.models.peft.merge(params, task)`` folds one task's factors into plain kernels for serving.
 
-The backbone is frozen (``config.optim.trainable = ("lora", "^heads_")``: no gradients, no optimizer
-state); the six downstream factors of ``configs/pretrain.py`` (count, texture, background, orientation,
-pos_x, pos_y) each get their own modules and linear head. Every other setting is
-``configs/pretrain.py:probe``'s (the linear probe).
-
-Measured with ``benchmarks/adapt.py accuracy`` (BENCHMARKS.md, "Adapting a pretrained ViT") on an NVIDIA
-H100, 2026-11-27: 3 seeds, mean ± 95 % CI, test split of 5,000 images, from a backbone pretrained for
-3,000 steps (``--config.train.steps=3000`` in the first command; the 700-step default gives a weaker one,
-shape accuracy 0.355 against 0.541).
-
-    count accuracy 0.622 ± 0.015,
-    texture accuracy 0.459 ± 0.018,
-    background accuracy 0.977 ± 0.007,
-    orientation MSE 0.300 ± 0.012,
-    pos_x MSE 0.042 ± 0.005,
-    pos_y MSE 0.051 ± 0.004
-
-Trained: 4,269 parameters per task with its head (3.02 % of the 141,248-parameter ViT). The linear probe
-and full fine-tuning, for comparison: ``configs/pretrain.py``.
+Result (``benchmarks/adapt.py``, measured as ``configs/pretrain.py`` says: H100, 3 seeds, mean ± 95 %
+CI): count accuracy 0.622 ± 0.015; texture accuracy 0.459 ± 0.018; background accuracy 0.977 ± 0.007;
+orientation MSE 0.300 ± 0.012; pos_x MSE 0.042 ± 0.005; pos_y MSE 0.051 ± 0.004; 4,269 trained parameters
+per task with its head (3.02 % of the ViT).
 """
 
 import os

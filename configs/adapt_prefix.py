@@ -1,6 +1,6 @@
 """Prefix tuning on the frozen pretrained factors ViT (``configs/pretrain.py``).
 
-Run (from the repository root):
+Run (from the repository root; what every adaptation config shares: ``configs/pretrain.py``):
 
     mtljax train --config=configs/pretrain.py --workdir=runs/pretrain     # once: the backbone
     mtljax train --config=configs/adapt_prefix.py --workdir=runs/adapt_prefix
@@ -8,30 +8,15 @@ Run (from the repository root):
 Per task, 8 learned key/value prefixes in every block's attention (Li & Liang, 2021; no
 reparameterisation MLP).
 
-The backbone is frozen (``config.optim.trainable = ("prefix", "^heads_")``: no gradients, no optimizer
-state); the six downstream factors of ``configs/pretrain.py`` (count, texture, background, orientation,
-pos_x, pos_y) each get their own modules and linear head. Every other setting is
-``configs/pretrain.py:probe``'s (the linear probe).
-
-Measured with ``benchmarks/adapt.py accuracy`` (BENCHMARKS.md, "Adapting a pretrained ViT") on an NVIDIA
-H100, 2026-11-27: 3 seeds, mean ± 95 % CI, test split of 5,000 images, from a backbone pretrained for
-3,000 steps (``--config.train.steps=3000`` in the first command; the 700-step default gives a weaker one,
-shape accuracy 0.355 against 0.541).
-
-    count accuracy 0.370 ± 0.007,
-    texture accuracy 0.351 ± 0.005,
-    background accuracy 0.494 ± 0.008,
-    orientation MSE 0.331 ± 0.001,
-    pos_x MSE 0.325 ± 0.000,
-    pos_y MSE 0.335 ± 0.001
-
-Trained: 4,269 parameters per task with its head (3.02 % of the 141,248-parameter ViT). The linear probe
-and full fine-tuning, for comparison: ``configs/pretrain.py``.
-
 Prefix tuning stays at the linear probe's level here: the prefixes start at ``N(0, 0.02²)`` while the
 tokens' own keys and values are of order 1, and AdamW at ``3e-3`` for 700 steps moves them too little
 (a tenfold learning rate helps background only, BENCHMARKS.md; the paper's reparameterisation MLP and
 prefixes initialised from real tokens' keys and values are untried here).
+
+Result (``benchmarks/adapt.py``, measured as ``configs/pretrain.py`` says: H100, 3 seeds, mean ± 95 %
+CI): count accuracy 0.370 ± 0.007; texture accuracy 0.351 ± 0.005; background accuracy 0.494 ± 0.008;
+orientation MSE 0.331 ± 0.001; pos_x MSE 0.325 ± 0.000; pos_y MSE 0.335 ± 0.001; 4,269 trained parameters
+per task with its head (3.02 % of the ViT).
 """
 
 import os

@@ -1,6 +1,6 @@
 """MULTI-LANE on the frozen pretrained factors ViT (``configs/pretrain.py``).
 
-Run (from the repository root):
+Run (from the repository root; what every adaptation config shares: ``configs/pretrain.py``):
 
     mtljax train --config=configs/pretrain.py --workdir=runs/pretrain     # once: the backbone
     mtljax train --config=configs/multi_lane.py --workdir=runs/multi_lane
@@ -8,23 +8,13 @@ Run (from the repository root):
 One lane per downstream task (``mtljax.models.lanes``): in every block, 4 learned selectors summarise the
 frozen stream's 64 patch tokens into 4 tokens, and the lane's class token attends to them (with 8
 key/value prefixes in the first 2 blocks); each task's head reads its lane. Lanes share nothing trainable
-(``config.optim.trainable = ("lane", "^heads_")``), so a lane added later leaves the others' outputs bit-
-identical.
+(``config.optim.trainable = ("lane", "^heads_")``), so a lane added later leaves the others' outputs
+bit-identical.
 
-Measured with ``benchmarks/adapt.py accuracy`` (BENCHMARKS.md, "Adapting a pretrained ViT") on an NVIDIA
-H100, 2026-11-27: 3 seeds, mean ± 95 % CI, test split of 5,000 images, from a backbone pretrained for
-3,000 steps (``--config.train.steps=3000`` in the first command; the 700-step default gives a weaker one,
-shape accuracy 0.355 against 0.541).
-
-    count accuracy 0.471 ± 0.037,
-    texture accuracy 0.319 ± 0.021,
-    background accuracy 0.771 ± 0.046,
-    orientation MSE 0.333 ± 0.002,
-    pos_x MSE 0.332 ± 0.005,
-    pos_y MSE 0.340 ± 0.001
-
-Trained: 3,309 parameters per task with its head (2.34 % of the 141,248-parameter ViT). The linear probe
-and full fine-tuning, for comparison: ``configs/pretrain.py``.
+Result (``benchmarks/adapt.py``, measured as ``configs/pretrain.py`` says: H100, 3 seeds, mean ± 95 %
+CI): count accuracy 0.471 ± 0.037; texture accuracy 0.319 ± 0.021; background accuracy 0.771 ± 0.046;
+orientation MSE 0.333 ± 0.002; pos_x MSE 0.332 ± 0.005; pos_y MSE 0.340 ± 0.001; 3,309 trained parameters
+per task with its head (2.34 % of the ViT).
 """
 
 import os

@@ -31,14 +31,20 @@ Shape and size are still improving at the end; ``--config.train.steps=3000`` pre
 ``runs/pretrain/checkpoints``.
 
 ``:probe`` (the linear probe: only new heads train) and ``:finetune`` (full fine-tuning) adapt the
-pretrained model to the six downstream factors from ``runs/pretrain`` (``config.init.checkpoint``), the
-base of ``configs/adapt_*.py`` and the prompt-pathway configs:
+pretrained model to the six downstream factors from ``runs/pretrain`` (``config.init.checkpoint``).
+``:probe`` is the base of every adaptation config (``configs/adapt_*.py``, ``multi_lane.py``,
+``task_tokens.py``, ``soft_injection.py``, ``mvlpt.py``): each adds its per-task modules (one set and
+one linear head per task) and trains only them, the backbone frozen (``config.optim.trainable =
+("<the modules' scope>", "^heads_")``: no gradients, no optimizer state); every other setting is
+``:probe``'s. Their recorded results were measured with ``benchmarks/adapt.py`` (BENCHMARKS.md,
+"Adapting a pretrained ViT") on an NVIDIA H100, 2026-11-27: 3 seeds, mean ± 95 % CI, the test split of
+5,000 images, from a backbone pretrained for 3,000 steps (``--config.train.steps=3000`` in the first
+command; the 700-step default gives a weaker one, shape accuracy 0.355 against 0.541).
 
     mtljax train --config=configs/pretrain.py:probe        # -> runs/probe
     mtljax train --config=configs/pretrain.py:finetune     # -> runs/finetune
 
-Measured with ``benchmarks/adapt.py accuracy`` on an NVIDIA H100, 2026-11-27, from the 3,000-step
-backbone, 3 seeds, mean ± 95 % CI (BENCHMARKS.md, "Adapting a pretrained ViT"):
+Measured that way:
 
     probe      count 0.369 ± 0.006   texture 0.343 ± 0.009   background 0.454 ± 0.007
                orientation MSE 0.330 ± 0.001   pos_x MSE 0.328 ± 0.000   pos_y MSE 0.336 ± 0.000

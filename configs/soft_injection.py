@@ -1,39 +1,24 @@
 """Soft injection of task embeddings (SITE) on the frozen pretrained factors ViT (``configs/pretrain.py``).
 
-Run (from the repository root):
+Run (from the repository root; what every adaptation config shares: ``configs/pretrain.py``):
 
     mtljax train --config=configs/pretrain.py --workdir=runs/pretrain     # once: the backbone
     mtljax train --config=configs/soft_injection.py --workdir=runs/soft_injection
 
 Per task, block and attention head, an embedding ``e`` mixed into the head's activation, ``a' = (1 -
-alpha) a + alpha e`` with ``alpha = sigmoid(theta)`` learned per head (SITE). The gates start at ``theta
-= -3`` (the default ``-20`` starts exactly at the base model but opens too slowly for a short run); ``e``
+alpha) a + alpha e`` with ``alpha = sigmoid(theta)`` learned per head (SITE). The gates start at
+``theta = -3`` (the default ``-20`` starts exactly at the base model but opens too slowly for a short run); ``e``
 starts at 0 and is trained with the gates (see ``mtljax.models.peft.inject``).
-
-The backbone is frozen (``config.optim.trainable = ("inject", "^heads_")``: no gradients, no optimizer
-state); the six downstream factors of ``configs/pretrain.py`` (count, texture, background, orientation,
-pos_x, pos_y) each get their own modules and linear head. Every other setting is
-``configs/pretrain.py:probe``'s (the linear probe).
-
-Measured with ``benchmarks/adapt.py accuracy`` (BENCHMARKS.md, "Adapting a pretrained ViT") on an NVIDIA
-H100, 2026-11-27: 3 seeds, mean ± 95 % CI, test split of 5,000 images, from a backbone pretrained for
-3,000 steps (``--config.train.steps=3000`` in the first command; the 700-step default gives a weaker one,
-shape accuracy 0.355 against 0.541).
-
-    count accuracy 0.371 ± 0.006,
-    texture accuracy 0.349 ± 0.001,
-    background accuracy 0.458 ± 0.007,
-    orientation MSE 0.330 ± 0.001,
-    pos_x MSE 0.328 ± 0.000,
-    pos_y MSE 0.336 ± 0.000
-
-Trained: 445 parameters per task with its head (0.32 % of the 141,248-parameter ViT). The linear probe
-and full fine-tuning, for comparison: ``configs/pretrain.py``.
 
 Soft injection stays at the linear probe's level here: the gates open slowly from ``alpha = 0.047`` and
 the embeddings start at 0 (the paper's embeddings start as mean head activations,
 ``mtljax.models.peft.init_from_mean``, which this config does not call); a tenfold learning rate helps
 background only (BENCHMARKS.md).
+
+Result (``benchmarks/adapt.py``, measured as ``configs/pretrain.py`` says: H100, 3 seeds, mean ± 95 %
+CI): count accuracy 0.371 ± 0.006; texture accuracy 0.349 ± 0.001; background accuracy 0.458 ± 0.007;
+orientation MSE 0.330 ± 0.001; pos_x MSE 0.328 ± 0.000; pos_y MSE 0.336 ± 0.000; 445 trained parameters
+per task with its head (0.32 % of the ViT).
 """
 
 import os
