@@ -88,9 +88,9 @@ def run_job(job: dict) -> dict:
     """One training run (in a worker process): the final per-task test metrics and the trained count."""
     import jax
 
-    import mtljax
     from mtljax.optim.trainable import count, split, trainable_mask
     from mtljax.trainer.experiment import Experiment
+    from mtljax.trainer.loop import fit
 
     t0 = time.perf_counter()
     c = _config(job["spec"], job["workdir"], job.get("seed", 0), job.get("init", ""), job.get("steps", 0),
@@ -100,7 +100,7 @@ def run_job(job: dict) -> dict:
     trained = count(split(shapes, trainable_mask(shapes, tuple(c.optim.trainable)))[0])
     backbone = count(shapes["backbone"]) if "backbone" in shapes else 0
     lines = []
-    summary = mtljax.train(c, log=lines.append)
+    summary = fit(c, experiment=exp, log=lines.append)  # mtljax.train, with the experiment built above
     return dict(job, metrics=summary["metrics"], trained=trained, backbone=backbone, tasks=[t.name for t in exp.tasks],
                 wall_s=round(time.perf_counter() - t0, 1), init_report=[x for x in lines if x.startswith("init from")])
 
@@ -176,10 +176,9 @@ def incremental(args):
     import jax
     import numpy as np
 
-    import mtljax
     from mtljax.data.factors import DOWNSTREAM_TASKS
     from mtljax.trainer.experiment import Experiment
-    from mtljax.trainer.loop import restore_params
+    from mtljax.trainer.loop import fit, restore_params
 
     order = list(args.order or DOWNSTREAM_TASKS)
     previous, prev, rows = {}, "", []
@@ -193,7 +192,7 @@ def incremental(args):
         with jax.set_mesh(exp.mesh):
             state, shardings = exp.init_state()
             before = _test_logits(exp, exp.warm_start(state, shardings, log=lambda s: None).params)
-        summary = mtljax.train(c, log=lambda s: print("   ", s) if s.startswith("init from") else None)
+        summary = fit(c, experiment=exp, log=lambda s: print("   ", s) if s.startswith("init from") else None)
         with jax.set_mesh(exp.mesh):
             _, params, _ = restore_params(exp)
             after = _test_logits(exp, params)
