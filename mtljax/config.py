@@ -143,6 +143,11 @@ def base_config() -> mlc.ConfigDict:
         deep=False,  # deep VPT: every block replaces the previous block's prompt tokens with its own
         task_tokens=1,  # task tokens per task, all tasks' in one pass; each head reads its own (0 = the base model)
         inject_logit_init=-20.0,  # soft injection: gate logit θ_0 of every head, α = σ(θ_0) (-20: exactly the base)
+        # LoRA routing (PHATGOOSE, mtljax.models.peft.phatgoose): "" each example its own task's LoRA |
+        # gate: its own task's LoRA scaled per token by σ(v_tᵀx), v_t trained (freeze the rest: trainable=("lora_\w+/gate",))
+        # | phatgoose: every token mixes the top_k of all tasks' LoRA experts by its gates (no task ids, one pass)
+        routing="",
+        top_k=2,  # routing=phatgoose: experts per token (the paper's 2)
     ))
     # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
     c.model.multi_lane = mlc.ConfigDict(dict(

@@ -38,7 +38,7 @@ from mtljax.models.moe.checks import check_moe, check_moe_mesh
 from mtljax.models.moe.mlp import MoeMlp
 from mtljax.models.moe.task_expert import TaskExpert
 from mtljax.models.peft import SCOPES as PEFT_SCOPES
-from mtljax.models.peft import check_peft, methods_of, peft_vit
+from mtljax.models.peft import check_peft, lora_routing, methods_of, peft_vit
 from mtljax.models.plugs import BlockPlugs, Context, Encoding
 from mtljax.models.slim import build_slim
 from mtljax.models.slim.checks import check_slim
@@ -157,7 +157,7 @@ def check_model(cfg, tasks, input_shape) -> None:
             check_multi_lane(cfg.multi_lane, vit_dims(cfg.vit)["depth"])
     if "peft" in cfg:
         with section("peft"):
-            check_peft(cfg.peft, cfg.name, cfg.get("backbone"), vit_dims(cfg.vit) if vit else None)
+            check_peft(cfg.peft, cfg.name, cfg.get("backbone"), vit_dims(cfg.vit) if vit else None, len(tasks))
 
 
 def check_mesh(cfg, sizes: dict, per_device: dict) -> None:
@@ -216,7 +216,9 @@ def build_model(cfg, tasks, input_shape) -> MultiTaskModel:
         if "peft" in cfg and methods_of(cfg.peft.method):
             # per-task modules: every task its own backbone pass (or one pass given task_ids), except task tokens
             backbone, task_passes = peft_vit(cfg.peft, [t.name for t in tasks], **common)
-            scopes = PEFT_SCOPES
+            # LoRA routed by PHATGOOSE serves every task: shared, not task-specific
+            routed = lora_routing(cfg.peft)[0] == "phatgoose"
+            scopes = tuple(s for s in PEFT_SCOPES if not (routed and s == "lora"))
     elif cfg.name in MOE_MODELS or (cfg.name == "hps" and cfg.backbone == "moe_vit"):
         backbone, task_passes, group = moe_vit(cfg, len(tasks), common)
     elif cfg.name == "multi_lane":  # one pass for all lanes (no task ids); lane parameters are task-specific

@@ -9,7 +9,13 @@ task tokens, soft injection of task embeddings.
 module             plug                        keys of ``config.model.peft``
 =================  ==========================  ======================================================
 ``lora``           ``attention`` / ``mlp``     ``rank``, ``alpha``, ``targets`` (query key value out
-                                               fc1 fc2); :func:`merge` folds one task into the kernels
+                                               fc1 fc2); :func:`merge` folds one task into the kernels;
+                                               ``routing`` (``""``, ``gate``, ``phatgoose``), ``top_k``
+``phatgoose``      (inside ``lora``)           PHATGOOSE (Muqeeth et al., 2024): a gate ``v_t`` per task
+                                               and projection; ``gate``: the task's LoRA scaled per token
+                                               by σ(v_tᵀx); ``phatgoose``: every token mixes the top-k
+                                               of all tasks' LoRA by ⟨std(x), std(v_t)⟩/√d (no task ids);
+                                               :func:`phatgoose_weights`, :func:`stack_lora_experts`
 ``adapter``        ``attention_adapter`` /     ``adapter_dim``, ``adapter_positions`` (attention, mlp)
                    ``mlp_adapter``
 ``prefix``         ``attention``               ``prefix_length`` (key/value prefixes per block)
@@ -27,16 +33,20 @@ module             plug                        keys of ``config.model.peft``
 
 Every module is per task: its parameters have a leading task axis ``[T, ...]`` and each example
 reads its own task's slice (``ctx.task_ids``, one gather, no loop over tasks) — except task tokens,
-which every example carries for all tasks. The model runs one backbone pass per task by default
-(``MultiTaskModel(task_passes=True)``, every task's head reads its own pass; not for task tokens alone,
-which need no task ids); a batch that carries ``task_ids`` (heterogeneous mixtures: every example
-belongs to one task) runs once, each example with its own task's modules.
+which every example carries for all tasks, and LoRA routed by PHATGOOSE (``routing='phatgoose'``), whose
+tokens each mix the top-k of all tasks' LoRA experts (:mod:`~mtljax.models.peft.phatgoose`; then the
+LoRA parameters are shared, not task-specific). The model runs one backbone pass per task by default
+(``MultiTaskModel(task_passes=True)``, every task's head reads its own pass; not for task tokens alone
+or PHATGOOSE-routed LoRA alone, which need no task ids); a batch that carries ``task_ids``
+(heterogeneous mixtures: every example belongs to one task) runs once, each example with its own
+task's modules.
 
 Parameter paths: the base ViT's parameters keep exactly their paths and shapes (a pretrained
 checkpoint loads into them); every per-task parameter lies under a scope whose name contains its
-kind — ``lora_<projection>``, ``attn_adapter`` / ``mlp_adapter``, ``prefix``, ``prompt``,
-``prompt/task_tokens``, ``attn/inject`` — so :data:`SCOPES` (and the trainer's freezing patterns)
-find them, and the objective marks them task-specific like the heads (left out of Gramians; each
+kind — ``lora_<projection>`` (its ``a``, ``b`` and, with routing, ``gate``: train only the gates
+with ``config.optim.trainable = ("lora_\\w+/gate",)``), ``attn_adapter`` / ``mlp_adapter``,
+``prefix``, ``prompt``, ``prompt/task_tokens``, ``attn/inject`` — so :data:`SCOPES` (and the
+trainer's freezing patterns) find them, and the objective marks them task-specific like the heads (left out of Gramians; each
 task's slice gets its own task's gradient — for task tokens, other tasks' losses reach them too).
 """
 
@@ -46,6 +56,7 @@ import functools
 
 import flax.linen as nn
 
+from mtljax.config import require, section
 from mtljax.models.peft.adapter import POSITIONS, Adapter
 from mtljax.models.peft.attention import PeftAttention
 from mtljax.models.peft.checks import METHODS, check_peft, methods_of, projection_dims
@@ -57,6 +68,14 @@ from mtljax.models.peft.lora import (
     LoraDelta,
     LoraMlp,
     merge,
+)
+from mtljax.models.peft.phatgoose import (
+    ROUTINGS,
+    phatgoose_scores,
+    phatgoose_weights,
+    stack_lora_experts,
+    standardise,
+    top_k_weights,
 )
 from mtljax.models.peft.prefix import Prefix
 from mtljax.models.peft.prompt import PromptTokens
@@ -80,14 +99,20 @@ def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, p
     prefix = p.prefix_length if "prefix" in methods else 0
     prompt = p.prompt_length if "vpt" in methods else 0
     inject = "inject" in methods
+    routing, top_k = lora_routing(p)
+    if routing == "phatgoose":
+        with section("model.peft"):
+            require(top_k <= num_tasks, "top_k", f"{top_k} is more than the {num_tasks} LoRA experts (one per task)")
     attention = mlp = adapter = shallow = deep = None
     if attn_targets or prefix or inject:
         attention = functools.partial(PeftAttention, num_heads, num_tasks, head_dim, attention_impl,
                                       lora_rank=p.rank, lora_alpha=float(p.alpha), lora_targets=attn_targets,
                                       prefix_length=prefix, inject=inject,
-                                      inject_logit_init=float(p.inject_logit_init) if inject else -20.0)
+                                      inject_logit_init=float(p.inject_logit_init) if inject else -20.0,
+                                      lora_routing=routing, lora_top_k=top_k)
     if mlp_targets:
-        mlp = functools.partial(LoraMlp, mlp_dim, num_tasks, p.rank, float(p.alpha), mlp_targets, dropout)
+        mlp = functools.partial(LoraMlp, mlp_dim, num_tasks, p.rank, float(p.alpha), mlp_targets, dropout,
+                                routing, top_k)
     if "adapter" in methods:
         adapter = functools.partial(Adapter, num_tasks, p.adapter_dim)
     positions = tuple(p.adapter_positions) if adapter else ()
@@ -125,14 +150,24 @@ def peft_vit(p, task_names, **vit) -> tuple[nn.Module, bool]:
     return backbone, needs_task_ids(p)
 
 
+def lora_routing(p) -> tuple[str, int]:
+    """``(routing, top_k)`` of LoRA in ``p = config.model.peft`` (``("", 2)`` without LoRA or without the
+    keys: configs older than them)."""
+    if "lora" not in methods_of(p.method):
+        return "", 2
+    return str(p.get("routing", "")), int(p.get("top_k", 2))
+
+
 def needs_task_ids(p) -> bool:
-    """Whether ``p = config.model.peft`` creates a module that reads each example's task (all but task tokens)."""
+    """Whether ``p = config.model.peft`` creates a module that reads each example's task (all but task
+    tokens, and LoRA routed by PHATGOOSE: ``routing='phatgoose'``)."""
     m = methods_of(p.method)
-    return ("lora" in m or "adapter" in m or "inject" in m or ("prefix" in m and p.prefix_length > 0)
+    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "adapter" in m or "inject" in m or ("prefix" in m and p.prefix_length > 0)
             or ("vpt" in m and p.prompt_length > 0))
 
 
-__all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "SCOPES", "TARGETS", "Adapter", "LoraDelta",
-           "LoraMlp", "PeftAttention", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
-           "check_peft", "init_from_mean", "merge", "methods_of", "needs_task_ids", "peft_plugs", "peft_vit",
-           "projection_dims", "task_token_count"]
+__all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "ROUTINGS", "SCOPES", "TARGETS", "Adapter",
+           "LoraDelta", "LoraMlp", "PeftAttention", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
+           "check_peft", "init_from_mean", "lora_routing", "merge", "methods_of", "needs_task_ids", "peft_plugs",
+           "peft_vit", "phatgoose_scores", "phatgoose_weights", "projection_dims", "stack_lora_experts", "standardise",
+           "task_token_count", "top_k_weights"]

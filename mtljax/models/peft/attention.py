@@ -11,7 +11,8 @@ Without any of them it is exactly :class:`~mtljax.models.layers.SelfAttention`: 
 
 with ``Δ`` the LoRA update of a targeted projection (zero otherwise), ``P`` the ``L`` prefix
 positions (none for ``L = 0``) and ``inject_t`` each head's soft injection (the identity
-without it). ``[B, S, D] -> [B, S, D]``.
+without it). ``[B, S, D] -> [B, S, D]``. With ``lora_routing='phatgoose'`` every ``Δ`` mixes all
+tasks' LoRA per token (:mod:`~mtljax.models.peft.phatgoose`) and needs no task ids.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class PeftAttention(nn.Module):
     prefix_length: int = 0
     inject: bool = False
     inject_logit_init: float = -20.0
+    lora_routing: str = ""
+    lora_top_k: int = 2
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -61,7 +64,8 @@ class PeftAttention(nn.Module):
         width = x.shape[-1]
         head_dim = attention_head_dim(width, self.num_heads, self.head_dim)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        per_task = bool(self.lora_targets) or self.prefix_length > 0 or self.inject
+        routed = self.lora_routing == "phatgoose"  # LoRA then routes every token itself: no task ids
+        per_task = (bool(self.lora_targets) and not routed) or self.prefix_length > 0 or self.inject
         ids = task_ids_of(ctx, x.shape[0], "PeftAttention") if per_task else None
         heads = (self.num_heads, head_dim)
 
@@ -69,7 +73,7 @@ class PeftAttention(nn.Module):
             y = layer(h)
             if name in self.lora_targets:
                 y = y + LoraDelta(self.num_tasks, self.lora_rank, self.lora_alpha, out_features, in_axes, out_axes,
-                                  name=PREFIX + name, **kw)(h, ids)
+                                  self.lora_routing, self.lora_top_k, name=PREFIX + name, **kw)(h, ids)
             return y
 
         q, k, v = (project(n, heads_projection(*heads, name=n, **kw), x, ("embed",), ("heads", "kv"), heads)

@@ -8,6 +8,7 @@ import math
 from mtljax.config import positive_int, require
 from mtljax.models.peft.adapter import POSITIONS
 from mtljax.models.peft.lora import TARGETS
+from mtljax.models.peft.phatgoose import ROUTINGS
 
 METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject")
 
@@ -38,15 +39,21 @@ def projection_dims(target: str, width: int, num_heads: int, mlp_dim: int,
             "fc1": (width, mlp_dim), "fc2": (mlp_dim, width)}[target]
 
 
-def check_peft(p, model_name: str, backbone: str, dims: dict | None) -> None:
+def check_peft(p, model_name: str, backbone: str, dims: dict | None, num_tasks: int | None = None) -> None:
     """``p`` is ``config.model.peft``; ``dims`` the ViT's ``width``/``num_heads``/``mlp_dim`` (``None``:
-    not a ViT)."""
+    not a ViT); ``num_tasks`` the number of tasks (LoRA experts under PHATGOOSE routing; ``None``:
+    unknown, then :func:`~mtljax.models.peft.peft_plugs` checks ``top_k`` against it)."""
     require(isinstance(p.method, str), "method", f"must be a string, got {p.method!r}")
     methods = methods_of(p.method)
     for m in methods:
         require(m in METHODS, "method", f"unknown method {m!r}; choose from {list(METHODS)}, several joined by "
                                         "'+' (e.g. 'lora+vpt'), or '' for none")
     require(len(set(methods)) == len(methods), "method", f"names a method twice: {p.method!r}")
+    routing = p.get("routing", "")
+    require(routing in ROUTINGS, "routing", f"unknown routing {routing!r}; choose from {list(ROUTINGS)} ('' = each "
+                                            "example its own task's LoRA)")
+    require(not routing or "lora" in methods, "routing",
+            f"{routing!r} routes among LoRA experts: it needs 'lora' in config.model.peft.method, got {p.method!r}")
     if not methods:
         return
     require(model_name == "hps" and backbone == "vit" and dims is not None, "method",
@@ -61,6 +68,11 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None) -> None:
             d_in, d_out = projection_dims(t, dims["width"], dims["num_heads"], dims["mlp_dim"])
             require(p.rank <= min(d_in, d_out), "rank",
                     f"{p.rank} is larger than the {t!r} projection ({d_in} -> {d_out}); use at most {min(d_in, d_out)}")
+        if routing == "phatgoose":
+            top_k = p.get("top_k", 2)
+            positive_int(top_k, "top_k")
+            require(num_tasks is None or top_k <= num_tasks, "top_k",
+                    f"{top_k} is more than the {num_tasks} LoRA experts (one per task)")
     if "adapter" in methods:
         positive_int(p.adapter_dim, "adapter_dim")
         _names(p.adapter_positions, POSITIONS, "adapter_positions", "position")

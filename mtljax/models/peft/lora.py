@@ -17,6 +17,17 @@ Targets: the attention's ``query``, ``key``, ``value`` (``[D] -> [H, h]``) and `
 :class:`LoraMlp`. :func:`merge` folds one task's update into the kernels: plain ViT weights whose
 forward equals the adapted forward for that task (no cross terms: each task's ``B_t A_t`` is formed
 whole, never from averaged factors).
+
+Routing (``config.model.peft.routing``; PHATGOOSE, Muqeeth et al., 2024, "Learning to Route Among
+Specialized Experts for Zero-Shot Generalization"; the equations in :mod:`~mtljax.models.peft.phatgoose`):
+``""`` is the above. ``"gate"`` adds a gate ``gate [T, *in]`` (zeros at init, logical axes those of
+``a``'s input) under the same ``lora_<projection>`` scope and scales task ``t``'s update per token by
+``σ(v_tᵀ x)`` — train it with the rest frozen. ``"phatgoose"`` needs no task ids: every token ``x``
+gets weights ``w(x) [T]`` from all ``T`` gates (softmax of ``⟨std(x), std(v_t)⟩/√d_in``, top ``top_k``,
+renormalised; sown as ``intermediates/…/lora_<projection>/routing [B, ..., T]``) and the update is
+``(α/r) Σ_t w_t(x) B_t A_t x``. The parameters with ``routing=""`` are exactly those without the key;
+:func:`merge` drops the gates with the rest of ``lora_*`` (a gated or routed update is not a fixed
+kernel: merging folds task ``t``'s ungated update).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.models.layers import Dtype, dense
+from mtljax.models.peft.phatgoose import GATE, ROUTINGS, gate_scale, phatgoose_weights
 from mtljax.models.peft.select import per_example, task_ids_of
 from mtljax.models.plugs import Context
 
@@ -44,6 +56,9 @@ class LoraDelta(nn.Module):
 
     ``in_axes``/``out_axes`` are the logical names of the projection's input and output dimensions
     (``("embed",)``, ``("heads", "kv")``, ``("mlp",)``); ``out_features`` its output shape.
+    ``routing``: ``""`` (the above), ``"gate"`` (times ``σ(v_tᵀ x)`` per token; sows ``gate [B, ...]``)
+    or ``"phatgoose"`` (every token mixes the ``top_k`` best-matching experts of all ``T``; sows
+    ``routing [B, ..., T]``; ``task_ids`` may be ``None``) — see the module docstring.
     """
 
     num_tasks: int
@@ -52,11 +67,15 @@ class LoraDelta(nn.Module):
     out_features: tuple[int, ...]
     in_axes: tuple[str | None, ...] = ("embed",)
     out_axes: tuple[str | None, ...] = ("embed",)
+    routing: str = ""
+    top_k: int = 2
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, task_ids: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, task_ids: jax.Array | None) -> jax.Array:
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"LoraDelta: unknown routing {self.routing!r}; choose from {list(ROUTINGS)}")
         n_in = len(self.in_axes)
         in_shape = x.shape[x.ndim - n_in:]
         d_in, d_out, r = math.prod(in_shape), math.prod(self.out_features), self.rank
@@ -67,11 +86,32 @@ class LoraDelta(nn.Module):
         b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, *self.out_axes)),
                        (self.num_tasks, r, *self.out_features), self.param_dtype)
         batch = x.shape[0]
+        if self.routing:
+            gate = self.param(GATE, nn.with_logical_partitioning(nn.initializers.zeros, (None, *self.in_axes)),
+                              (self.num_tasks, *in_shape), self.param_dtype)
+            if self.routing == "phatgoose":
+                return self._routed(x, a, b, gate, n_in, d_in, d_out)
         a_ex = per_example(a, task_ids, self.dtype).reshape(batch, d_in, r)  # [B, d_in, r]
         b_ex = per_example(b, task_ids, self.dtype).reshape(batch, r, d_out)  # [B, r, d_out]
         h = jnp.einsum("bsi,bir->bsr", x.astype(self.dtype).reshape(batch, -1, d_in), a_ex)
         y = jnp.einsum("bsr,bro->bso", h, b_ex) * jnp.asarray(self.alpha / r, self.dtype)
+        if self.routing == "gate":  # σ(v_tᵀ x) per token, v_t the example's task's gate
+            scale = gate_scale(x.reshape(batch, -1, d_in), per_example(gate, task_ids).reshape(batch, d_in))
+            self.sow("intermediates", "gate", scale.reshape(x.shape[: x.ndim - n_in]))
+            y = y * scale[..., None].astype(self.dtype)
         return y.reshape(*x.shape[: x.ndim - n_in], *self.out_features)
+
+    def _routed(self, x, a, b, gate, n_in, d_in, d_out):
+        """PHATGOOSE routing: every token mixes the top-k experts of all T (no task ids)."""
+        r, batch, lead = self.rank, x.shape[0], x.shape[: x.ndim - n_in]
+        xs = x.astype(self.dtype).reshape(batch, -1, d_in)  # [B, S, d_in]
+        weights = phatgoose_weights(xs, gate.reshape(self.num_tasks, d_in), self.top_k)  # [B, S, T]
+        self.sow("intermediates", "routing", weights.reshape(*lead, self.num_tasks))
+        h = jnp.einsum("bsi,tir->bstr", xs, a.astype(self.dtype).reshape(self.num_tasks, d_in, r))
+        h = h * weights[..., None].astype(self.dtype)
+        y = jnp.einsum("bstr,tro->bso", h, b.astype(self.dtype).reshape(self.num_tasks, r, d_out))
+        y = y * jnp.asarray(self.alpha / r, self.dtype)
+        return y.reshape(*lead, *self.out_features)
 
 
 class LoraMlp(nn.Module):
@@ -84,6 +124,8 @@ class LoraMlp(nn.Module):
     alpha: float
     targets: Sequence[str] = MLP_TARGETS
     dropout: float = 0.0
+    routing: str = ""
+    top_k: int = 2
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -91,13 +133,13 @@ class LoraMlp(nn.Module):
     def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
         width = x.shape[-1]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ids = task_ids_of(ctx, x.shape[0], "LoraMlp")
+        ids = None if self.routing == "phatgoose" else task_ids_of(ctx, x.shape[0], "LoraMlp")
 
         def project(name, features, axes, h):
             y = dense(features, axes, name=name, **kw)(h)
             if name in self.targets:
                 y = y + LoraDelta(self.num_tasks, self.rank, self.alpha, (features,), axes[:1], axes[1:],
-                                  name=PREFIX + name, **kw)(h, ids)
+                                  self.routing, self.top_k, name=PREFIX + name, **kw)(h, ids)
             return y
 
         h = nn.gelu(project("fc1", self.mlp_dim, ("embed", "mlp"), x))
