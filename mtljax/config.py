@@ -90,6 +90,7 @@ def base_config() -> mlc.ConfigDict:
     c.data.image_size = 16
     c.data.jitter = 3
     c.data.test_fraction = 0.3
+    c.data.channels = 1  # 3: the grey digits repeated as RGB (for models of RGB images)
     # scenes, factors (objects per image)
     c.data.max_objects = 4
     # factors (many-factor images, mtljax.data.factors); use image_size 32
@@ -198,6 +199,22 @@ def base_config() -> mlc.ConfigDict:
     # task_init: per-task parameters (prompts, LoRA, ...) of tasks the source run lacks: fresh | mean (of the
     # source's tasks) | <a source task's name> (MVLPT-style prompt initialisation); shared tasks map by name
     c.init = mlc.ConfigDict(dict(checkpoint="", step=0, task_init="fresh"))  # run directory; step 0 = its newest
+
+    # mtljax merge: one model from task experts fine-tuned from one pretrained run (mtljax.merge,
+    # mtljax.commands.merge); the keys each method reads are listed there
+    c.merge = mlc.ConfigDict(dict(
+        scale=0.3,  # λ of task arithmetic, TIES, DARE (the task vectors' scaling)
+        density=0.2,  # TIES: fraction of each task vector's entries kept (top magnitudes), in (0, 1]
+        drop=0.5,  # DARE: probability p of dropping an entry, in [0, 1)
+        dare_base="task_arithmetic",  # DARE then task_arithmetic | ties
+        init=0.3,  # AdaMerging: initial coefficient (clamped to [0, 1] while learning)
+        steps=200,  # learned-coefficient methods (AdaMerging, aTLAS, Self Positioning), PHATGOOSE gates
+        learning_rate=1e-3,  # AdaMerging / aTLAS (Adam); Self Positioning uses SGD with momentum
+        batch_size=64,  # examples per task per step of the learned-coefficient methods
+        shots=16,  # aTLAS / Self Positioning: labelled training examples per task
+        top_k=2,  # PHATGOOSE: experts mixed per token
+        seed=0,  # DARE's drops, the examples drawn for the learned coefficients
+    ))
 
     c.train = mlc.ConfigDict()
     c.train.steps = 1500

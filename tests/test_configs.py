@@ -11,7 +11,8 @@ import tensorflow_datasets as tfds
 from mtljax.config import ConfigError, base_config, load_config
 from mtljax.trainer.experiment import Experiment
 
-CONFIGS = sorted(pathlib.Path(__file__).parents[1].joinpath("configs").glob("*.py"))
+CONFIGS = sorted(pathlib.Path(__file__).parents[1].joinpath("configs").glob("*.py")) + sorted(
+    pathlib.Path(__file__).parents[1].joinpath("configs", "merge").glob("*.py"))
 
 
 def _experiment(config, tmp_path):
@@ -34,6 +35,11 @@ def test_config_args():
     root = CONFIGS[0].parent
     assert load_config(f"{root}/multitab.py:conflict").data.rho < 0
     assert load_config(f"{root}/cifar100_mtl.py:S").model.vit.variant == "S"
+    experts = load_config(f"{root}/merge/experts.py:multitask")
+    assert experts.data.name == "mixture" and len(experts.data.components) == 2
+    assert load_config(f"{root}/merge/experts.py:lora_left").model.peft.method == "lora"
+    with pytest.raises(ValueError, match="unknown argument"):
+        load_config(f"{root}/merge/experts.py:lora_nope")
     with pytest.raises(ValueError, match="preset"):
         load_config(f"{root}/multitab.py:nope")
     with pytest.raises(ConfigError, match="no config file"):

@@ -7,6 +7,10 @@
     mtljax slim  [--config=...] --budget=50% [--preference=1,0.5] [--export_dir=DIR]   # slim models (config.model.name='slim')
     mtljax slim  [--config=...] --widths=encoder=0.5,left=1,right=0.25 [--export_dir=DIR]
     mtljax slim  [--config=...] --sweep [--num_budgets=8] [--num_preferences=32]
+    mtljax merge --pretrained=RUN --experts=RUN,RUN,... --method=ties [--multitask=RUN] [--sweep] --workdir=DIR
+
+``eval``, ``routing`` and ``slim`` given ``--workdir`` but no ``--config`` read the run's saved
+``config.json``.
 
 Configuration mistakes end with one line ``error: config.<key>: ...`` and exit status 2, before
 anything is compiled or written; a non-finite loss ends with exit status 1 and keeps the last good
@@ -21,7 +25,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "compare", "routing", "slim")
+COMMANDS = ("train", "eval", "compare", "routing", "slim", "merge")
+SAVED_CONFIG_COMMANDS = ("eval", "routing", "slim")
 
 
 def default_config_path() -> str:
@@ -51,8 +56,14 @@ def _parse(argv: list[str]) -> flags.FlagValues:
         flags.DEFINE_string("export_dir", None, "slim: where to write the sub-network.", flag_values=values)
         flags.DEFINE_string("widths", None, "slim: export this configuration: '0.5' or 'encoder=0.5,<task>=1,...'.",
                             flag_values=values)
-        flags.DEFINE_boolean("sweep", False, "slim: evaluate controllability and hypervolume over budgets.",
-                             flag_values=values)
+        flags.DEFINE_boolean("sweep", False, "slim: evaluate controllability and hypervolume over budgets; "
+                             "merge: run every merging method.", flag_values=values)
+        flags.DEFINE_string("pretrained", None, "merge: the pretrained run the experts were fine-tuned from.",
+                            flag_values=values)
+        flags.DEFINE_string("experts", None, "merge: comma-separated expert run directories.", flag_values=values)
+        flags.DEFINE_string("method", None, "merge: the merging method (mtljax.commands.merge.METHODS).",
+                            flag_values=values)
+        flags.DEFINE_string("multitask", None, "merge: a multi-task run to compare with.", flag_values=values)
         flags.DEFINE_integer("num_budgets", 8, "slim --sweep: number of budgets.", flag_values=values)
         flags.DEFINE_integer("num_preferences", 32, "slim --sweep: sampled preferences per budget.",
                              flag_values=values)
@@ -78,14 +89,30 @@ def _usage() -> str:
     return "usage: mtljax {" + ",".join(COMMANDS) + "} [--config=FILE[:ARG]] [--config.KEY=VALUE ...] [--workdir=DIR]"
 
 
+def _with_saved_config(command: str, args: list[str]) -> list[str]:
+    """``args`` with ``--config=<saved_config.py>:<workdir>/config.json`` added when ``command`` reads a
+    run and no ``--config`` is given but ``--workdir`` holds a ``config.json``."""
+    if command not in SAVED_CONFIG_COMMANDS or any(a == "--config" or a.startswith("--config=") for a in args):
+        return args
+    workdir = next((a.split("=", 1)[1] for a in args if a.startswith("--workdir=")), None)
+    if workdir is None and "--workdir" in args[:-1]:
+        workdir = args[args.index("--workdir") + 1]
+    saved = os.path.join(workdir, "config.json") if workdir else ""
+    if not saved or not os.path.isfile(saved):
+        return args
+    loader = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_config.py")
+    return [f"--config={loader}:{os.path.abspath(saved)}"] + args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help") or argv[1] not in COMMANDS:
         print(_usage(), file=sys.stderr)
         return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
     command = argv[1]
+    rest = _with_saved_config(command, argv[2:])
     try:
-        parsed = _parse(argv[:1] + argv[2:])
+        parsed = _parse(argv[:1] + rest)
         config = parsed.config
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
@@ -113,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
             run_slim(config, budget=parsed.budget, preference=parsed.preference, export_dir=parsed.export_dir,
                      do_sweep=parsed.sweep, num_budgets=parsed.num_budgets, num_preferences=parsed.num_preferences,
                      widths=parsed.widths)
+        elif command == "merge":
+            from mtljax.commands.merge import run_merge
+            from mtljax.merge import MergeError
+
+            try:
+                run_merge(config, pretrained=parsed.pretrained, experts=parsed.experts, method=parsed.method,
+                          multitask=parsed.multitask, sweep=parsed.sweep)
+            except MergeError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         else:
             from mtljax.commands.compare import compare, parse_methods
 

@@ -6,7 +6,9 @@ download). The source images are split once, by a fixed seed, into disjoint trai
 one digit from its split's pool at the left of an ``image_size × image_size`` canvas and another at
 the right, each at a random offset (rows anywhere, columns within ``jitter`` pixels of their side);
 they overlap in the middle and the canvas keeps the brighter pixel. Tasks: ``left`` and ``right``
-digit class (10-way each). Pixels are scaled to [0, 1]; inputs are ``float32[H, W, 1]``.
+digit class (10-way each). Pixels are scaled to [0, 1]; inputs are ``float32[H, W, C]`` with ``C =
+config.data.channels`` (1 by default; 3 repeats the grey canvas in every channel, so a model made for
+RGB images, e.g. one pretrained on ``factors``, reads digits unchanged: ``configs/merge/``).
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ def compose(images, labels, num: int, image_size: int, jitter: int, rng: np.rand
 
 
 def build(cfg) -> Dataset:
-    """Config keys (``config.data``): num_train, num_test, image_size, jitter, test_fraction, seed."""
+    """Config keys (``config.data``): num_train, num_test, image_size, jitter, test_fraction, seed, channels."""
+    channels = cfg.get("channels", 1)
+    if channels not in (1, 3):
+        raise ConfigError(f"must be 1 (grey) or 3 (grey repeated as RGB), got {channels!r}", "channels")
     (tr_img, tr_lab), (te_img, te_lab) = load_digit_pools(cfg.test_fraction, seed=0)
     rng = np.random.default_rng(cfg.seed)
     splits = {}
@@ -63,6 +68,8 @@ def build(cfg) -> Dataset:
         "test": (te_img, te_lab, cfg.num_test),
     }.items():
         x, left, right = compose(img, lab, num, cfg.image_size, cfg.jitter, rng)
+        if channels > 1:
+            x = np.repeat(x, channels, axis=-1)
         splits[split] = ArraySource(x, {"left": left, "right": right})
     tasks = (Task("left", "multiclass", num_classes=10), Task("right", "multiclass", num_classes=10))
-    return Dataset("multi_digits", tasks, (cfg.image_size, cfg.image_size, 1), splits)
+    return Dataset("multi_digits", tasks, (cfg.image_size, cfg.image_size, channels), splits)

@@ -1,7 +1,10 @@
 """Model merging: pure, jit-able functions ``method(pretrained, finetuned, **kwargs) -> params`` over
 parameter pytrees of one structure (see :mod:`mtljax.merge.vectors`)."""
 
+from mtljax.merge.adamerging import adamerging
+from mtljax.merge.atlas import atlas
 from mtljax.merge.averaging import weight_average
+from mtljax.merge.coefficients import combine, init_coefficients
 from mtljax.merge.dare import dare, dare_merge
 from mtljax.merge.lora import (
     base_params,
@@ -9,6 +12,7 @@ from mtljax.merge.lora import (
     lora_task_vector,
     lora_task_vectors,
 )
+from mtljax.merge.self_positioning import self_positioning
 from mtljax.merge.task_arithmetic import negate, task_arithmetic
 from mtljax.merge.ties import disjoint_mean, elect_sign, ties, trim
 from mtljax.merge.vectors import (
@@ -27,6 +31,11 @@ from mtljax.merge.vectors import (
 
 __all__ = [
     "MergeError",
+    "adamerging",
+    "atlas",
+    "combine",
+    "init_coefficients",
+    "self_positioning",
     "apply",
     "base_params",
     "check_compatible",

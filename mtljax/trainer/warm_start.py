@@ -278,6 +278,18 @@ def _fill(fresh: np.ndarray, source: np.ndarray, init_plan: InitPlan) -> np.ndar
     return out
 
 
+def restore_arrays(state_dir: str, targets: dict[str, jax.ShapeDtypeStruct]) -> dict[str, Any]:
+    """``{path: array}`` of the parameters ``targets`` names (``ShapeDtypeStruct`` with an optional
+    sharding: placed straight onto it; without one, on the default device), read from the train state
+    in ``state_dir`` (an orbax partial restore: nothing else is read; the checkpoint is not modified)."""
+    item = {"params": _nested(targets)}
+    with _reading_item():
+        restored = ocp.PyTreeCheckpointer().restore(
+            state_dir, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    return {path_string(p): x for p, x in jax.tree_util.tree_flatten_with_path(restored["params"])[0]}
+
+
 def load(init_plan: InitPlan, params, param_shardings):
     """``params`` with every loaded path replaced by the checkpoint's value and every per-task path's
     slots filled by task name (dtype of ``params``, sharded as ``param_shardings``)."""
@@ -292,12 +304,7 @@ def load(init_plan: InitPlan, params, param_shardings):
             item[path] = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
         elif path in per_task:  # the whole stacked source array, on the host
             item[path] = jax.ShapeDtypeStruct(*source[path])
-    item = {"params": _nested(item)}
-    with _reading_item():
-        restored = ocp.PyTreeCheckpointer().restore(
-            init_plan.state_dir, args=ocp.args.PyTreeRestore(
-                item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
-    values = {path_string(p): x for p, x in jax.tree_util.tree_flatten_with_path(restored["params"])[0]}
+    values = restore_arrays(init_plan.state_dir, item)
     out = []
     for (p, x), s in zip(flat, shardings):
         path = path_string(p)
@@ -309,4 +316,5 @@ def load(init_plan: InitPlan, params, param_shardings):
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-__all__ = ["TASK_INIT", "InitPlan", "checkpoint_dir", "load", "plan", "source_shapes", "source_task_names"]
+__all__ = ["TASK_INIT", "InitPlan", "checkpoint_dir", "load", "plan", "restore_arrays", "source_shapes",
+           "source_task_names"]
