@@ -66,16 +66,173 @@ def experts(args) -> None:
             print(json.dumps(f.result()), flush=True)
 
 
+# ---- merging stages (one process; a persistent compilation cache) ------------------------------------------
+def _setup_jax(out):
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.join(out, "jax_cache"))
+
+
+def _config(workdir, seed, **merge):
+    from mtljax.config import base_config
+
+    c = base_config()
+    c.workdir = workdir
+    c.seed = seed
+    c.merge.update({"seed": seed, **merge})
+    return c
+
+
+def _record(out, name, record):
+    with open(os.path.join(out, f"{name}.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _normalised(report, tasks=None):
+    """Mean over classification tasks of merged accuracy / the task's own expert's accuracy, per row."""
+    rows = report["rows"]
+    ind = rows["individual experts"]
+    tasks = [t for t in (tasks or report["tasks"]) if "accuracy" in ind[t]]
+    return {name: float(sum(r[t]["accuracy"] / ind[t]["accuracy"] for t in tasks) / len(tasks))
+            for name, r in rows.items() if all(t in r for t in tasks)}
+
+
+def table(args) -> None:
+    """Every method on the eight full fine-tuning experts (and the multi-task run), and TA / TIES /
+    PHATGOOSE / logit fusion on the eight LoRA experts; per seed."""
+    from mtljax.commands.merge import run_merge
+
+    _setup_jax(args.out)
+    for seed in range(args.seeds):
+        base = os.path.join(args.out, f"s{seed}")
+        for kind, prefix, methods in (("full", "expert", None),
+                                      ("lora", "lora", "task_arithmetic,ties,logit_fusion,phatgoose")):
+            experts = [os.path.join(base, f"{prefix}_{t}") for t in TASKS]
+            if not all(os.path.exists(os.path.join(e, "final_metrics.json")) for e in experts):
+                print(f"seed {seed} {kind}: experts missing, skipped", flush=True)
+                continue
+            start = time.time()
+            report = run_merge(_config(os.path.join(base, f"merge_{kind}"), seed, steps=args.merge_steps),
+                               pretrained=args.pretrained, experts=experts, sweep=methods is None, method=methods,
+                               multitask=os.path.join(base, "multitask") if kind == "full" else None)
+            _record(args.out, "table", {"seed": seed, "kind": kind, "rows": report["rows"],
+                                        "mean_accuracy": report["mean_accuracy"],
+                                        "normalised": _normalised(report), "seconds": report["seconds"],
+                                        "info": report["info"], "wall": round(time.time() - start, 1)})
+
+
+SUBSETS = {2: ("count", "left"), 4: ("count", "texture", "left", "right"), 8: TASKS}
+
+
+def scaling(args) -> None:
+    """Merged accuracy (normalised by each task's expert) as the number of merged tasks grows."""
+    from mtljax.commands.merge import run_merge
+
+    _setup_jax(args.out)
+    for seed in range(args.seeds):
+        base = os.path.join(args.out, f"s{seed}")
+        for n, tasks in SUBSETS.items():
+            report = run_merge(_config(os.path.join(base, f"scaling_{n}"), seed, steps=args.merge_steps),
+                               pretrained=args.pretrained, experts=[os.path.join(base, f"expert_{t}") for t in tasks],
+                               method="task_arithmetic,ties,adamerging_layer")
+            _record(args.out, "scaling", {"seed": seed, "tasks": n, "normalised": _normalised(report),
+                                          "mean_accuracy": report["mean_accuracy"]})
+
+
+def negation(args) -> None:
+    """θ_0 − λ τ_target: the target task's accuracy falls, a control task's barely moves."""
+    import jax
+
+    from mtljax.commands.merge import Setup
+    from mtljax.merge import negate
+
+    _setup_jax(args.out)
+    target, control = args.negate
+    for seed in range(args.seeds):
+        base = os.path.join(args.out, f"s{seed}")
+        setup = Setup(_config(os.path.join(base, "negation"), seed), args.pretrained,
+                      [os.path.join(base, f"expert_{t}") for t in (target, control)], None, lambda s: None)
+        record = {"seed": seed, "target": target, "control": control,
+                  "expert": {t: setup.evaluate(setup.finetuned[i])[t]["accuracy"] for i, t in enumerate((target, control))}}
+        for lam in (0.0, 0.5, 1.0):
+            res = setup.evaluate(jax.block_until_ready(negate(setup.theta0, setup.finetuned[0], scale=lam)))
+            record[f"lambda={lam}"] = {t: res[t]["accuracy"] for t in (target, control)}
+        print(json.dumps(record), flush=True)
+        _record(args.out, "negation", record)
+
+
+def timing(args) -> None:
+    """Step time and compiled memory of AdaMerging's layer-wise coefficient search against the number of
+    tasks (a fixed batch of 64 images per dataset; memory from XLA's memory analysis of the step)."""
+    import jax
+    import optax
+
+    from mtljax.commands.merge import Setup
+    from mtljax.merge import coefficients as co
+    from mtljax.merge.adamerging import entropy_loss
+
+    _setup_jax(args.out)
+    base = os.path.join(args.out, "s0")
+    for n, tasks in SUBSETS.items():
+        setup = Setup(_config(os.path.join(base, "timing"), 0), args.pretrained,
+                      [os.path.join(base, f"expert_{t}") for t in tasks], None, lambda s: None)
+        forward, _ = setup.forward_fn()
+        tx = optax.adam(1e-3)
+        c0 = co.init_coefficients(setup.theta0, n, "layer", 0.3)
+
+        def step(c, opt_state, batch, setup=setup, forward=forward):
+            def loss(c):
+                outputs, masks = forward(co.combine(setup.theta0, setup.stacked, c), batch)
+                return entropy_loss(outputs, masks, setup.classification)
+
+            value, grads = jax.value_and_grad(loss)(c)
+            updates, opt_state = tx.update(grads, opt_state, c)
+            return optax.apply_updates(c, updates), opt_state, value
+
+        batches = setup.unlabelled_batches(64, 0)
+        batch = next(batches)
+        opt_state = tx.init(c0)
+        compiled = jax.jit(step).lower(c0, opt_state, batch).compile()
+        mem = compiled.memory_analysis()
+        c, o = c0, opt_state
+        for _ in range(3):
+            c, o, v = compiled(c, o, batch)
+        jax.block_until_ready(v)
+        times = []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                c, o, v = compiled(c, o, batch)
+            jax.block_until_ready(v)
+            times.append((time.perf_counter() - t0) / 10)
+        vectors = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.stacked))
+        record = {"tasks": n, "step_ms_median": 1000 * sorted(times)[len(times) // 2],
+                  "step_ms_all": [round(1000 * t, 2) for t in times],
+                  "temp_bytes": int(mem.temp_size_in_bytes), "argument_bytes": int(mem.argument_size_in_bytes),
+                  "task_vector_bytes": int(vectors), "batch": int(len(batch["inputs"]))}
+        print(json.dumps(record), flush=True)
+        _record(args.out, "timing", record)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=["experts"])
+    parser.add_argument("stage", choices=["experts", "table", "scaling", "negation", "timing", "report"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--pretrained", default="runs/pretrain")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-lora", action="store_true")
+    parser.add_argument("--merge-steps", type=int, default=200, help="config.merge.steps of the learned methods")
+    parser.add_argument("--negate", nargs=2, default=["left", "count"], metavar=("TARGET", "CONTROL"))
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
-    {"experts": experts}[args.stage](args)
+    args.pretrained = os.path.abspath(args.pretrained)
+    if args.stage == "report":
+        from benchmarks.merge_report import report
+
+        print(report(args.out))
+        return
+    {"experts": experts, "table": table, "scaling": scaling, "negation": negation, "timing": timing}[args.stage](args)
 
 
 if __name__ == "__main__":

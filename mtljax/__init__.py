@@ -21,6 +21,8 @@ The main nouns, importable from the top (loaded on first use, so ``import mtljax
 ``apply_if_finite``       multi-task transform
 ``Experiment``            everything a run builds from a config (``mtljax.trainer``)
 ``train``, ``evaluate``   one call from a config to a trained / evaluated run (``mtljax.commands``)
+``run_merge``             ``mtljax merge``: merge task experts, evaluate, report (``mtljax.commands.merge``;
+                          the pure merging functions are ``mtljax.merge``)
 ``base_config``,          the default config, a config file (``"configs/multitab.py:conflict"``) and
 ``load_config``,          the one-line config error
 ``ConfigError``
@@ -41,6 +43,7 @@ _EXPORTS = {
     "objective": "mtljax.models.objective", "Objective": "mtljax.models.objective",
     "Experiment": "mtljax.trainer.experiment",
     "train": "mtljax.commands.train", "evaluate": "mtljax.commands.train",
+    "run_merge": "mtljax.commands.merge",
 }
 _OPTIM = ("METHODS", "Method", "as_optax", "get_method", "task_gradients", "TaskGradients", "LossFunction", "sam",
           "flat_sam", "multi_steps", "apply_if_finite", "equal", "uncertainty_weighting", "dwa",

@@ -91,6 +91,7 @@ def base_config() -> mlc.ConfigDict:
     c.data.jitter = 3
     c.data.test_fraction = 0.3
     c.data.channels = 1  # 3: the grey digits repeated as RGB (for models of RGB images)
+    c.data.upscale = 1  # k: draw at image_size / k, every pixel a k x k block
     # scenes, factors (objects per image)
     c.data.max_objects = 4
     # factors (many-factor images, mtljax.data.factors); use image_size 32

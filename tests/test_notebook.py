@@ -91,7 +91,19 @@ def test_adapt_notebook_runs(tmp_path):
     assert sorted(p.name for p in runs.iterdir()) == ["LoRA", "MULTI-LANE", "linear_probe", "pretrain"]
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "adapt.ipynb"])
+def test_merge_notebook_runs(tmp_path):
+    """Pretrain, three experts, then task arithmetic / TIES / AdaMerging through run_merge: the tiny setting."""
+    _, text, images = _execute(NOTEBOOKS / "merge.ipynb", tmp_path, steps=20)
+    assert "pretrained for 20 steps" in text, text[-3000:]
+    assert all(f"expert {t}" in text for t in ("count", "background", "left")), text[-3000:]
+    table = text.split("model ", 1)[1] if "model " in text else ""
+    assert "mean acc (3)" in table and "adamerging_layer" in table and "individual experts" in table, text[-3000:]
+    assert "'ties':" in text and len(images) >= 1
+    (runs,) = (tmp_path / "tmp").glob("mtljax-merge-*")
+    assert (runs / "merged" / "sweep.json").exists() and not (runs / "merged" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "adapt.ipynb", "merge.ipynb"])
 def test_notebook_opens_with_colab_setup(name):
     """The first code cell installs mtljax only where it is not importable, from the repository that
     pyproject.toml names; a checkout (and CI) skips it."""

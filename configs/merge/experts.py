@@ -14,13 +14,14 @@ Run (from the repository root):
 
 Tasks (``TASKS``, eight): six factors of ``mtljax.data.factors`` — ``shape`` (6-way), ``colour`` (8),
 ``count`` (4), ``texture`` (4), ``background`` (5), ``pos_x`` (regression, MSE) — and the two digits of
-``multi_digits`` (``left``, ``right``, 10-way each) drawn at 32×32 and repeated as RGB
-(``config.data.channels = 3``) so the one pretrained ViT reads both datasets. Shape, colour (and size)
+``multi_digits`` (``left``, ``right``, 10-way each) on the default 16×16 canvas enlarged to 32×32 and
+repeated as RGB (``config.data.upscale = 2``, ``channels = 3``) so the one pretrained ViT reads both
+datasets. Shape, colour (and size)
 were the pretraining tasks; the others are new to the backbone.
 
 ``:<task>``: start from ``runs/pretrain`` (``config.init.checkpoint``; the task's head is new unless the
-pretrained run has one of that name), train every parameter for 300 steps of batch 64, AdamW 1e-3
-(cosine, 30 warm-up steps). ``:lora_<task>``: the same task with per-task LoRA (``configs/adapt_lora.py``'s
+pretrained run has one of that name), train every parameter for 300 steps of batch 64, AdamW 3e-4
+(cosine, 30 warm-up steps; a small learning rate keeps the task vectors small). ``:lora_<task>``: the same task with per-task LoRA (``configs/adapt_lora.py``'s
 modules: query and value, rank 4) on the frozen backbone, the experts PHATGOOSE routes among.
 ``:multitask``: all eight tasks at once on the mixture of both datasets (``mtljax.data.mixture``,
 examples-proportional), 600 steps of batch 128.
@@ -34,13 +35,13 @@ TASKS = FACTOR_TASKS + DIGIT_TASKS
 
 
 def factors_data(tasks=FACTOR_TASKS) -> dict:
-    return dict(name="factors", image_size=32, num_train=10_000, num_test=2_000, max_objects=4,
+    return dict(name="factors", image_size=32, num_train=10_000, num_test=1_000, max_objects=4,
                 pixel_noise=0.02, shots=0, seed=0, tasks=tuple(tasks))
 
 
 def digits_data(tasks=DIGIT_TASKS) -> dict:
-    return dict(name="multi_digits", image_size=32, channels=3, jitter=3, test_fraction=0.3,
-                num_train=10_000, num_test=2_000, seed=0, tasks=tuple(tasks))
+    return dict(name="multi_digits", image_size=32, upscale=2, channels=3, jitter=3, test_fraction=0.3,
+                num_train=10_000, num_test=1_000, seed=0, tasks=tuple(tasks))
 
 
 def _base(workdir: str):
@@ -49,7 +50,7 @@ def _base(workdir: str):
     c.model.vit.update(patch_size=4, width=64, depth=4, num_heads=4, mlp_dim=128, pool="gap")  # pretrain.py's
     c.init.checkpoint = "runs/pretrain"
     c.data.batch_size = 64
-    c.optim.learning_rate = 1e-3
+    c.optim.learning_rate = 3e-4
     c.optim.warmup_steps = 30
     c.train.steps = 300
     c.train.eval_every = c.train.checkpoint_every = 300

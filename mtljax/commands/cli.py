@@ -35,38 +35,43 @@ def default_config_path() -> str:
     return path if os.path.exists(path) else os.path.join("configs", "default.py")
 
 
+def _define(values: flags.FlagValues) -> None:
+    """Every flag of every command."""
+    config_flags.DEFINE_config_file("config", default_config_path(), "Experiment config file[:arg].",
+                                    flag_values=values, lock_config=True)
+    flags.DEFINE_string("workdir", None, "Run directory (overrides config.workdir).", flag_values=values)
+    flags.DEFINE_string("methods", "equal", "compare: comma-separated method specs name[@level][+flat], or 'all'.",
+                        flag_values=values)
+    flags.DEFINE_integer("seeds", 3, "compare: number of seeds.", flag_values=values)
+    flags.DEFINE_string("outdir", None, "compare / routing: output directory (default <workdir>/compare, "
+                        "<workdir>/routing).", flag_values=values)
+    flags.DEFINE_integer("max_examples", 512, "routing: test examples to route.", flag_values=values)
+    flags.DEFINE_string("budget", None, "slim: compute budget, '50%' of full FLOPs or FLOPs per example.",
+                        flag_values=values)
+    flags.DEFINE_string("preference", None, "slim: task preference, one number >= 0 per task, comma-separated.",
+                        flag_values=values)
+    flags.DEFINE_string("export_dir", None, "slim: where to write the sub-network.", flag_values=values)
+    flags.DEFINE_string("widths", None, "slim: export this configuration: '0.5' or 'encoder=0.5,<task>=1,...'.",
+                        flag_values=values)
+    flags.DEFINE_boolean("sweep", False, "slim: evaluate controllability and hypervolume over budgets; "
+                         "merge: run every merging method.", flag_values=values)
+    flags.DEFINE_string("pretrained", None, "merge: the pretrained run the experts were fine-tuned from.",
+                        flag_values=values)
+    flags.DEFINE_string("experts", None, "merge: comma-separated expert run directories.", flag_values=values)
+    flags.DEFINE_string("method", None, "merge: the merging method (mtljax.commands.merge.METHODS).",
+                        flag_values=values)
+    flags.DEFINE_string("multitask", None, "merge: a multi-task run to compare with.", flag_values=values)
+    flags.DEFINE_integer("num_budgets", 8, "slim --sweep: number of budgets.", flag_values=values)
+    flags.DEFINE_integer("num_preferences", 32, "slim --sweep: sampled preferences per budget.",
+                         flag_values=values)
+
+
 def _parse(argv: list[str]) -> flags.FlagValues:
     """Flags of one invocation (config_flags reads the overrides from ``sys.argv`` when defined)."""
     values = flags.FlagValues()
     saved, sys.argv = sys.argv, argv
     try:
-        config_flags.DEFINE_config_file("config", default_config_path(), "Experiment config file[:arg].",
-                                        flag_values=values, lock_config=True)
-        flags.DEFINE_string("workdir", None, "Run directory (overrides config.workdir).", flag_values=values)
-        flags.DEFINE_string("methods", "equal", "compare: comma-separated method specs name[@level][+flat], or 'all'.",
-                            flag_values=values)
-        flags.DEFINE_integer("seeds", 3, "compare: number of seeds.", flag_values=values)
-        flags.DEFINE_string("outdir", None, "compare / routing: output directory (default <workdir>/compare, "
-                            "<workdir>/routing).", flag_values=values)
-        flags.DEFINE_integer("max_examples", 512, "routing: test examples to route.", flag_values=values)
-        flags.DEFINE_string("budget", None, "slim: compute budget, '50%' of full FLOPs or FLOPs per example.",
-                            flag_values=values)
-        flags.DEFINE_string("preference", None, "slim: task preference, one number >= 0 per task, comma-separated.",
-                            flag_values=values)
-        flags.DEFINE_string("export_dir", None, "slim: where to write the sub-network.", flag_values=values)
-        flags.DEFINE_string("widths", None, "slim: export this configuration: '0.5' or 'encoder=0.5,<task>=1,...'.",
-                            flag_values=values)
-        flags.DEFINE_boolean("sweep", False, "slim: evaluate controllability and hypervolume over budgets; "
-                             "merge: run every merging method.", flag_values=values)
-        flags.DEFINE_string("pretrained", None, "merge: the pretrained run the experts were fine-tuned from.",
-                            flag_values=values)
-        flags.DEFINE_string("experts", None, "merge: comma-separated expert run directories.", flag_values=values)
-        flags.DEFINE_string("method", None, "merge: the merging method (mtljax.commands.merge.METHODS).",
-                            flag_values=values)
-        flags.DEFINE_string("multitask", None, "merge: a multi-task run to compare with.", flag_values=values)
-        flags.DEFINE_integer("num_budgets", 8, "slim --sweep: number of budgets.", flag_values=values)
-        flags.DEFINE_integer("num_preferences", 32, "slim --sweep: sampled preferences per budget.",
-                             flag_values=values)
+        _define(values)
         values(argv)
         try:
             values.config.get("workdir")  # loads the file and applies the overrides
@@ -87,6 +92,28 @@ def _one_line(e: BaseException) -> str:
 
 def _usage() -> str:
     return "usage: mtljax {" + ",".join(COMMANDS) + "} [--config=FILE[:ARG]] [--config.KEY=VALUE ...] [--workdir=DIR]"
+
+
+def _command_help(command: str) -> str:
+    """``mtljax <command> --help``: the usage, what the command does (its module's docstring) and the
+    flags it reads."""
+    import importlib
+
+    module = {"merge": "mtljax.commands.merge", "slim": "mtljax.commands.slim", "routing": "mtljax.commands.routing",
+              "compare": "mtljax.commands.compare"}.get(command)
+    text = importlib.import_module(module).__doc__ if module else __doc__
+    values = flags.FlagValues()
+    _define(values)
+    import re
+
+    mine = [f for f in values if f in ("config", "workdir") or re.search(rf"\b{command}\b", values[f].help)]
+    lines = [f"  --{f}: {values[f].help}" for f in mine]
+    if command == "merge":
+        from mtljax.config import base_config
+
+        lines += [f"  --config.merge.{k}={v!r}" for k, v in base_config().merge.items()]
+    return "\n".join([_usage(), "", text.strip(), "", f"flags of {command}:"] + lines +
+                      ["  --config.KEY=VALUE: any key of the config (see mtljax/config.py)"])
 
 
 def _with_saved_config(command: str, args: list[str]) -> list[str]:
@@ -110,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(), file=sys.stderr)
         return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
     command = argv[1]
+    if any(a in ("-h", "--help") for a in argv[2:]):
+        print(_command_help(command))
+        return 0
     rest = _with_saved_config(command, argv[2:])
     try:
         parsed = _parse(argv[:1] + rest)

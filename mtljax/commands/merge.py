@@ -32,8 +32,8 @@ It prints a table with every task's metric for: each expert on its own task (``i
 pretrained backbone with the experts' heads, the multi-task run (``--multitask``), and the merged
 model; and writes to ``--workdir``: a checkpoint ``mtljax eval`` reads (``config.json`` of the merged
 model: the experts' tasks, a mixture when their datasets differ), ``merge.json`` (arguments, learned
-coefficients, the table). ``--sweep`` runs every method, writes ``sweep.json`` and the bar chart
-``sweep.png``, and no checkpoint.
+coefficients, the table). ``--sweep`` runs every method (``--method=a,b,c`` the ones named), writes
+``sweep.json`` and the bar chart ``sweep.png``, and no checkpoint.
 
 Every argument mistake is one line before anything is read or written: an unknown method, a
 ``config.merge`` value out of range (density outside (0, 1], drop outside [0, 1)), a run that is not a
@@ -53,7 +53,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtljax import metrics as mt
 from mtljax.config import ConfigError
 from mtljax.commands.merge_runs import Run, check_experts, merged_config, read_run
 from mtljax.merge import vectors as vec
@@ -90,17 +89,20 @@ def check_merge_config(m, methods) -> None:
 
 
 def parse_methods(method: str | None, sweep: bool) -> list[str]:
+    """The methods of ``--method`` (one, or several comma-separated) or of ``--sweep`` (all)."""
     if sweep:
         return list(METHODS)
-    if not method:
-        raise MergeError(f"--method: give one of {', '.join(METHODS)} (or --sweep)")
-    if method not in METHODS:
-        import difflib
+    names = [m.strip() for m in (method or "").split(",") if m.strip()]
+    if not names:
+        raise MergeError(f"--method: give one of {', '.join(METHODS)} (or several, comma-separated, or --sweep)")
+    for name in names:
+        if name not in METHODS:
+            import difflib
 
-        close = difflib.get_close_matches(method, METHODS, n=1)
-        raise MergeError(f"--method: unknown method {method!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                         + f"; choose from {', '.join(METHODS)}")
-    return [method]
+            close = difflib.get_close_matches(name, METHODS, n=1)
+            raise MergeError(f"--method: unknown method {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; choose from {', '.join(METHODS)}")
+    return names
 
 
 # ---- parameters --------------------------------------------------------------------------------------
@@ -312,8 +314,11 @@ def merge_with(setup: Setup, method: str, m, log) -> tuple[dict, dict]:
                                                 init=float(m.scale), steps=int(m.steps),
                                                 learning_rate=10 * float(m.learning_rate), log_every=every, log=log)
     names = [t for e in setup.experts for t in e.tasks[:1]]
-    coeffs = jax.tree.map(lambda x: np.asarray(x).round(4).tolist(), c)
-    return merged, {"coefficients": coeffs if isinstance(coeffs, list) else vec.flatten(coeffs),
+    if isinstance(c, jax.Array):  # task-wise: [T]
+        coeffs = np.asarray(c).round(4).tolist()
+    else:  # layer-wise: {parameter path: [T]}
+        coeffs = {p: np.asarray(v).round(4).tolist() for p, v in vec.flatten(c).items()}
+    return merged, {"coefficients": coeffs,
                     "coefficient_tasks": names, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
@@ -345,14 +350,12 @@ def mean_accuracy(tasks, res) -> float:
 
 
 def _plot(path: str, tasks, rows: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (a notebook's) alone
 
     cls = [t for t in tasks if "accuracy" in t.directions()]
     names = list(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [1, 2.2]})
+    fig = Figure(figsize=(14, 4.5))
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.2]})
     means = [mean_accuracy(tasks, rows[n]) for n in names]
     axes[0].barh(names[::-1], means[::-1], color="tab:blue")
     axes[0].set_xlabel(f"mean accuracy over {len(cls)} classification tasks")
@@ -367,7 +370,6 @@ def _plot(path: str, tasks, rows: dict[str, dict]) -> None:
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _save_checkpoint(exp, params, workdir: str) -> None:
@@ -390,6 +392,7 @@ def run_merge(config, *, pretrained: str | None, experts: str | list[str] | None
               multitask: str | None = None, sweep: bool = False, log: Callable[[str], None] = print) -> dict:
     """Merge, evaluate, report and write (see the module docstring); returns the report dict."""
     methods = parse_methods(method, sweep)
+    sweep = sweep or len(methods) > 1  # several methods: compared, nothing saved
     check_merge_config(config.merge, methods)
     if not pretrained:
         raise MergeError("--pretrained: give the pretrained run directory the experts started from")
@@ -434,12 +437,13 @@ def run_merge(config, *, pretrained: str | None, experts: str | list[str] | None
                 _, shardings = exp.abstract_state()
                 rows[name] = evaluate(exp, exp.jit_eval_step(shardings.params), params)
             written = (exp, params)
-        else:
+        else:  # timed: the merge (and its coefficient search), not the evaluation
             merged, extra = merge_with(setup, name, config.merge, log)
             merged = jax.block_until_ready(merged)
+            seconds[name] = round(time.perf_counter() - start, 2)
             rows[name], info[name] = setup.evaluate(merged), extra
             written = (setup.exp, setup.full(merged))
-        seconds[name] = round(time.perf_counter() - start, 2)
+        seconds.setdefault(name, round(time.perf_counter() - start, 2))  # routed methods: with their evaluation
         log(f"{name}: mean accuracy {mean_accuracy(tasks, rows[name]):.4f} ({seconds[name]:.1f} s)")
     table = format_rows(tasks, rows)
     log(table)

@@ -29,7 +29,6 @@ import ml_collections as mlc
 from mtljax.config import base_config
 from mtljax.data.registry import default_task_names
 from mtljax.merge.vectors import MergeError
-from mtljax.trainer import warm_start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,11 +113,16 @@ def _update(node: mlc.ConfigDict, values: dict) -> None:
 def merged_config(experts: list[Run], workdir: str, seed: int, mesh=None) -> mlc.ConfigDict:
     """The config of one model with all the experts' tasks (see the module docstring)."""
     first = experts[0].config
-    model = copy.deepcopy(first["model"])
-    model.setdefault("peft", {})["method"] = ""  # LoRA experts arrive folded into dense kernels
+
+    def model_of(run):  # its config.model over today's defaults (keys added since it was written)
+        node = base_config().model
+        _update(node, run.config["model"])
+        node.peft = base_config().model.peft  # LoRA experts arrive folded into dense kernels: no peft
+        return json.loads(node.to_json_best_effort())
+
+    model = model_of(experts[0])
     for i, e in enumerate(experts[1:], 1):
-        other = copy.deepcopy(e.config["model"])
-        other.setdefault("peft", {})["method"] = ""
+        other = model_of(e)
         diff = _first_difference(model, other, "config.model")
         if diff:
             raise MergeError(f"--experts[{i}]: {e.path!r} has another model than {experts[0].path!r} ({diff} differs)")

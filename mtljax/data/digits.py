@@ -9,6 +9,9 @@ they overlap in the middle and the canvas keeps the brighter pixel. Tasks: ``lef
 digit class (10-way each). Pixels are scaled to [0, 1]; inputs are ``float32[H, W, C]`` with ``C =
 config.data.channels`` (1 by default; 3 repeats the grey canvas in every channel, so a model made for
 RGB images, e.g. one pretrained on ``factors``, reads digits unchanged: ``configs/merge/``).
+``config.data.upscale = k`` draws the canvas at ``image_size / k`` and enlarges every pixel to a
+``k × k`` block (``image_size`` 32 with ``upscale`` 2: the 16-pixel canvas of the default config, at
+the 32×32 input size of the factors ViT).
 """
 
 from __future__ import annotations
@@ -56,10 +59,14 @@ def compose(images, labels, num: int, image_size: int, jitter: int, rng: np.rand
 
 
 def build(cfg) -> Dataset:
-    """Config keys (``config.data``): num_train, num_test, image_size, jitter, test_fraction, seed, channels."""
+    """Config keys (``config.data``): num_train, num_test, image_size, jitter, test_fraction, seed, channels,
+    upscale."""
     channels = cfg.get("channels", 1)
     if channels not in (1, 3):
         raise ConfigError(f"must be 1 (grey) or 3 (grey repeated as RGB), got {channels!r}", "channels")
+    upscale = cfg.get("upscale", 1)
+    if not isinstance(upscale, int) or upscale < 1 or cfg.image_size % upscale:
+        raise ConfigError(f"must be an integer >= 1 dividing image_size {cfg.image_size}, got {upscale!r}", "upscale")
     (tr_img, tr_lab), (te_img, te_lab) = load_digit_pools(cfg.test_fraction, seed=0)
     rng = np.random.default_rng(cfg.seed)
     splits = {}
@@ -67,7 +74,9 @@ def build(cfg) -> Dataset:
         "train": (tr_img, tr_lab, cfg.num_train),
         "test": (te_img, te_lab, cfg.num_test),
     }.items():
-        x, left, right = compose(img, lab, num, cfg.image_size, cfg.jitter, rng)
+        x, left, right = compose(img, lab, num, cfg.image_size // upscale, cfg.jitter, rng)
+        if upscale > 1:  # every pixel of the smaller canvas becomes an upscale × upscale block
+            x = x.repeat(upscale, axis=1).repeat(upscale, axis=2)
         if channels > 1:
             x = np.repeat(x, channels, axis=-1)
         splits[split] = ArraySource(x, {"left": left, "right": right})

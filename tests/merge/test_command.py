@@ -4,6 +4,7 @@ its table and chart; every bad argument is one line with exit status 2 and write
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -69,8 +70,9 @@ def runs(tmp_path_factory):
     pre = _write_run(str(root / "pre"), ["left", "right"])
     _write_run(str(root / "left"), ["left"], init_from=pre, shift=0.05, seed=1)
     _write_run(str(root / "right"), ["right"], init_from=pre, shift=0.05, seed=2)
-    other = _write_run(str(root / "other_pre"), ["left", "right"], seed=7)
-    _write_run(str(root / "stranger"), ["right"], init_from=other, shift=0.05, seed=3)
+    shutil.copytree(root / "right", root / "stranger")  # the same expert, but started from another run
+    (root / "stranger" / "init.json").write_text(json.dumps({"state_dir": str(root / "left" / "checkpoints" / "4" /
+                                                                              "state")}))
     _write_run(str(root / "wide"), ["right"], claims=pre, seed=4, width=32)  # says it started from pre: other shapes
     _write_run(str(root / "lora_left"), ["left"], init_from=pre, seed=5, lora=True)
     _write_run(str(root / "lora_right"), ["right"], init_from=pre, seed=6, lora=True)
@@ -80,7 +82,7 @@ def runs(tmp_path_factory):
 def _merge_config(workdir, **merge):
     c = base_config()
     c.workdir = str(workdir)
-    c.merge.update(steps=3, batch_size=16, shots=4, **merge)
+    c.merge.update({"steps": 3, "batch_size": 16, "shots": 4, **merge})
     return c
 
 

@@ -1,0 +1,140 @@
+"""Markdown tables (mean ± 95 % CI over seeds, Student's t) and the AdaMerging-by-depth plot from the
+``*.jsonl`` files of ``benchmarks/merge.py``: ``python benchmarks/merge.py report --out DIR``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mtljax.stats import mean_ci  # noqa: E402
+
+MAIN = {"pos_x": "mse"}  # every other task: accuracy
+
+
+def _read(out, name):
+    path = os.path.join(out, f"{name}.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _fmt(values, digits=3):
+    s = mean_ci(values)
+    if s.low is None:
+        return f"{s.mean:.{digits}f}"
+    return f"{s.mean:.{digits}f} ± {(s.high - s.low) / 2:.{digits}f}"
+
+
+def _table(records, title):
+    if not records:
+        return ""
+    rows = list(records[0]["rows"])
+    tasks = list(records[0]["rows"]["individual experts"])
+    head = ["model"] + [f"{t} {'MSE' if MAIN.get(t) == 'mse' else 'acc'}" for t in tasks] + ["mean acc", "normalised"]
+    lines = [f"**{title}** ({len(records)} seeds)", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row]
+        for t in tasks:
+            vals = [r["rows"][row][t][MAIN.get(t, "accuracy")] for r in records if t in r["rows"].get(row, {})]
+            cells.append(_fmt(vals) if len(vals) == len(records) else "–")
+        cells.append(_fmt([r["mean_accuracy"][row] for r in records]))
+        norm = [r["normalised"][row] for r in records if row in r["normalised"]]
+        cells.append(_fmt(norm) if len(norm) == len(records) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _depth(path):
+    m = re.search(r"block(\d+)", path)
+    return int(m.group(1)) + 1 if m else (0 if "embedding" in path else 99)
+
+
+def depth_plot(records, path):
+    """Mean layer-wise AdaMerging coefficient per task and depth, averaged over seeds; returns the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(records[0]["rows"]["individual experts"])
+    per_seed = []
+    for r in records:
+        coeffs = r["info"]["adamerging_layer"]["coefficients"]
+        depths = sorted({_depth(p) for p in coeffs})
+        per_seed.append(np.array([[np.mean([c[k] for p, c in coeffs.items() if _depth(p) == d]) for d in depths]
+                                  for k in range(len(tasks))]))
+    mean = np.mean(per_seed, axis=0)
+    labels = ["embed"] + [f"block {d - 1}" for d in depths[1:-1]] + ["final norm"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, t in enumerate(tasks):
+        ax.plot(range(len(depths)), mean[k], marker="o", label=t)
+    ax.plot(range(len(depths)), mean.mean(0), color="k", lw=3, label="mean")
+    ax.set_xticks(range(len(depths)), labels)
+    ax.set_ylabel("learned λ (mean over tensors, seeds)")
+    ax.set_title("layer-wise AdaMerging coefficients by depth")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    lines = ["| task | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
+    lines += [f"| {t} | " + " | ".join(f"{v:.3f}" for v in mean[k]) + " |" for k, t in enumerate(tasks)]
+    lines.append("| **mean** | " + " | ".join(f"**{v:.3f}**" for v in mean.mean(0)) + " |")
+    return "\n".join(lines)
+
+
+def report(out: str) -> str:
+    parts = []
+    table = _read(out, "table")
+    full = [r for r in table if r["kind"] == "full"]
+    lora = [r for r in table if r["kind"] == "lora"]
+    parts.append(_table(full, "Full fine-tuning experts, eight tasks"))
+    parts.append(_table(lora, "LoRA experts (rank 4, query and value), eight tasks"))
+    if full:
+        parts.append("**Seconds per method** (seed 0; the merge and its coefficient search, not the evaluation, except for logit fusion and PHATGOOSE, which are evaluated as they run): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in full[0]["seconds"].items()))
+        parts.append(depth_plot(full, os.path.join(out, "adamerging_depth.png")))
+    if lora and "phatgoose" in lora[0]["info"]:
+        parts.append("**PHATGOOSE routing** (mean weight on the experts of the image's own dataset, test images):")
+        for r in lora:
+            shares = r["info"]["phatgoose"]["routing_by_dataset"]
+            digits = {"left", "right"}
+            own = {ds: sum(v for t, v in w.items() if (t in digits) == (ds == "multi_digits")) for ds, w in shares.items()}
+            parts.append(f"- seed {r['seed']}: " + ", ".join(f"{ds} images → {v:.3f}" for ds, v in own.items()))
+    scaling = _read(out, "scaling")
+    if scaling:
+        methods = list(scaling[0]["normalised"])
+        lines = ["**Normalised accuracy vs the number of merged tasks** (merged ÷ own expert, classification tasks)",
+                 "", "| tasks | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
+        for n in sorted({r["tasks"] for r in scaling}):
+            rs = [r for r in scaling if r["tasks"] == n]
+            lines.append(f"| {n} | " + " | ".join(_fmt([r["normalised"][m] for r in rs]) for m in methods) + " |")
+        parts.append("\n".join(lines))
+    neg = _read(out, "negation")
+    if neg:
+        t, c = neg[0]["target"], neg[0]["control"]
+        lines = [f"**Task negation** θ_0 − λ τ_{t} (target {t}, control {c}; accuracy)", "",
+                 f"| λ | {t} | {c} |", "|---|---|---|",
+                 f"| expert | {_fmt([r['expert'][t] for r in neg])} | {_fmt([r['expert'][c] for r in neg])} |"]
+        for lam in ("0.0", "0.5", "1.0"):
+            key = f"lambda={lam}"
+            lines.append(f"| {lam} | {_fmt([r[key][t] for r in neg])} | {_fmt([r[key][c] for r in neg])} |")
+        parts.append("\n".join(lines))
+    timing = _read(out, "timing")
+    if timing:
+        lines = ["**AdaMerging (layer-wise) coefficient search vs the number of tasks**", "",
+                 "| tasks | step (ms, median) | XLA temp memory (MiB) | arguments (MiB) | task vectors (MiB) |",
+                 "|---|---|---|---|---|"]
+        for r in timing:
+            lines.append(f"| {r['tasks']} | {r['step_ms_median']:.1f} | {r['temp_bytes'] / 2**20:.1f} | "
+                         f"{r['argument_bytes'] / 2**20:.2f} | {r['task_vector_bytes'] / 2**20:.2f} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(p for p in parts if p)
