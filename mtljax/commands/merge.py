@@ -251,16 +251,23 @@ class Setup:
             yield {"inputs": b["inputs"], "masks": b["masks"], "targets": b["targets"]}
 
     def probe_batches(self, shots: int, seed: int):
-        """A balanced labelled probe set from the training split: ``shots`` examples labelled for each task
-        (classification: ``shots`` per class at most... per task), repeated as one full batch."""
+        """A small labelled probe set from the training split, repeated as one full batch: for every
+        classification task ``ceil(shots / C)`` examples of each of its ``C`` classes (class-balanced), for
+        every other task ``shots`` examples labelled for it — drawn from 4,096 random training examples."""
         source = self._source("train")
         rng = np.random.default_rng(seed)
         pool = np.sort(rng.choice(len(source), size=min(len(source), 4096), replace=False))
-        masks = source.get_batch(pool)["masks"]
-        chosen = set()
-        for t in self.tasks:
-            m = np.asarray(masks[t]).reshape(len(pool), -1).max(axis=1) > 0
-            chosen.update(pool[m][:shots].tolist())
+        probe = source.get_batch(pool)
+        chosen: set[int] = set()
+        for task in self.exp.tasks:
+            labelled = np.asarray(probe["masks"][task.name]).reshape(len(pool), -1).max(axis=1) > 0
+            if task.num_classes and task.kind == "multiclass":
+                labels = np.asarray(probe["targets"][task.name]).reshape(len(pool))
+                per_class = -(-shots // task.num_classes)
+                for c in range(task.num_classes):
+                    chosen.update(pool[labelled & (labels == c)][:per_class].tolist())
+            else:
+                chosen.update(pool[labelled][:shots].tolist())
         b = source.get_batch(np.array(sorted(chosen)))
         while True:
             yield b

@@ -56,3 +56,17 @@ def test_dataset_shapes_and_determinism():
 def test_too_small_canvas():
     with pytest.raises(ValueError, match="image_size"):
         build_dataset(_cfg(image_size=9, jitter=3))
+
+
+def test_rgb_and_upscaled_canvas_is_the_small_one_enlarged():
+    small = build_dataset(_cfg()).splits["test"].get_batch(np.arange(6))
+    big = build_dataset(_cfg(image_size=32, upscale=2, channels=3)).splits["test"].get_batch(np.arange(6))
+    assert big["inputs"].shape == (6, 32, 32, 3)
+    want = np.kron(small["inputs"][..., 0], np.ones((2, 2), np.float32))  # each pixel a 2 x 2 block
+    for c in range(3):
+        np.testing.assert_array_equal(big["inputs"][..., c], want)
+    np.testing.assert_array_equal(big["targets"]["left"], small["targets"]["left"])
+    with pytest.raises(ValueError, match="config.data.upscale"):
+        build_dataset(_cfg(image_size=32, upscale=3))
+    with pytest.raises(ValueError, match="config.data.channels"):
+        build_dataset(_cfg(channels=2))
