@@ -26,6 +26,7 @@ import os
 
 import ml_collections as mlc
 
+from mtljax.commands.saved_config import update_config
 from mtljax.config import base_config
 from mtljax.data.registry import default_task_names
 from mtljax.merge.vectors import MergeError
@@ -102,21 +103,13 @@ def _first_difference(a, b, prefix: str) -> str | None:
     return None if a == b else prefix
 
 
-def _update(node: mlc.ConfigDict, values: dict) -> None:
-    for k, v in values.items():
-        if isinstance(v, dict) and k in node and isinstance(node[k], mlc.ConfigDict):
-            _update(node[k], v)
-        else:
-            node[k] = copy.deepcopy(v)
-
-
 def merged_config(experts: list[Run], workdir: str, seed: int, mesh=None) -> mlc.ConfigDict:
     """The config of one model with all the experts' tasks (see the module docstring)."""
     first = experts[0].config
 
     def model_of(run):  # its config.model over today's defaults (keys added since it was written)
         node = base_config().model
-        _update(node, run.config["model"])
+        update_config(node, run.config["model"])
         node.peft = base_config().model.peft  # LoRA experts arrive folded into dense kernels: no peft
         return json.loads(node.to_json_best_effort())
 
@@ -142,8 +135,8 @@ def merged_config(experts: list[Run], workdir: str, seed: int, mesh=None) -> mlc
         data = copy.deepcopy(_without(first["data"], "tasks"))
         data.update(name="mixture", tasks=(), components=[{**d, "tasks": tuple(t)} for d, t in groups])
     c = base_config()
-    _update(c, {k: v for k, v in first.items() if k in ("train", "optim")})
-    _update(c, {"model": model, "data": data})
+    update_config(c, {k: v for k, v in first.items() if k in ("train", "optim")})
+    update_config(c, {"model": model, "data": data})
     c.workdir = workdir
     c.seed = seed
     c.init.checkpoint = ""

@@ -8,6 +8,7 @@ since the run was written keep their defaults.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import ml_collections as mlc
@@ -15,12 +16,14 @@ import ml_collections as mlc
 from mtljax.config import base_config
 
 
-def _update(node: mlc.ConfigDict, values: dict) -> None:
+def update_config(node: mlc.ConfigDict, values: dict) -> None:
+    """Set ``values`` (nested dicts, e.g. a saved config.json) into ``node``, section by section; keys
+    ``node`` lacks are added."""
     for k, v in values.items():
         if isinstance(v, dict) and k in node and isinstance(node[k], mlc.ConfigDict):
-            _update(node[k], v)
+            update_config(node[k], v)
         else:
-            node[k] = v
+            node[k] = copy.deepcopy(v)
 
 
 def get_config(path=None):
@@ -30,5 +33,5 @@ def get_config(path=None):
         saved = json.load(f)
     saved.pop("state_format", None)
     c = base_config()
-    _update(c, saved)
+    update_config(c, saved)
     return c

@@ -49,6 +49,7 @@ import orbax.checkpoint as ocp
 
 from mtljax.config import ConfigError, require
 from mtljax.data.registry import default_task_names
+from mtljax.merge.vectors import unflatten
 from mtljax.optim.trainable import path_string
 
 TASK_INIT = ("fresh", "mean")  # or the name of one source task
@@ -254,17 +255,6 @@ def plan(init_config, param_shapes, *, tasks=(), specific=None) -> InitPlan | No
                     task_map if mapped else (), tuple(source_tasks or ()), task_init)
 
 
-def _nested(paths_values: dict[str, Any]) -> dict:
-    out: dict = {}
-    for path, v in paths_values.items():
-        node = out
-        *parents, leaf = path.split("/")
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[leaf] = v
-    return out
-
-
 def _fill(fresh: np.ndarray, source: np.ndarray, init_plan: InitPlan) -> np.ndarray:
     """The per-task array ``fresh [T, ...]`` with its slots replaced as ``init_plan.task_map`` says from
     the source's ``source [S, ...]`` (means in float64, then this run's dtype)."""
@@ -282,7 +272,7 @@ def restore_arrays(state_dir: str, targets: dict[str, jax.ShapeDtypeStruct]) -> 
     """``{path: array}`` of the parameters ``targets`` names (``ShapeDtypeStruct`` with an optional
     sharding: placed straight onto it; without one, on the default device), read from the train state
     in ``state_dir`` (an orbax partial restore: nothing else is read; the checkpoint is not modified)."""
-    item = {"params": _nested(targets)}
+    item = {"params": unflatten(targets)}
     with _reading_item():
         restored = ocp.PyTreeCheckpointer().restore(
             state_dir, args=ocp.args.PyTreeRestore(
