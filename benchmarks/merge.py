@@ -32,6 +32,8 @@ sys.path.insert(0, ROOT)
 
 from configs.merge.experts import TASKS  # noqa: E402
 
+ARGS = argparse.Namespace(merge_batch=64)  # settings every stage's merge config reads
+
 
 def _train(spec: str, workdir: str, seed: int, pretrained: str, cache: str) -> dict:
     if os.path.exists(os.path.join(workdir, "final_metrics.json")):
@@ -79,8 +81,12 @@ def _config(workdir, seed, **merge):
     c = base_config()
     c.workdir = workdir
     c.seed = seed
-    c.merge.update({"seed": seed, **merge})
+    c.merge.update({"seed": seed, "batch_size": ARGS.merge_batch, **merge})
     return c
+
+
+def _seeds(args):
+    return [args.only_seed] if args.only_seed is not None else range(args.seeds)
 
 
 def _record(out, name, record):
@@ -103,10 +109,10 @@ def table(args) -> None:
     from mtljax.commands.merge import run_merge
 
     _setup_jax(args.out)
-    for seed in range(args.seeds):
+    kinds = (("full", "expert", None), ("lora", "lora", "task_arithmetic,ties,logit_fusion,phatgoose"))
+    for seed in _seeds(args):
         base = os.path.join(args.out, f"s{seed}")
-        for kind, prefix, methods in (("full", "expert", None),
-                                      ("lora", "lora", "task_arithmetic,ties,logit_fusion,phatgoose")):
+        for kind, prefix, methods in (k for k in kinds if k[0] in args.kinds):
             experts = [os.path.join(base, f"{prefix}_{t}") for t in TASKS]
             if not all(os.path.exists(os.path.join(e, "final_metrics.json")) for e in experts):
                 print(f"seed {seed} {kind}: experts missing, skipped", flush=True)
@@ -129,7 +135,7 @@ def scaling(args) -> None:
     from mtljax.commands.merge import run_merge
 
     _setup_jax(args.out)
-    for seed in range(args.seeds):
+    for seed in _seeds(args):
         base = os.path.join(args.out, f"s{seed}")
         for n, tasks in SUBSETS.items():
             report = run_merge(_config(os.path.join(base, f"scaling_{n}"), seed, steps=args.merge_steps),
@@ -148,7 +154,7 @@ def negation(args) -> None:
 
     _setup_jax(args.out)
     target, control = args.negate
-    for seed in range(args.seeds):
+    for seed in _seeds(args):
         base = os.path.join(args.out, f"s{seed}")
         setup = Setup(_config(os.path.join(base, "negation"), seed), args.pretrained,
                       [os.path.join(base, f"expert_{t}") for t in (target, control)], None, lambda s: None)
@@ -223,9 +229,13 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-lora", action="store_true")
     parser.add_argument("--merge-steps", type=int, default=200, help="config.merge.steps of the learned methods")
+    parser.add_argument("--merge-batch", type=int, default=64, help="config.merge.batch_size (per dataset)")
     parser.add_argument("--negate", nargs=2, default=["left", "count"], metavar=("TARGET", "CONTROL"))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only-seed", type=int, default=None, help="run one seed of a merging stage")
+    parser.add_argument("--kinds", nargs="+", default=["full", "lora"], help="table: which experts")
     args = parser.parse_args(argv)
+    ARGS.merge_batch = args.merge_batch
     args.pretrained = os.path.abspath(args.pretrained)
     if args.stage == "report":
         from benchmarks.merge_report import report
