@@ -36,7 +36,8 @@ def test_config_args():
     assert load_config(f"{root}/multitab.py:conflict").data.rho < 0
     assert load_config(f"{root}/cifar100_mtl.py:S").model.vit.variant == "S"
     experts = load_config(f"{root}/merge/experts.py:multitask")
-    assert experts.data.name == "mixture" and len(experts.data.components) == 2
+    assert experts.data.name == "factors" and len(experts.data.tasks) == 8
+    assert load_config(f"{root}/merge/experts.py:left").data.upscale == 2
     assert load_config(f"{root}/merge/experts.py:lora_left").model.peft.method == "lora"
     with pytest.raises(ValueError, match="unknown argument"):
         load_config(f"{root}/merge/experts.py:lora_nope")
