@@ -292,16 +292,16 @@ def merge_with(setup: Setup, method: str, m, log) -> tuple[dict, dict]:
     from mtljax import merge as mg
 
     theta0, ft = setup.theta0, setup.finetuned
-    if method == "weight_average":
-        return mg.weight_average(theta0, ft), {}
-    if method == "task_arithmetic":
-        return mg.task_arithmetic(theta0, ft, scale=float(m.scale)), {}
-    if method == "ties":
-        return mg.ties(theta0, ft, density=float(m.density), scale=float(m.scale)), {}
-    if method == "dare":
-        kw = {"density": float(m.density)} if m.dare_base == "ties" else {}
-        return mg.dare_merge(theta0, ft, p=float(m.drop), key=jax.random.key(int(m.seed)), base=m.dare_base,
-                             scale=float(m.scale), **kw), {}
+    static = {  # one compiled function each (eager dispatch would compile every small op on its own)
+        "weight_average": lambda p, f: mg.weight_average(p, f),
+        "task_arithmetic": lambda p, f: mg.task_arithmetic(p, f, scale=float(m.scale)),
+        "ties": lambda p, f: mg.ties(p, f, density=float(m.density), scale=float(m.scale)),
+        "dare": lambda p, f: mg.dare_merge(p, f, p=float(m.drop), key=jax.random.key(int(m.seed)), base=m.dare_base,
+                                           scale=float(m.scale),
+                                           **({"density": float(m.density)} if m.dare_base == "ties" else {})),
+    }
+    if method in static:
+        return jax.jit(static[method])(theta0, ft), {}
     forward, loss = setup.forward_fn()
     every = max(1, int(m.steps) // 4)
     if method.startswith("adamerging"):
@@ -407,7 +407,8 @@ def run_merge(config, *, pretrained: str | None, experts: str | list[str] | None
     if not paths:
         raise MergeError("--experts: give the expert run directories, comma-separated")
     workdir = os.path.abspath(config.workdir)
-    if not sweep and os.path.isdir(os.path.join(workdir, "checkpoints")):
+    done = os.path.join(workdir, "checkpoints")
+    if not sweep and os.path.isdir(done) and any(d.isdigit() for d in os.listdir(done)):
         raise MergeError(f"--workdir: {config.workdir!r} already holds checkpoints; merge into a new directory "
                          "(nothing was changed there)")
     setup = Setup(config, pretrained, [p.strip() for p in paths], multitask, log)
