@@ -127,7 +127,7 @@ def table(args) -> None:
                                         "info": report["info"], "wall": round(time.time() - start, 1)})
 
 
-SUBSETS = {2: ("count", "left"), 4: ("count", "texture", "left", "right"), 8: TASKS}
+SUBSETS = {2: ("count", "texture"), 4: ("count", "texture", "background", "shape"), 8: TASKS}
 
 
 def scaling(args) -> None:
@@ -230,7 +230,7 @@ def main(argv=None):
     parser.add_argument("--no-lora", action="store_true")
     parser.add_argument("--merge-steps", type=int, default=200, help="config.merge.steps of the learned methods")
     parser.add_argument("--merge-batch", type=int, default=64, help="config.merge.batch_size (per dataset)")
-    parser.add_argument("--negate", nargs=2, default=["left", "count"], metavar=("TARGET", "CONTROL"))
+    parser.add_argument("--negate", nargs=2, default=["texture", "count"], metavar=("TARGET", "CONTROL"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only-seed", type=int, default=None, help="run one seed of a merging stage")
     parser.add_argument("--kinds", nargs="+", default=["full", "lora"], help="table: which experts")
