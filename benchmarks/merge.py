@@ -138,9 +138,9 @@ def scaling(args) -> None:
     for seed in _seeds(args):
         base = os.path.join(args.out, f"s{seed}")
         for n, tasks in SUBSETS.items():
-            report = run_merge(_config(os.path.join(base, f"scaling_{n}"), seed, steps=args.merge_steps),
+            report = run_merge(_config(os.path.join(base, f"scaling_{n}"), seed, steps=args.scaling_steps),
                                pretrained=args.pretrained, experts=[os.path.join(base, f"expert_{t}") for t in tasks],
-                               method="task_arithmetic,ties,adamerging_layer")
+                               method="weight_average,task_arithmetic,ties,adamerging_task")
             _record(args.out, "scaling", {"seed": seed, "tasks": n, "normalised": _normalised(report),
                                           "mean_accuracy": report["mean_accuracy"]})
 
@@ -230,6 +230,7 @@ def main(argv=None):
     parser.add_argument("--no-lora", action="store_true")
     parser.add_argument("--merge-steps", type=int, default=200, help="config.merge.steps of the learned methods")
     parser.add_argument("--merge-batch", type=int, default=64, help="config.merge.batch_size (per dataset)")
+    parser.add_argument("--scaling-steps", type=int, default=150, help="scaling: AdaMerging's steps")
     parser.add_argument("--negate", nargs=2, default=["texture", "count"], metavar=("TARGET", "CONTROL"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only-seed", type=int, default=None, help="run one seed of a merging stage")
