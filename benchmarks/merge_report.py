@@ -15,7 +15,10 @@ sys.path.insert(0, ROOT)
 
 from mtljax.stats import mean_ci  # noqa: E402
 
-MAIN = {"pos_x": "mse"}  # every other task: accuracy
+
+
+def _metric(records, task) -> str:
+    return "accuracy" if "accuracy" in records[0]["rows"]["individual experts"][task] else "mse"
 
 
 def _read(out, name):
@@ -28,9 +31,9 @@ def _read(out, name):
 
 def _fmt(values, digits=3):
     s = mean_ci(values)
-    if s.low is None:
+    if s.ci_low is None:
         return f"{s.mean:.{digits}f}"
-    return f"{s.mean:.{digits}f} ± {(s.high - s.low) / 2:.{digits}f}"
+    return f"{s.mean:.{digits}f} ± {(s.ci_high - s.ci_low) / 2:.{digits}f}"
 
 
 def _table(records, title):
@@ -38,13 +41,14 @@ def _table(records, title):
         return ""
     rows = list(records[0]["rows"])
     tasks = list(records[0]["rows"]["individual experts"])
-    head = ["model"] + [f"{t} {'MSE' if MAIN.get(t) == 'mse' else 'acc'}" for t in tasks] + ["mean acc", "normalised"]
+    head = ["model"] + [f"{t} {'acc' if _metric(records, t) == 'accuracy' else 'MSE'}" for t in tasks] + [
+        "mean acc", "normalised"]
     lines = [f"**{title}** ({len(records)} seeds)", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for row in rows:
         cells = [row]
         for t in tasks:
-            vals = [r["rows"][row][t][MAIN.get(t, "accuracy")] for r in records if t in r["rows"].get(row, {})]
+            vals = [r["rows"][row][t][_metric(records, t)] for r in records if t in r["rows"].get(row, {})]
             cells.append(_fmt(vals) if len(vals) == len(records) else "–")
         cells.append(_fmt([r["mean_accuracy"][row] for r in records]))
         norm = [r["normalised"][row] for r in records if row in r["normalised"]]
