@@ -6,6 +6,7 @@ memory of AdaMerging's coefficient search.
     python benchmarks/merge.py table --out DIR --pretrained RUN [--seeds 3]     # every method, per seed
     python benchmarks/merge.py scaling --out DIR --pretrained RUN               # 2, 4, 8 merged tasks
     python benchmarks/merge.py negation --out DIR --pretrained RUN              # forget one task
+    python benchmarks/merge.py vectors --out DIR --pretrained RUN               # task vectors' norms, cosines
     python benchmarks/merge.py timing --out DIR --pretrained RUN                # AdaMerging vs T
     python benchmarks/merge.py report DIR                                       # markdown tables
 
@@ -167,6 +168,29 @@ def negation(args) -> None:
         _record(args.out, "negation", record)
 
 
+def vectors(args) -> None:
+    """Size and overlap of the task vectors: ‖τ_t‖ / ‖θ_0‖ over the backbone, and their pairwise cosines."""
+    import numpy as np
+
+    from mtljax.commands.merge import Setup
+    from mtljax.merge import flatten
+
+    for seed in _seeds(args):
+        base = os.path.join(args.out, f"s{seed}")
+        setup = Setup(_config(os.path.join(base, "vectors"), seed), args.pretrained,
+                      [os.path.join(base, f"expert_{t}") for t in TASKS], None, lambda s: None)
+        theta0 = np.concatenate([np.asarray(x).ravel() for x in flatten(setup.theta0).values()])
+        tv = np.stack([np.concatenate([np.asarray(x)[t].ravel() for x in flatten(setup.stacked).values()])
+                       for t in range(len(TASKS))])
+        norms = np.linalg.norm(tv, axis=1)
+        cos = (tv @ tv.T) / np.outer(norms, norms)
+        off = cos[~np.eye(len(TASKS), dtype=bool)]
+        record = {"seed": seed, "relative_norm": dict(zip(TASKS, (norms / np.linalg.norm(theta0)).round(4).tolist())),
+                  "cosine_mean": float(off.mean()), "cosine_min": float(off.min()), "cosine_max": float(off.max())}
+        print(json.dumps(record), flush=True)
+        _record(args.out, "vectors", record)
+
+
 def timing(args) -> None:
     """Step time and compiled memory of AdaMerging's layer-wise coefficient search against the number of
     tasks (a fixed batch of 64 images per dataset; memory from XLA's memory analysis of the step)."""
@@ -222,7 +246,7 @@ def timing(args) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=["experts", "table", "scaling", "negation", "timing", "report"])
+    parser.add_argument("stage", choices=["experts", "table", "scaling", "negation", "vectors", "timing", "report"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--pretrained", default="runs/pretrain")
     parser.add_argument("--seeds", type=int, default=3)
@@ -243,7 +267,9 @@ def main(argv=None):
 
         print(report(args.out))
         return
-    {"experts": experts, "table": table, "scaling": scaling, "negation": negation, "timing": timing}[args.stage](args)
+    stages = {"experts": experts, "table": table, "scaling": scaling, "negation": negation, "vectors": vectors,
+              "timing": timing}
+    stages[args.stage](args)
 
 
 if __name__ == "__main__":

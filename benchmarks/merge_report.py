@@ -132,6 +132,12 @@ def report(out: str) -> str:
             key = f"lambda={lam}"
             lines.append(f"| {lam} | {_fmt([r[key][t] for r in neg])} | {_fmt([r[key][c] for r in neg])} |")
         parts.append("\n".join(lines))
+    vec = _read(out, "vectors")
+    if vec:
+        rel = [v for r in vec for v in r["relative_norm"].values()]
+        parts.append(f"**Task vectors** ({len(vec)} seeds): ‖τ_t‖ / ‖θ_0‖ from {min(rel):.3f} to {max(rel):.3f} "
+                     f"(mean {np.mean(rel):.3f}); pairwise cosine mean {np.mean([r['cosine_mean'] for r in vec]):.3f}, "
+                     f"range {min(r['cosine_min'] for r in vec):.3f} to {max(r['cosine_max'] for r in vec):.3f}.")
     timing = _read(out, "timing")
     if timing:
         lines = ["**AdaMerging (layer-wise) coefficient search vs the number of tasks**", "",
