@@ -210,9 +210,9 @@ def timing(args) -> None:
         tx = optax.adam(1e-3)
         c0 = co.init_coefficients(setup.theta0, n, "layer", 0.3)
 
-        def step(c, opt_state, batch, setup=setup, forward=forward):
+        def step(c, opt_state, batch, theta0, stacked, setup=setup, forward=forward):  # as coefficients.learn
             def loss(c):
-                outputs, masks = forward(co.combine(setup.theta0, setup.stacked, c), batch)
+                outputs, masks = forward(co.combine(theta0, stacked, c), batch)
                 return entropy_loss(outputs, masks, setup.classification)
 
             value, grads = jax.value_and_grad(loss)(c)
@@ -222,17 +222,18 @@ def timing(args) -> None:
         batches = setup.unlabelled_batches(64, 0)
         batch = next(batches)
         opt_state = tx.init(c0)
-        compiled = jax.jit(step).lower(c0, opt_state, batch).compile()
+        params = (setup.theta0, setup.stacked)
+        compiled = jax.jit(step).lower(c0, opt_state, batch, *params).compile()
         mem = compiled.memory_analysis()
         c, o = c0, opt_state
         for _ in range(3):
-            c, o, v = compiled(c, o, batch)
+            c, o, v = compiled(c, o, batch, *params)
         jax.block_until_ready(v)
         times = []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             for _ in range(10):
-                c, o, v = compiled(c, o, batch)
+                c, o, v = compiled(c, o, batch, *params)
             jax.block_until_ready(v)
             times.append((time.perf_counter() - t0) / 10)
         vectors = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.stacked))

@@ -129,15 +129,15 @@ def phatgoose(setup, m, log: Callable[[str], None]):
     frozen = {p: v for p, v in params.items() if not p.endswith("/gate")}
     objective = gate_exp.objective
 
-    def loss(g, batch):
+    def loss(g, batch, frozen):
         full = vec.unflatten({**frozen, **g})
         return jnp.sum(objective.forward(full, batch, train=False)[0])
 
     tx = optax.adam(10 * float(m.learning_rate))
 
     @jax.jit
-    def step(g, opt_state, batch):
-        value, grads = jax.value_and_grad(loss)(g, batch)
+    def step(g, opt_state, batch, frozen):  # the frozen parameters are an argument, not constants
+        value, grads = jax.value_and_grad(loss)(g, batch, frozen)
         updates, opt_state = tx.update(grads, opt_state, g)
         return optax.apply_updates(g, updates), opt_state, value
 
@@ -145,7 +145,7 @@ def phatgoose(setup, m, log: Callable[[str], None]):
     batches = setup.unlabelled_batches(int(m.batch_size), int(m.seed) + 1, split="train")
     losses = []
     for i in range(int(m.steps)):
-        gates, opt_state, value = step(gates, opt_state, next(batches))
+        gates, opt_state, value = step(gates, opt_state, next(batches), frozen)
         losses.append(float(value))
     log(f"phatgoose: gates trained for {m.steps} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     routed = vec.unflatten({**frozen, **gates})

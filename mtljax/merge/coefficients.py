@@ -74,7 +74,7 @@ def learn(loss_fn: Callable[[PyTree, Any], jax.Array], pretrained: PyTree, stack
         raise MergeError(f"steps: must be >= 1, got {steps}")
 
     @jax.jit
-    def step(c, opt_state, batch):
+    def step(c, opt_state, batch, pretrained, stacked):  # the parameters are arguments, not constants
         loss, grads = jax.value_and_grad(lambda c: loss_fn(combine(pretrained, stacked, c), batch))(c)
         updates, opt_state = optimizer.update(grads, opt_state, c)
         c = optax.apply_updates(c, updates)
@@ -85,7 +85,7 @@ def learn(loss_fn: Callable[[PyTree, Any], jax.Array], pretrained: PyTree, stack
     opt_state = optimizer.init(coefficients)
     losses = []
     for i in range(steps):
-        coefficients, opt_state, loss = step(coefficients, opt_state, next(batches))
+        coefficients, opt_state, loss = step(coefficients, opt_state, next(batches), pretrained, stacked)
         losses.append(float(loss))
         if log_every and (i + 1) % log_every == 0:
             log(f"  coefficients step {i + 1}/{steps}: loss {losses[-1]:.4f}")
