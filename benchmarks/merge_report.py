@@ -109,12 +109,13 @@ def report(out: str) -> str:
                          f"{k} {v:.1f}" for k, v in last["seconds"].items()))
         parts.append(depth_plot(full, os.path.join(out, "adamerging_depth.png")))
     if lora and "phatgoose" in lora[0]["info"]:
-        parts.append("**PHATGOOSE routing** (mean weight on the experts of the image's own dataset, test images):")
+        parts.append("**PHATGOOSE routing**: mean routing weight on each expert over the test images' tokens and the "
+                     "routed projections (top-2 of 8; uniform would be 0.125), and the gate-training loss:")
         for r in lora:
-            shares = r["info"]["phatgoose"]["routing_by_dataset"]
-            digits = {"left", "right"}
-            own = {ds: sum(v for t, v in w.items() if (t in digits) == (ds == "multi_digits")) for ds, w in shares.items()}
-            parts.append(f"- seed {r['seed']}: " + ", ".join(f"{ds} images → {v:.3f}" for ds, v in own.items()))
+            info = r["info"]["phatgoose"]
+            for ds, w in info["routing_by_dataset"].items():
+                parts.append(f"- seed {r['seed']}, {ds} images: " + ", ".join(f"{t} {v:.3f}" for t, v in w.items())
+                             + f"; gate loss {info['gate_loss_first']:.2f} → {info['gate_loss_last']:.2f}")
     scaling = _read(out, "scaling")
     if scaling:
         methods = list(scaling[0]["normalised"])

@@ -292,7 +292,7 @@ def merge_with(setup: Setup, method: str, m, log) -> tuple[dict, dict]:
     from mtljax import merge as mg
 
     theta0, ft = setup.theta0, setup.finetuned
-    static = {  # one compiled function each (eager dispatch would compile every small op on its own)
+    static = {  # one compiled function each (eager dispatch compiles every small op on its own)
         "weight_average": lambda p, f: mg.weight_average(p, f),
         "task_arithmetic": lambda p, f: mg.task_arithmetic(p, f, scale=float(m.scale)),
         "ties": lambda p, f: mg.ties(p, f, density=float(m.density), scale=float(m.scale)),
@@ -300,6 +300,8 @@ def merge_with(setup: Setup, method: str, m, log) -> tuple[dict, dict]:
                                            scale=float(m.scale),
                                            **({"density": float(m.density)} if m.dare_base == "ties" else {})),
     }
+    if method == "dare":  # eager: compiling its hundreds of independent random masks costs more than running them
+        return static[method](theta0, ft), {}
     if method in static:
         return jax.jit(static[method])(theta0, ft), {}
     forward, loss = setup.forward_fn()
