@@ -55,6 +55,7 @@ import numpy as np
 
 from mtljax.config import ConfigError
 from mtljax.commands.merge_runs import Run, check_experts, merged_config, read_run
+from mtljax.commands.merge_table import format_rows, mean_accuracy, plot_rows
 from mtljax.merge import vectors as vec
 from mtljax.merge.adamerging import adamerging
 from mtljax.merge.atlas import atlas
@@ -331,56 +332,6 @@ def merge_with(setup: Setup, method: str, m, log) -> tuple[dict, dict]:
                     "coefficient_tasks": names, "loss_first": losses[0], "loss_last": losses[-1]}
 
 
-# ---- report ----------------------------------------------------------------------------------------------
-def _main_metric(task) -> str:
-    return next(iter(task.directions()))
-
-
-def format_rows(tasks, rows: dict[str, dict]) -> str:
-    """One line per row: every task's main metric, and the mean accuracy over classification tasks."""
-    cls = [t for t in tasks if "accuracy" in t.directions()]
-    head = ["model"] + [f"{t.name} {_main_metric(t)}" for t in tasks] + ([f"mean acc ({len(cls)})"] if cls else [])
-    lines = [head]
-    for name, res in rows.items():
-        vals = [f"{res[t.name][_main_metric(t)]:.4f}" if t.name in res else "-" for t in tasks]
-        if cls:
-            have = [res[t.name]["accuracy"] for t in cls if t.name in res]
-            vals.append(f"{np.mean(have):.4f}" if len(have) == len(cls) else "-")
-        lines.append([name] + vals)
-    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
-def mean_accuracy(tasks, res) -> float:
-    cls = [t.name for t in tasks if "accuracy" in t.directions()]
-    return float(np.mean([res[t]["accuracy"] for t in cls])) if cls else float("nan")
-
-
-def _plot(path: str, tasks, rows: dict[str, dict]) -> None:
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend (a notebook's) alone
-
-    cls = [t for t in tasks if "accuracy" in t.directions()]
-    names = list(rows)
-    fig = Figure(figsize=(14, 4.5))
-    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.2]})
-    means = [mean_accuracy(tasks, rows[n]) for n in names]
-    axes[0].barh(names[::-1], means[::-1], color="tab:blue")
-    axes[0].set_xlabel(f"mean accuracy over {len(cls)} classification tasks")
-    for y, v in enumerate(means[::-1]):
-        axes[0].text(v, y, f" {v:.3f}", va="center", fontsize=8)
-    width = 0.8 / len(names)
-    x = np.arange(len(cls))
-    for i, n in enumerate(names):
-        axes[1].bar(x + i * width, [rows[n][t.name]["accuracy"] for t in cls], width, label=n)
-    axes[1].set_xticks(x + 0.4 - width / 2, [t.name for t in cls])
-    axes[1].set_ylabel("test accuracy")
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def _save_checkpoint(exp, params, workdir: str) -> None:
     """``params`` as step 0 of a run of ``exp.config`` in ``workdir`` (what ``mtljax eval`` reads)."""
     from mtljax.trainer.checkpoint import Checkpointer
@@ -465,7 +416,7 @@ def run_merge(config, *, pretrained: str | None, experts: str | list[str] | None
     if sweep:
         with open(os.path.join(workdir, "sweep.json"), "w") as f:
             json.dump(report, f, indent=1)
-        _plot(os.path.join(workdir, "sweep.png"), tasks, rows)
+        plot_rows(os.path.join(workdir, "sweep.png"), tasks, rows)
         log(f"wrote {os.path.join(config.workdir, 'sweep.json')} and sweep.png")
     else:
         if written is not None:

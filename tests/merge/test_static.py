@@ -32,11 +32,11 @@ def tree(a, b):
     return {"a": jnp.asarray(a, jnp.float32), "blk": {"b": jnp.asarray(b, jnp.float32).reshape(2, 2)}}
 
 
-def close(x, y, **kw):
+def assert_trees_close(x, y, **kw):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), **kw), x, y)
 
 
-def equal(x, y):
+def assert_trees_equal(x, y):
     jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), x, y)
 
 
@@ -47,27 +47,27 @@ EXPERTS = [tree([2.0, -2.5], [1.0, 2.0, 0.0, 2.5]), tree([0.0, -1.0], [0.5, 4.0,
 # ----- task arithmetic / averaging
 
 def test_task_arithmetic_zero_scale_is_pretrained():
-    equal(task_arithmetic(PRE, EXPERTS, scale=0.0), PRE)
+    assert_trees_equal(task_arithmetic(PRE, EXPERTS, scale=0.0), PRE)
 
 
 def test_task_arithmetic_one_task_unit_scale_is_expert():
-    close(task_arithmetic(PRE, EXPERTS[:1], scale=1.0), EXPERTS[0], rtol=1e-6)
+    assert_trees_close(task_arithmetic(PRE, EXPERTS[:1], scale=1.0), EXPERTS[0], rtol=1e-6)
 
 
 def test_task_arithmetic_values_and_per_task_scale():
     # tau_0 = a [1, -0.5], b [0.5, -1, 1, 0.5]; tau_1 = a [-1, 1], b [0, 1, -2, 0]
     out = task_arithmetic(PRE, EXPERTS, scale=0.5)  # PRE + 0.5 (tau_0 + tau_1) = PRE + 0.5 a[0, .5] b[.5, 0, -1, .5]
-    close(out, tree([1.0, -1.75], [0.75, 3.0, -1.5, 2.25]))
+    assert_trees_close(out, tree([1.0, -1.75], [0.75, 3.0, -1.5, 2.25]))
     out = task_arithmetic(PRE, EXPERTS, scale=[1.0, 0.0])
-    close(out, EXPERTS[0])
+    assert_trees_close(out, EXPERTS[0])
     out = task_arithmetic(PRE, EXPERTS, scale=jnp.asarray([0.0, 1.0]))
-    close(out, EXPERTS[1])
+    assert_trees_close(out, EXPERTS[1])
 
 
 def test_negate_moves_against_task_vector():
     tau = task_vector(PRE, EXPERTS[0])
     out = negate(PRE, EXPERTS[0], scale=1.0)  # PRE - tau
-    close(out, tree([0.0, -1.5], [0.0, 4.0, -2.0, 1.5]))
+    assert_trees_close(out, tree([0.0, -1.5], [0.0, 4.0, -2.0, 1.5]))
     # moving along -tau: the inner product with tau decreases by lambda |tau|^2
     dot = lambda x: sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(tau)))
     assert float(dot(out)) == pytest.approx(float(dot(PRE)) - float(dot(tau)))
@@ -76,7 +76,7 @@ def test_negate_moves_against_task_vector():
 
 def test_weight_average():
     out = weight_average(PRE, EXPERTS)
-    close(out, tree([1.0, -1.75], [0.75, 3.0, -1.5, 2.25]))
+    assert_trees_close(out, tree([1.0, -1.75], [0.75, 3.0, -1.5, 2.25]))
     bf = jax.tree.map(lambda x: x.astype(jnp.bfloat16), PRE)
     out = weight_average(bf, [jax.tree.map(lambda x: x.astype(jnp.bfloat16), e) for e in EXPERTS])
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(out))
@@ -103,34 +103,34 @@ MERGED = tree([3.0, 3.0], [-5.0, -3.0, -4.0, 0.0])
 
 def test_trim_global_top_k_with_ties_kept():
     for tau, want in zip(TAU, TRIMMED):
-        equal(trim(tau, 0.5), want)
-    equal(trim(TAU[0], 1.0), TAU[0])
+        assert_trees_equal(trim(tau, 0.5), want)
+    assert_trees_equal(trim(TAU[0], 1.0), TAU[0])
     # density 1/6 -> k = 1: only the largest magnitude over both leaves survives
-    equal(trim(TAU[2], 1 / 6), tree([0.0, 0.0], [-5.0, 0.0, 0.0, 0.0]))
+    assert_trees_equal(trim(TAU[2], 1 / 6), tree([0.0, 0.0], [-5.0, 0.0, 0.0, 0.0]))
 
 
 def test_elect_sign_and_disjoint_mean():
-    equal(jax.jit(elect_sign)(TRIMMED), SIGN)
-    equal(jax.jit(disjoint_mean)(TRIMMED, SIGN), MERGED)
+    assert_trees_equal(jax.jit(elect_sign)(TRIMMED), SIGN)
+    assert_trees_equal(jax.jit(disjoint_mean)(TRIMMED, SIGN), MERGED)
     # exact cancellation: sign 0, merged 0
     x, y = tree([1.0, 0.0], [0.0] * 4), tree([-1.0, 0.0], [0.0] * 4)
     s = elect_sign([x, y])
-    equal(s, ZERO)
-    equal(disjoint_mean([x, y], s), ZERO)
+    assert_trees_equal(s, ZERO)
+    assert_trees_equal(disjoint_mean([x, y], s), ZERO)
 
 
 def test_ties_end_to_end():
-    equal(ties(ZERO, TAU, density=0.5, scale=1.0), MERGED)
+    assert_trees_equal(ties(ZERO, TAU, density=0.5, scale=1.0), MERGED)
     # with a non-zero pretrained model and lambda = 0.5: PRE + 0.5 MERGED
     experts = [jax.tree.map(jnp.add, PRE, t) for t in TAU]
-    close(ties(PRE, experts, density=0.5, scale=0.5), tree([2.5, -0.5], [-2.0, 1.5, -3.0, 2.0]), atol=1e-6)
+    assert_trees_close(ties(PRE, experts, density=0.5, scale=0.5), tree([2.5, -0.5], [-2.0, 1.5, -3.0, 2.0]), atol=1e-6)
 
 
 # ----- DARE
 
 def test_dare_p0_identity():
-    equal(dare(TAU[0], 0.0, jax.random.key(0)), TAU[0])
-    close(dare_merge(PRE, EXPERTS, p=0.0, key=jax.random.key(1), scale=0.5),
+    assert_trees_equal(dare(TAU[0], 0.0, jax.random.key(0)), TAU[0])
+    assert_trees_close(dare_merge(PRE, EXPERTS, p=0.0, key=jax.random.key(1), scale=0.5),
           task_arithmetic(PRE, EXPERTS, scale=0.5), atol=1e-6)
 
 
@@ -171,7 +171,7 @@ def test_dare_independent_keys_per_task_and_leaf():
 
 def test_dare_merge_ties_base():
     out = dare_merge(ZERO, TAU, p=0.0, key=jax.random.key(0), base="ties", density=0.5)
-    close(out, MERGED)
+    assert_trees_close(out, MERGED)
 
 
 # ----- LoRA
@@ -195,12 +195,12 @@ def test_lora_task_vector_is_scaled_product():
     for t in range(2):
         vec = lora_task_vector(params, t, ALPHA)
         assert jax.tree.structure(vec) == jax.tree.structure({"proj": {"kernel": 0, "bias": 0}, "norm": {"scale": 0}})
-        close(vec["proj"]["kernel"], (ALPHA / 2) * np.asarray(a[t]) @ np.asarray(b[t]), rtol=1e-5)
-        equal(vec["proj"]["bias"], jnp.zeros(3))
-        equal(vec["norm"]["scale"], jnp.zeros(3))
+        assert_trees_close(vec["proj"]["kernel"], (ALPHA / 2) * np.asarray(a[t]) @ np.asarray(b[t]), rtol=1e-5)
+        assert_trees_equal(vec["proj"]["bias"], jnp.zeros(3))
+        assert_trees_equal(vec["norm"]["scale"], jnp.zeros(3))
         # agrees with the model's own fold: merge(params, t) - base
         base = {k: v for k, v in params.items() if not k.startswith("lora_")}
-        close(vec, jax.tree.map(jnp.subtract, lora_merge(params, t, ALPHA), base), atol=1e-5)
+        assert_trees_close(vec, jax.tree.map(jnp.subtract, lora_merge(params, t, ALPHA), base), atol=1e-5)
 
 
 def test_lora_merged_forward_and_factor_averaging_pitfall():
@@ -212,9 +212,9 @@ def test_lora_merged_forward_and_factor_averaging_pitfall():
     want = x @ w + sum(s * (x @ a[t]) @ b[t] for t in range(2))
     base, experts = lora_experts(params, ALPHA)
     merged = task_arithmetic(base, experts, scale=1.0)  # W + dW_0 + dW_1
-    close(x @ np.asarray(merged["proj"]["kernel"]), want, rtol=1e-4, atol=1e-4)
+    assert_trees_close(x @ np.asarray(merged["proj"]["kernel"]), want, rtol=1e-4, atol=1e-4)
     dw = [np.asarray(lora_task_vector(params, t, ALPHA)["proj"]["kernel"]) for t in range(2)]
-    close(x @ (w + dw[0] + dw[1]), want, rtol=1e-4, atol=1e-4)
+    assert_trees_close(x @ (w + dw[0] + dw[1]), want, rtol=1e-4, atol=1e-4)
     # the pitfall: averaging A's and B's separately (times T to match the sum) has cross terms
     wrong = x @ (w + 2 * s * a.mean(0) @ b.mean(0))
     assert not np.allclose(wrong, want, rtol=1e-2, atol=1e-2)
@@ -262,15 +262,15 @@ def test_bad_input_raises_at_trace_time_under_jit():
 
 def test_under_jit_same_results():
     scale = jnp.asarray([0.3, 0.7])
-    close(jax.jit(task_arithmetic)(PRE, EXPERTS, scale), task_arithmetic(PRE, EXPERTS, scale), atol=1e-6)
-    close(jax.jit(negate)(PRE, EXPERTS[0], 0.5), negate(PRE, EXPERTS[0], 0.5), atol=1e-6)
-    close(jax.jit(weight_average)(PRE, EXPERTS), weight_average(PRE, EXPERTS), atol=1e-6)
+    assert_trees_close(jax.jit(task_arithmetic)(PRE, EXPERTS, scale), task_arithmetic(PRE, EXPERTS, scale), atol=1e-6)
+    assert_trees_close(jax.jit(negate)(PRE, EXPERTS[0], 0.5), negate(PRE, EXPERTS[0], 0.5), atol=1e-6)
+    assert_trees_close(jax.jit(weight_average)(PRE, EXPERTS), weight_average(PRE, EXPERTS), atol=1e-6)
     jties = jax.jit(functools.partial(ties, density=0.5))
-    equal(jties(ZERO, TAU, scale=jnp.asarray(1.0)), MERGED)
+    assert_trees_equal(jties(ZERO, TAU, scale=jnp.asarray(1.0)), MERGED)
     key = jax.random.key(5)
-    equal(jax.jit(dare, static_argnums=1)(TAU[0], 0.5, key), dare(TAU[0], 0.5, key))
+    assert_trees_equal(jax.jit(dare, static_argnums=1)(TAU[0], 0.5, key), dare(TAU[0], 0.5, key))
     jd = jax.jit(functools.partial(dare_merge, p=0.5, base="ties", density=0.5))
-    close(jd(ZERO, TAU, key=key), dare_merge(ZERO, TAU, p=0.5, key=key, base="ties", density=0.5), atol=1e-6)
+    assert_trees_close(jd(ZERO, TAU, key=key), dare_merge(ZERO, TAU, p=0.5, key=key, base="ties", density=0.5), atol=1e-6)
     params = lora_tree()
-    close(jax.jit(lora_task_vector, static_argnums=2)(params, jnp.asarray(1), ALPHA),
+    assert_trees_close(jax.jit(lora_task_vector, static_argnums=2)(params, jnp.asarray(1), ALPHA),
           lora_task_vector(params, 1, ALPHA), atol=1e-6)
