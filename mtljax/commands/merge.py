@@ -68,7 +68,7 @@ ROUTED = ("logit_fusion", "phatgoose")
 METHODS = STATIC + LEARNED + ROUTED
 
 
-def check_merge_config(m, methods) -> None:
+def check_merge_config(m) -> None:
     """One-line errors for ``config.merge`` values the chosen methods read (before anything is loaded)."""
     def bad(key, msg):
         raise ConfigError(msg, f"merge.{key}")
@@ -185,7 +185,7 @@ class Setup:
             _, shardings = self.exp.abstract_state()
         self.param_shardings = shardings.params
         shapes = vec.flatten(self.exp.param_shapes)
-        sh = vec.flatten(jax.tree.map(lambda s: s, self.param_shardings, is_leaf=lambda x: hasattr(x, "spec")))
+        sh = vec.flatten(self.param_shardings)  # shardings are leaves
         targets = {p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh[p]) for p, s in shapes.items()}
         self.domain_targets = {p: t for p, t in targets.items() if not _is_head(p)}
         for p, t in self.domain_targets.items():
@@ -218,11 +218,15 @@ class Setup:
         return {**domain, **self.heads}
 
     def evaluate(self, domain) -> dict:
+        """Per-task test metrics of the merged backbone ``domain`` with the experts' heads."""
+        return self.evaluate_params(self.full(domain))
+
+    def evaluate_params(self, params) -> dict:
+        """Per-task test metrics of a whole parameter tree of the merged model."""
         from mtljax.trainer.loop import evaluate
 
         with jax.set_mesh(self.exp.mesh):
-            params = jax.device_put(self.full(domain), self.param_shardings)
-            return evaluate(self.exp, self._eval_step, params)
+            return evaluate(self.exp, self._eval_step, jax.device_put(params, self.param_shardings))
 
     def multitask_params(self):
         from mtljax.trainer.warm_start import restore_arrays
@@ -353,7 +357,7 @@ def run_merge(config, *, pretrained: str | None, experts: str | list[str] | None
     """Merge, evaluate, report and write (see the module docstring); returns the report dict."""
     methods = parse_methods(method, sweep)
     sweep = sweep or len(methods) > 1  # several methods: compared, nothing saved
-    check_merge_config(config.merge, methods)
+    check_merge_config(config.merge)
     if not pretrained:
         raise MergeError("--pretrained: give the pretrained run directory the experts started from")
     paths = [p for p in (experts.split(",") if isinstance(experts, str) else (experts or [])) if p.strip()]
@@ -374,12 +378,7 @@ def run_merge(config, *, pretrained: str | None, experts: str | list[str] | None
     rows["individual experts"] = individual
     rows["pretrained + heads"] = setup.evaluate(setup.theta0)
     if setup.multitask is not None:
-        mt_params = setup.multitask_params()
-        with jax.set_mesh(setup.exp.mesh):
-            from mtljax.trainer.loop import evaluate
-
-            rows["multi-task"] = evaluate(setup.exp, setup._eval_step,
-                                          jax.device_put(mt_params, setup.param_shardings))
+        rows["multi-task"] = setup.evaluate_params(setup.multitask_params())
     from mtljax.commands import merge_routing
 
     lora = all("lora" in str(e.config["model"].get("peft", {}).get("method", "")) for e in setup.experts)

@@ -61,7 +61,7 @@ def logit_fusion(setup, log: Callable[[str], None]) -> tuple[dict, dict]:
         total = add_stats(total, stats)
         alpha_sum = add_stats(alpha_sum, alpha)
     results = finalize(tasks, total)
-    owners = [setup.experts[i].path for i in range(len(setup.experts))]
+    owners = [e.path for e in setup.experts]
     mean_alpha = {t.name: (np.asarray(alpha_sum[t.name]) / max(1.0, float(total[t.name]["accuracy"]["count"]))
                            ).round(3).tolist() for t in tasks if "accuracy" in total[t.name]}
     log("logit fusion: mean α per task over the experts " + "; ".join(f"{k} {v}" for k, v in mean_alpha.items()))
