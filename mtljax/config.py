@@ -230,6 +230,18 @@ def base_config() -> mlc.ConfigDict:
     c.mesh.shape = mlc.ConfigDict({"data": -1, "expert": 1, "model": 1})
     c.mesh.rules = ()  # [[logical, mesh_axis], ...]; empty = mtljax.parallel.rules.DEFAULT_RULES
 
+    # multi-process runs (mtljax.parallel.distributed): "" / 0 / -1 = from the environment (JAX_COORDINATOR_ADDRESS,
+    # JAX_NUM_PROCESSES, JAX_PROCESS_ID, JAX_LOCAL_DEVICE_IDS) or the cluster (TPU slice, SLURM, Open MPI, k8s)
+    c.dist = mlc.ConfigDict(dict(
+        coordinator="",  # host:port of process 0
+        num_processes=0,
+        process_id=-1,
+        local_device_ids="",  # e.g. "0" or "0,1": the accelerators this process drives
+        cpu_devices=0,  # (simulated) CPU devices per process; 0 = JAX's default
+        heartbeat_timeout=20,  # s without a heartbeat before a process counts as lost (then all exit, rc 1)
+        init_timeout=300,  # s to wait for every process to join
+    ))
+
     c.baselines = mlc.ConfigDict()
     c.baselines.train = False  # train one single-task model per task first, then report Δm
     c.baselines.file = ""  # JSON {task: {metric: value}} of single-task results

@@ -8,6 +8,7 @@
     mtljax slim  [--config=...] --widths=encoder=0.5,left=1,right=0.25 [--export_dir=DIR]
     mtljax slim  [--config=...] --sweep [--num_budgets=8] [--num_preferences=32]
     mtljax merge --pretrained=RUN --experts=RUN,RUN,... --method=ties [--multitask=RUN] [--sweep] --workdir=DIR
+    mtljax launch --local=2 [--cpu_devices=4] train ...   # several processes (also --slurm, --k8s, --tpu, --xpk)
 
 ``eval``, ``routing`` and ``slim`` given ``--workdir`` but no ``--config`` read the run's saved
 ``config.json``.
@@ -25,7 +26,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "eval", "compare", "routing", "slim", "merge")
+COMMANDS = ("train", "eval", "compare", "routing", "slim", "merge", "launch")
 SAVED_CONFIG_COMMANDS = ("eval", "routing", "slim")
 
 
@@ -137,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(), file=sys.stderr)
         return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
     command = argv[1]
+    if command == "launch":  # its own options, then an mtljax command passed on unchanged
+        from mtljax.commands import launch
+
+        if argv[2:3] in (["-h"], ["--help"]):
+            print(launch.USAGE + "\n\n" + launch.__doc__.strip())
+            return 0
+        return launch.main(argv[2:])
     if any(a in ("-h", "--help") for a in argv[2:]):
         print(_command_help(command))
         return 0
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtljax.commands.train import evaluate, train
     from mtljax.config import ConfigError
     from mtljax.trainer.loop import NonFiniteLossError
+    from mtljax.trainer.preemption import Preempted
 
     if parsed.workdir:
         with config.unlocked():
@@ -191,6 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(e, flush=True)
+        return 0
+    except Exception as e:  # in a multi-process run, a collective that failed because a peer died
+        import jax
+
+        if jax.distributed.is_initialized() and isinstance(e, jax.errors.JaxRuntimeError):
+            from mtljax.parallel.distributed import explain_collective_failure
+
+            explain_collective_failure(e)
+        raise
     return 0
 
 

@@ -45,7 +45,8 @@ class Experiment:
     """Data, model, objective, method, optax chain and mesh of ``config`` (see the module docstring)."""
 
     def __init__(self, config, *, devices=None):
-        distributed.maybe_initialize()
+        if config.get("dist") is not None:
+            distributed.initialize(config.dist)
         self.config = config
         with section("train"):
             for key in TRAIN_KEYS:

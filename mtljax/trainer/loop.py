@@ -25,6 +25,7 @@ from mtljax.config import ConfigError
 from mtljax.trainer.checkpoint import Checkpointer
 from mtljax.trainer.experiment import Experiment
 from mtljax.trainer.logging import MetricWriter
+from mtljax.trainer.preemption import Notice, Preempted
 
 # Config sections that must match when a run directory is reused (train.steps may grow).
 _RESUME_KEYS = ("seed", "data", "model", "optim", "mesh")
@@ -67,10 +68,13 @@ def fit(config, *, baselines: dict | None = None, experiment: Experiment | None 
             _prune_metrics(writer.path, start)
         train_step = exp.jit_train_step(shardings)
         eval_step = exp.jit_eval_step(shardings.params)
-        results = _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log)
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
+        try:
+            with Notice(ckpt.manager) as notice:
+                results = _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log, notice)
+        finally:
+            ckpt.wait()
+            ckpt.close()
+            writer.close()
     return _finish(exp, workdir, results, baselines, log)
 
 
@@ -119,7 +123,7 @@ def _summarise_train(tasks, acc):
     return out
 
 
-def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log):
+def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log, notice):
     c, tasks = exp.config.train, exp.tasks
     bar = tqdm.tqdm(total=c.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                     mininterval=0.1 if sys.stderr.isatty() else 10.0,
@@ -168,6 +172,13 @@ def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, 
         if step % c.checkpoint_every == 0 or step == c.steps:
             ckpt.save(step, state, it, force=True)
             t0 = time.perf_counter()
+        if notice.reached(step):  # SIGTERM: save this step and stop (the rerun resumes from it)
+            if pending is not None:
+                check(*pending)
+            if ckpt.latest_step() != step:
+                ckpt.save(step, state, it, force=True)
+            bar.close()
+            raise Preempted(step, ckpt.directory)
     bar.close()
     if results is None:  # nothing left to train: evaluate the restored state
         results = evaluate(exp, eval_step, state.params, max_examples=c.eval_max_examples)
