@@ -94,7 +94,7 @@ def parse(argv: list[str]):
     parser = _parser()
     parser.error = lambda message: (_ for _ in ()).throw(LaunchError(message))  # no argparse exit
     opts = parser.parse_args(mine)
-    if not any([opts.local, opts.slurm, opts.k8s, opts.tpu, opts.xpk]):
+    if opts.local is None and not any([opts.slurm, opts.k8s, opts.tpu, opts.xpk]):
         raise LaunchError("say where to run: --local=N, --slurm, --k8s, --tpu=NAME or --xpk=CLUSTER")
     if not command or command[0] not in COMMANDS or command[0] == "launch":
         got = command[0] if command else "nothing"
