@@ -3,7 +3,8 @@
 ``fit(config)`` builds the :class:`~mtljax.trainer.experiment.Experiment` (a config mistake raises a
 one-line :class:`~mtljax.config.ConfigError` before anything is compiled or written), puts the state
 on the mesh, resumes from the newest checkpoint in ``config.workdir`` if there is one (train state
-*and* data-iterator state, so a killed run continues bit-for-bit), trains with periodic evaluation
+*and* data-iterator state, so a killed run continues bit-for-bit; corrupted checkpoints are moved aside
+with a warning and the previous one is used, see :mod:`mtljax.trainer.checkpoint`), trains with periodic evaluation
 and checkpoints, and finishes with a per-task summary (and Δm when single-task baseline metrics are
 given).
 """
@@ -222,8 +223,9 @@ def restore_params(exp: Experiment, log: Callable[[str], None] | None = None):
                                            otherwise="no usable checkpoint left", **kwargs)
     ckpt.close()
     if step is None:
-        raise ConfigError(f"config.workdir={config.workdir!r} holds no usable checkpoint (all "
-                          f"{len(ckpt.unusable)} were corrupted; moved to {ckpt.directory}_unusable)")
+        steps = ", ".join(str(s) for s, _, _ in ckpt.unusable)
+        raise ConfigError(f"config.workdir={config.workdir!r} holds no usable checkpoint (steps {steps} failed "
+                          f"their checks and were moved to {ckpt.directory}_unusable)")
     return step, state.params, shardings.params
 
 
