@@ -48,7 +48,7 @@ import logging
 import os
 import sys
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import grain
 import jax
@@ -151,10 +151,10 @@ _hushed = False
 
 
 def _hush_late_noise():
-    """Installed before a step is read. After a failed read, orbax's event loop is closed while tensorstore still completes the step's other
-    reads; each then reports ``RuntimeError: Event loop is closed`` (through ``sys.unraisablehook``) or an
-    unretrieved exception (asyncio's logger), possibly at exit. Those reports, and only those, are dropped
-    from then on; the failure itself is reported in one line."""
+    """Installed before a step is read. After a failed read, orbax's event loop is closed while
+    tensorstore still completes the step's other reads; each then reports ``RuntimeError: Event loop is
+    closed`` (through ``sys.unraisablehook``) or an unretrieved exception (asyncio's logger), possibly at
+    exit. Those reports, and only those, are dropped from then on; the failure is reported in one line."""
     global _hushed
     if _hushed:
         return

@@ -51,8 +51,8 @@ def test_newest_good_step_moves_unusable_ones_aside(tmp_path):
     ckpt, fresh, lines = Checkpointer(str(tmp_path / "ckpt"), keep=3), _iterator(), []
     step, state = ckpt.restore_newest_good(good, fresh, lines.append)
     assert step == 1 and np.array_equal(state["w"], good["w"]) and np.array_equal(next(fresh), expected)
-    assert lines == [f"warning: checkpoint step 2 in {tmp_path}/ckpt is unusable (non-finite values in ['w']); "
-                     f"moved to {tmp_path}/ckpt_unusable/2; resuming from step 1"]
+    assert lines == [(f"warning: checkpoint step 2 in {tmp_path}/ckpt is unusable (non-finite values in ['w']); "
+                      f"moved to {tmp_path}/ckpt_unusable/2; resuming from step 1")]
     assert ckpt.manager.all_steps() == [1] and os.listdir(tmp_path / "ckpt_unusable" / "2")
     ckpt.save(2, good, fresh)  # the same step number again
     ckpt.close()

@@ -8,6 +8,7 @@ it must equal the untouched run's step 40.
 """
 
 import os
+import pathlib
 import shutil
 import zlib
 
@@ -19,10 +20,10 @@ import pytest
 
 from mtljax.commands.train import train
 from mtljax.config import ConfigError, base_config
+from mtljax.trainer import warm_start
 from mtljax.trainer.checkpoint import MANIFEST, Checkpointer
 from mtljax.trainer.experiment import Experiment
 from mtljax.trainer.loop import restore_params
-from mtljax.trainer import warm_start
 
 
 def _config(workdir):
@@ -55,7 +56,7 @@ def _contents(directory):
     out = {}
     for root, _, names in os.walk(directory):
         for n in names:
-            data = open(os.path.join(root, n), "rb").read()
+            data = pathlib.Path(root, n).read_bytes()
             out[os.path.relpath(os.path.join(root, n), directory)] = (len(data), zlib.crc32(data))
     return out
 
@@ -83,10 +84,10 @@ def _truncate_iterator(step_dir):
 
 def _flip(step_dir):
     path = _array_file(step_dir)
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(pathlib.Path(path).read_bytes())
     mid = len(data) // 2
     data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
-    open(path, "wb").write(bytes(data))
+    pathlib.Path(path).write_bytes(bytes(data))
     return "checksum mismatch in state/d/", ""
 
 
