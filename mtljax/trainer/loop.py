@@ -3,7 +3,8 @@
 ``fit(config)`` builds the :class:`~mtljax.trainer.experiment.Experiment` (a config mistake raises a
 one-line :class:`~mtljax.config.ConfigError` before anything is compiled or written), puts the state
 on the mesh, resumes from the newest checkpoint in ``config.workdir`` if there is one (train state
-*and* data-iterator state, so a killed run continues bit-for-bit), trains with periodic evaluation
+*and* data-iterator state, so a killed run continues bit-for-bit; corrupted checkpoints are moved aside
+with a warning and the previous one is used, see :mod:`mtljax.trainer.checkpoint`), trains with periodic evaluation
 and checkpoints, and finishes with a per-task summary (and Δm when single-task baseline metrics are
 given).
 """
@@ -53,9 +54,11 @@ def fit(config, *, baselines: dict | None = None, experiment: Experiment | None 
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=c.keep_checkpoints)
         state, shardings = exp.init_state()
         it = exp.train_iterator()
-        start = ckpt.latest_step()
+        start = None
+        if ckpt.latest_step() is not None:  # the newest usable step; unusable ones are moved aside
+            start, restored = ckpt.restore_newest_good(exp.abstract_state()[0], it, log)
         if start is not None:
-            state = ckpt.restore(start, exp.abstract_state()[0], it)
+            state = restored
             log(f"resumed from step {start} in {ckpt.directory}")
         elif exp.init_plan is not None:  # a fresh run from another run's parameters (config.init)
             state = exp.warm_start(state, shardings, log)
@@ -64,7 +67,7 @@ def fit(config, *, baselines: dict | None = None, experiment: Experiment | None 
                     json.dump(exp.init_plan.as_dict(), f, indent=1)
         start = int(start or 0)
         writer = MetricWriter(workdir)
-        if start:
+        if start or ckpt.unusable:
             _prune_metrics(writer.path, start)
         train_step = exp.jit_train_step(shardings)
         eval_step = exp.jit_eval_step(shardings.params)
@@ -207,10 +210,13 @@ def _finish(exp, workdir, results, baselines, log):
     return summary
 
 
-def restore_params(exp: Experiment):
-    """``(step, params, param_shardings)`` of the newest checkpoint in ``exp.config.workdir``, on ``exp.mesh``.
+def restore_params(exp: Experiment, log: Callable[[str], None] | None = None):
+    """``(step, params, param_shardings)`` of the newest usable checkpoint in ``exp.config.workdir``, on
+    ``exp.mesh`` (unusable newer ones are moved aside with a warning line through ``log``, default stderr;
+    see :mod:`mtljax.trainer.checkpoint`).
 
-    Call inside ``jax.set_mesh(exp.mesh)``. Raises ConfigError when the run directory holds no checkpoint.
+    Call inside ``jax.set_mesh(exp.mesh)``. Raises ConfigError when the run directory holds no usable
+    checkpoint.
     """
     config = exp.config
     directory = os.path.join(os.path.abspath(config.workdir), "checkpoints")
@@ -223,8 +229,14 @@ def restore_params(exp: Experiment):
         ckpt.close()
         raise ConfigError(f"config.workdir={config.workdir!r} holds no checkpoints")
     abstract, shardings = exp.abstract_state()
-    state = ckpt.restore(step, abstract)
+    kwargs = {"log": log} if log is not None else {}
+    step, state = ckpt.restore_newest_good(abstract, None, then="using step {}",
+                                           otherwise="no usable checkpoint left", **kwargs)
     ckpt.close()
+    if step is None:
+        steps = ", ".join(str(s) for s, _, _ in ckpt.unusable)
+        raise ConfigError(f"config.workdir={config.workdir!r} holds no usable checkpoint (steps {steps} failed "
+                          f"their checks and were moved to {ckpt.directory}_unusable)")
     return step, state.params, shardings.params
 
 
@@ -232,7 +244,7 @@ def evaluate_workdir(config, *, log: Callable[[str], None] = print, baselines: d
     """Evaluate the newest checkpoint in ``config.workdir`` on the test split."""
     exp = Experiment(config)
     with jax.set_mesh(exp.mesh):
-        step, params, param_shardings = restore_params(exp)
+        step, params, param_shardings = restore_params(exp, log)
         results = evaluate(exp, exp.jit_eval_step(param_shardings), params)
     log(f"step {step}")
     log(mt.format_table(exp.tasks, results, baselines))

@@ -1,7 +1,8 @@
 """Start a run from another run's checkpoint (``config.init``): pretrain, then adapt.
 
 ``config.init.checkpoint`` names an earlier run directory (or its ``checkpoints/`` folder) and
-``config.init.step`` one of its steps (``0``: the newest). A fresh run then starts from the parameters
+``config.init.step`` one of its steps (``0``: the newest whose files match their checksums; a named step
+that fails them is an error; see :mod:`mtljax.trainer.checkpoint`). A fresh run then starts from the parameters
 the two trees share *by path* (``backbone/block0/attention/query/kernel``): those are *loaded*; the
 model's parameters the checkpoint lacks (new heads, LoRA factors, prompts) keep their fresh
 initialisation (*new*); the checkpoint's parameters the model lacks (the pretraining heads) are
@@ -51,6 +52,7 @@ from mtljax.config import ConfigError, require
 from mtljax.data.registry import default_task_names
 from mtljax.merge.vectors import unflatten
 from mtljax.optim.trainable import path_string
+from mtljax.trainer.checkpoint import verify_manifest
 
 TASK_INIT = ("fresh", "mean")  # or the name of one source task
 
@@ -118,9 +120,18 @@ def checkpoint_dir(path: str, step: int) -> tuple[str, int]:
     directory = os.path.join(root, "checkpoints") if os.path.isdir(os.path.join(root, "checkpoints")) else root
     steps = _steps(directory)
     require(bool(steps), "checkpoint", f"{path!r} holds no checkpoint (expected <run>/checkpoints/<step>/state)")
-    if step == 0:
-        step = steps[-1]
+    if step == 0:  # the newest step whose files match their checksums (mtljax.trainer.checkpoint)
+        reasons = {}
+        for s in reversed(steps):
+            reasons[s] = verify_manifest(os.path.join(directory, str(s)))
+            if reasons[s] is None:
+                step = s
+                break
+        require(step != 0, "checkpoint", f"{path!r}: no checkpoint matches its checksums (step {steps[-1]}: "
+                f"{reasons[steps[-1]]})")
     require(step in steps, "step", f"{path!r} has no step {step}; it has {steps}")
+    reason = verify_manifest(os.path.join(directory, str(step)))
+    require(reason is None, "step", f"step {step} of {path!r} is corrupted ({reason})")
     return os.path.join(directory, str(step), "state"), step
 
 
