@@ -5,7 +5,8 @@
 #   e.g. launch/tpu_pod.sh my-v4-32 us-central2-b --config=configs/cifar100_mtl.py:S \
 #          --config.data.data_dir=gs://BUCKET/tfds --workdir=gs://BUCKET/runs/c100_s
 #
-# The same command runs on all hosts (--worker=all). Each process calls jax.distributed.initialize()
+# The same command runs on all hosts (--worker=all), the same as `mtljax launch --tpu=NAME --zone=ZONE train ...`.
+# Each process calls jax.distributed.initialize()
 # (TPU hosts find the coordinator themselves), reads its own slice of every global batch, and orbax
 # writes one checkpoint from all hosts together; the workdir must be shared storage (e.g. GCS).
 # Assumes the repository is checked out at ~/mtljax on every host (use setup first).
@@ -18,4 +19,4 @@ tpu=$1 zone=$2
 shift 2
 args=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command \
-  "cd ~/mtljax && MTLJAX_DISTRIBUTED=1 .venv/bin/mtljax train$args"
+  "cd ~/mtljax && .venv/bin/mtljax train$args"

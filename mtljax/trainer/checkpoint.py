@@ -6,8 +6,9 @@ newest ``keep`` steps. A checkpoint holds two items: ``state`` (the sharded :cla
 straight onto the mesh with the shardings it is given) and ``data`` (the grain data iterator, written and
 read by grain's own orbax handler, ``grain.checkpoint.CheckpointSave`` / ``CheckpointRestore``: one JSON
 file of the iterator's position per process, ``data/process_<i>-of-<n>.json``, taken while ``save``
-runs, so the iterator may advance as soon as ``save`` returns). Restoring needs the same number of
-processes as saving.
+runs, so the iterator may advance as soon as ``save`` returns). Every process's position is the index
+of the next global batch, so a checkpoint written by N processes resumes on M (:func:`iterator_position`),
+and the state's arrays are restored onto whatever mesh the shardings given describe (resharding).
 
 Orbax writes a step to a temporary directory and renames it when complete, so a process killed while
 saving leaves the previous checkpoints intact and the partial one ignored.
@@ -197,6 +198,32 @@ def _any_process(failed: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(failed, np.int32))))
 
 
+def _iterator_file(index: int | None = None, count: int | None = None) -> str:
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    return f"process_{index}-of-{count}.json"
+
+
+def iterator_position(data_dir: str) -> dict:
+    """The data-iterator state saved by processes of another count, for this process.
+
+    Each process's training iterator walks its rows of the same global batches (``next_index`` is the
+    next global batch), so the saved states agree and hold for any number of processes; they are checked
+    to agree. Raises ValueError when there is none, or they differ.
+    """
+    names = sorted(n for n in os.listdir(data_dir) if n.startswith("process_") and n.endswith(".json"))
+    if not names:
+        raise ValueError(f"no data-iterator state in {data_dir}")
+    states = []
+    for n in names:
+        with open(os.path.join(data_dir, n)) as f:
+            states.append(json.load(f))
+    if any(s != states[0] for s in states):
+        raise ValueError(f"the {len(names)} processes' data-iterator states in {data_dir} differ; it cannot be "
+                         f"resumed with {jax.process_count()} processes")
+    return states[0]
+
+
 class Checkpointer:
     def __init__(self, directory: str, keep: int, async_save: bool = True):
         self.directory = os.path.abspath(directory)
@@ -243,9 +270,17 @@ class Checkpointer:
         Given ``iterator``, also moves it to the position saved with that step.
         """
         items = {"state": ocp.args.StandardRestore(abstract_state)}
+        position = None
         if iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-        return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+            data = os.path.join(self.step_dir(step), "data")
+            if "://" in self.directory or os.path.exists(os.path.join(data, _iterator_file())):
+                items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+            else:  # written by another number of processes
+                position = iterator_position(data)
+        state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        if position is not None:
+            iterator.set_state(position)
+        return state
 
     def check(self, step: int, abstract_state, iterator: grain.DatasetIterator | None = None):
         """``(state, None)`` when ``step`` verifies, loads and is finite, else ``(None, reason)``."""

@@ -29,7 +29,9 @@ from mtljax.trainer.logging import MetricWriter
 from mtljax.trainer.preemption import Notice, Preempted
 
 # Config sections that must match when a run directory is reused (train.steps may grow).
-_RESUME_KEYS = ("seed", "data", "model", "optim", "mesh")
+# config.mesh and config.dist may change: a checkpoint restores onto any mesh and number of processes, and the
+# math does not depend on them (MoE routing groups are counted in examples), only float summation order.
+_RESUME_KEYS = ("seed", "data", "model", "optim")
 # Layout of the train state in checkpoints; a run directory written with another one is refused.
 STATE_FORMAT = 2
 

@@ -179,3 +179,74 @@ def test_a_dead_peer_ends_the_other_with_one_line(tmp_path):
         last = max(_steps(workdir))
         assert all(np.isfinite(v).all() for v in _load(workdir / "checkpoints" / str(last) / "state").values()
                    if v.dtype.kind == "f")
+
+
+def test_a_two_process_checkpoint_restores_onto_one_process_and_another_mesh(runs):
+    """Written by 2 processes on ``data 4 × model 2``, read by this one process on ``data 8``: the same
+    values, placed with the new shardings, and the data iterator at the same global batch."""
+    from mtljax.commands.saved_config import get_config
+    from mtljax.trainer.checkpoint import Checkpointer
+    from mtljax.trainer.experiment import Experiment
+    from mtljax.trainer.loop import _check_workdir_config
+
+    two = runs["two"]
+    config = get_config(str(two / "config.json"))
+    with config.unlocked():
+        config.mesh.shape = {"data": 8, "expert": 1, "model": 1}
+        config.dist.heartbeat_timeout = 20
+    _check_workdir_config(config, str(two))  # another mesh (and process count) may resume the run
+    exp = Experiment(config)
+    with jax.set_mesh(exp.mesh):
+        ckpt = Checkpointer(str(two / "checkpoints"), keep=3)
+        abstract, shardings = exp.abstract_state()
+        it = exp.train_iterator(prefetch=0)
+        step, state = ckpt.restore_newest_good(abstract, it)
+        ckpt.close()
+    assert step == 120 and it.get_state() == {"next_index": 120} and not ckpt.unusable
+    want = _load(two / "checkpoints" / "120" / "state")
+    got = ocp.tree.to_flat_dict(state)
+    assert got.keys() == want.keys()
+    for k, v in got.items():
+        assert np.array_equal(np.asarray(v), want[k]), k
+        assert v.sharding.mesh.shape == {"data": 8, "expert": 1, "model": 1}
+    # changing what changes the math is still refused, with nothing touched
+    with config.unlocked():
+        config.optim.learning_rate = 0.5
+    with pytest.raises(Exception, match="config.optim differs"):
+        _check_workdir_config(config, str(two))
+
+
+def test_an_moe_checkpoint_restores_onto_an_expert_mesh(tmp_path):
+    """An M³ViT state saved on ``data 8`` restores onto ``data 2 × expert 4``: equal values, experts split."""
+    from mtljax.config import base_config
+    from mtljax.trainer.checkpoint import Checkpointer
+    from mtljax.trainer.experiment import Experiment
+
+    def config(mesh):
+        c = base_config()
+        c.data.num_train, c.data.num_test, c.data.batch_size = 256, 64, 32
+        c.model.name = "m3vit"
+        c.model.vit.update(width=16, depth=1, num_heads=2, mlp_dim=32)
+        c.model.moe.update(num_experts=8, top_k=2, every=1)
+        c.mesh.shape = mesh
+        c.workdir = str(tmp_path)
+        return c
+
+    exp = Experiment(config({"data": 8}))
+    with jax.set_mesh(exp.mesh):
+        state, _ = exp.init_state()
+        ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=1)
+        ckpt.save(1, state, exp.train_iterator(prefetch=0))
+        ckpt.close()
+        saved = {k: np.asarray(v) for k, v in ocp.tree.to_flat_dict(state).items()}
+    exp = Experiment(config({"data": 2, "expert": 4}))
+    with jax.set_mesh(exp.mesh):
+        ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=1)
+        step, restored = ckpt.restore_newest_good(exp.abstract_state()[0])
+        ckpt.close()
+    flat = ocp.tree.to_flat_dict(restored)
+    assert step == 1 and flat.keys() == saved.keys()
+    for k, v in flat.items():
+        assert np.array_equal(np.asarray(v), saved[k]), k
+    experts = [v for k, v in flat.items() if "params" in str(k) and "wi" in str(k)]
+    assert experts and all(tuple(v.sharding.spec)[:1] == ("expert",) for v in experts)
