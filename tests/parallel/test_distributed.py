@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import yaml
 
-from mtljax.commands import cli, launch
+from mtljax.commands import cli
 from mtljax.config import ConfigError, base_config
 from mtljax.parallel import distributed as dd
 
