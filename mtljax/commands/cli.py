@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         from mtljax.commands import launch
 
         if argv[2:3] in (["-h"], ["--help"]):
-            print(launch.USAGE + "\n\n" + launch.__doc__.strip())
+            print(launch.help_text())
             return 0
         return launch.main(argv[2:])
     if any(a in ("-h", "--help") for a in argv[2:]):

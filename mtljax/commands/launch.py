@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def help_text() -> str:
+    """``mtljax launch --help``: what it does and its options."""
+    options = _parser().format_help().split("\n", 1)[1].strip()
+    return f"usage: {USAGE}\n\n{__doc__.strip()}\n\n{options}"
+
+
 class LaunchError(ValueError):
     """A bad ``mtljax launch`` argument (printed as one line, exit status 2)."""
 
