@@ -169,6 +169,7 @@ def _service_error(status=None) -> None:
 
 
 _abort_handler = None  # kept alive: the C signal handler calls it
+_poll_now = threading.Event()  # asks the watchdog to poll at once
 
 
 def _catch_abort() -> None:
@@ -183,14 +184,20 @@ def _catch_abort() -> None:
         libc = ctypes.CDLL(None)
         handler_type = ctypes.CFUNCTYPE(None, ctypes.c_int)
 
-        me = jax.process_index()
-        who = ("process 0 (the coordinator) is unreachable, most likely it stopped" if me else
-               "the JAX distributed runtime aborted, most likely another process stopped")
+        me, count = jax.process_index(), jax.process_count()
+        if count == 2:
+            who = f"process {1 - me} of 2{' (the coordinator)' if me else ''} stopped or became unreachable"
+        else:
+            who = "the JAX distributed runtime aborted, most likely another process stopped"
         line = (f"error: {who}; process {me} exits too. Checkpoints already written are intact: rerun the same "
                 "command on every host to resume\n").encode()
 
-        def on_abort(signum):  # runs in the aborting thread: no locks, no Python objects shared with others
+        def on_abort(signum):  # in the aborting thread: let the watchdog name the lost process, if it can
             del signum
+            _poll_now.set()
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:  # the watchdog exits the process when it finds the lost one
+                time.sleep(0.05)
             os.write(2, line)
             os._exit(LOST_PEER_EXIT)
 
@@ -220,11 +227,12 @@ class Watchdog(threading.Thread):
     def run(self):
         client, everyone = _client(), list(range(self.count))
         while True:
-            time.sleep(self.interval)
+            _poll_now.wait(self.interval)
+            _poll_now.clear()
             try:
                 live = client.get_live_nodes(everyone)
             except Exception as e:  # the coordinator (process 0) is unreachable
-                lost_peer(f"lost the coordinator (process 0) ({_first_line(e)})")
+                lost_peer(f"process 0 of {self.count} (the coordinator) is unreachable ({_first_line(e)})")
             gone = [i for i in everyone if i not in live]
             if gone:
                 lost_peer(f"process {', '.join(map(str, gone))} of {self.count} stopped (no heartbeat for "
@@ -249,7 +257,7 @@ def explain_collective_failure(error: BaseException, wait: float | None = None) 
         try:
             live = client.get_live_nodes(list(range(count)))
         except Exception:
-            lost_peer(f"lost the coordinator (process 0) during a collective ({_first_line(error)})")
+            lost_peer(f"process 0 of {count} (the coordinator) is unreachable ({_first_line(error)})")
         gone = [i for i in range(count) if i not in live]
         if gone:
             lost_peer(f"process {', '.join(map(str, gone))} of {count} stopped during a collective")
