@@ -21,7 +21,10 @@ A process that dies (killed, out of memory, a lost host) stops sending heartbeat
 every process polls the service each second and, when a peer is gone, prints one line naming it and
 ends this process with exit status 1, so no process hangs in a collective or at the shutdown barrier.
 Checkpoints written so far stay intact (orbax renames a step into place only when every process has
-written it). A collective that fails first (gloo notices a closed connection at once) ends the same way.
+written it). A collective that fails first (gloo notices a closed connection at once) ends the same way,
+and so does JAX's coordination client when it would abort the process (it does when the service reports
+a dead peer, or cannot be reached): its error callback, and a SIGABRT handler as the last resort, print
+the one line instead of a C++ stack dump (JAX's own log lines before it cannot be silenced).
 """
 
 from __future__ import annotations
