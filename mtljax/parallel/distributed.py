@@ -122,7 +122,14 @@ def initialize(dist) -> bool:
     if jax.distributed.is_initialized():
         return True
     if dist.cpu_devices:
-        jax.config.update("jax_num_cpu_devices", _int(dist.cpu_devices, "cpu_devices"))
+        n = _int(dist.cpu_devices, "cpu_devices")
+        if n != jax.config.jax_num_cpu_devices:
+            try:
+                jax.config.update("jax_num_cpu_devices", n)
+            except RuntimeError:  # JAX already chose its devices in this process
+                raise ConfigError(f"cannot become {n} once JAX has started in this process; set it before "
+                                  "anything runs (the command line does), or use JAX_NUM_CPU_DEVICES",
+                                  "dist.cpu_devices") from None
     p = plan(dist)
     if p is None:
         return False
