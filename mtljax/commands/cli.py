@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[2:3] in (["-h"], ["--help"]):
             print(launch.help_text())
             return 0
-        return launch.main(argv[2:])
+        return launch.main(argv[2:], COMMANDS)
     if any(a in ("-h", "--help") for a in argv[2:]):
         print(_command_help(command))
         return 0

@@ -80,10 +80,9 @@ class LaunchError(ValueError):
     """A bad ``mtljax launch`` argument (printed as one line, exit status 2)."""
 
 
-def parse(argv: list[str]):
-    """``(options, command_argv)`` from the arguments after ``launch``."""
-    from mtljax.commands.cli import COMMANDS
-
+def parse(argv: list[str], commands: tuple[str, ...]):
+    """``(options, command_argv)`` from the arguments after ``launch``; ``commands``: mtljax's commands."""
+    COMMANDS = commands  # noqa: N806 (cli.COMMANDS, passed in: cli imports this module)
     split = next((i for i, a in enumerate(argv) if a in COMMANDS or a == "--"), None)
     if split is None:  # no command: name the likeliest typo
         words = [a for a in argv if not a.startswith("-") and not a.isdigit()]
@@ -262,10 +261,10 @@ def run_local(n: int, command: list[str], cpu_devices: int = 0, grace: float = 6
     return 0 if first_failure is None else (first_failure[1] if first_failure[1] > 0 else 1)
 
 
-def main(argv: list[str]) -> int:
-    """``mtljax launch ARGS``; returns the exit status."""
+def main(argv: list[str], commands: tuple[str, ...]) -> int:
+    """``mtljax launch ARGS``; returns the exit status. ``commands``: the mtljax commands it may start."""
     try:
-        opts, command = parse(argv)
+        opts, command = parse(argv, commands)
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
