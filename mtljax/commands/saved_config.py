@@ -32,6 +32,7 @@ def get_config(path=None):
     with open(path) as f:
         saved = json.load(f)
     saved.pop("state_format", None)
+    saved.pop("dist", None)  # how the run's processes found each other is not this command's business
     c = base_config()
     update_config(c, saved)
     return c

@@ -99,6 +99,7 @@ def _check_workdir_config(config, workdir: str):
     """Refuse to resume a run directory written by an incompatible config (nothing is touched)."""
     path = os.path.join(workdir, "config.json")
     current = {**json.loads(config.to_json_best_effort()), "state_format": STATE_FORMAT}
+    current.pop("dist", None)  # process 0's own start-up settings: not the run's, and not for eval to reuse
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
