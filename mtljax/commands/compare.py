@@ -270,3 +270,10 @@ def parse_methods(text: str) -> list[str]:
 
 __all__ = ["REFERENCE", "aggregate", "compare", "format_results", "parse_methods", "parse_spec",
            "plot_tradeoff", "summarize"]
+
+
+def compare_command(config, args) -> int:
+    """``mtljax compare`` (``args``: the parsed flags)."""
+    outdir = args.outdir or os.path.join(config.workdir, "compare")
+    compare(config, parse_methods(args.methods), args.seeds, outdir)
+    return 0

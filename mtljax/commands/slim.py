@@ -156,6 +156,14 @@ def run_slim(config, *, budget: str | None = None, preference: str | None = None
     return result
 
 
+def slim_command(config, args) -> int:
+    """``mtljax slim`` (``args``: the parsed flags)."""
+    run_slim(config, budget=args.budget, preference=args.preference, export_dir=args.export_dir,
+             do_sweep=args.sweep, num_budgets=args.num_budgets, num_preferences=args.num_preferences,
+             widths=args.widths)
+    return 0
+
+
 class _Probe:
     """Stand-in FLOPs table for checking the budget's syntax before anything is measured."""
 

@@ -27,3 +27,15 @@ def evaluate(config, *, log: Callable[[str], None] = print) -> dict:
     """Per-task test metrics of the newest checkpoint in ``config.workdir``."""
     baselines = bl.load(config.baselines.file) if config.baselines.file else None
     return evaluate_workdir(config, log=log, baselines=baselines)
+
+
+def train_command(config, args) -> int:
+    """``mtljax train`` (``args``: the parsed flags)."""
+    train(config)
+    return 0
+
+
+def eval_command(config, args) -> int:
+    """``mtljax eval``."""
+    evaluate(config)
+    return 0
