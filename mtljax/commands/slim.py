@@ -165,9 +165,10 @@ def slim_command(config, args) -> int:
 
 
 class _Probe:
-    """Stand-in FLOPs table for checking the budget's syntax before anything is measured."""
+    """Stand-in FLOPs table for checking the budget's syntax and percentage before anything is measured
+    (FLOPs per example are checked against the measured table)."""
 
-    full = 1.0
+    full = float("inf")
 
 
 def format_sweep(report: dict, tasks) -> str:
