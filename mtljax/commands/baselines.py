@@ -46,7 +46,7 @@ def resolve(config, *, log, tasks=None) -> dict | None:
         sub.optim.task_weights = {}
         sub.workdir = os.path.join(config.workdir, "baselines", name)
         final = os.path.join(sub.workdir, "final_metrics.json")
-        if os.path.exists(final) and load(final) and json.load(open(final)).get("steps") == sub.train.steps:
+        if os.path.exists(final) and load(final) and _final_step(final) == sub.train.steps:
             log(f"baseline {name}: reusing {final}")
         else:
             log(f"baseline {name}: training a single-task model in {sub.workdir}")
@@ -57,3 +57,10 @@ def resolve(config, *, log, tasks=None) -> dict | None:
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     return out
+
+
+def _final_step(path: str):
+    """The step of the parameters a ``final_metrics.json`` reports (``steps`` in files before ``step``)."""
+    with open(path) as f:
+        summary = json.load(f)
+    return summary.get("step", summary.get("steps"))

@@ -105,7 +105,7 @@ def compare(config, methods: Sequence[str], seeds: int, outdir: str, *,
             if os.path.exists(final):
                 with open(final) as f:
                     summary = json.load(f)
-                if summary.get("steps") != config.train.steps:
+                if summary.get("step", summary.get("steps")) != config.train.steps:
                     summary = None
             else:
                 summary = None
