@@ -209,8 +209,8 @@ def _help() -> str:
     width = max(len(c) for c in COMMANDS)
     lines = [_usage(), "", "commands:"] + [f"  {c.ljust(width)}  {d}" for c, (_, d) in COMMANDS.items()]
     return "\n".join(lines + ["", "'mtljax <command> --help' lists a command's flags and its main config keys.",
-                              "A config mistake stops with one line 'error: config.<key>: ...' and exit status 2, "
-                              "before anything is compiled or written."])
+                              ("A config mistake stops with one line 'error: config.<key>: ...' and exit status 2, "
+                               "before anything is compiled or written.")])
 
 
 def _config_keys(config, sections) -> list[str]:
@@ -262,8 +262,8 @@ def _command_help(command: str, args: list[str] = ()) -> str:
             config = load_config(spec)
         except (ConfigError, OSError, ImportError, ValueError, AttributeError) as e:
             return "\n".join(lines + ["", f"(cannot list the config keys of --config={spec}: {_one_line(e)})"])
-        lines += ["", f"main config keys (values of {os.path.relpath(spec.partition(':')[0])}; "
-                  "change any with --config.KEY=VALUE):"]
+        lines += ["", (f"main config keys (values of {os.path.relpath(spec.partition(':')[0])}; "
+                       "change any with --config.KEY=VALUE):")]
         lines += ["  " + line for line in _config_keys(config, sections)]
     return "\n".join(lines)
 

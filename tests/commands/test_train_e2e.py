@@ -66,7 +66,7 @@ def test_train_with_baselines_reports_delta_m(tmp_path, capsys):
     rc = cli.main(["mtljax", "train", f"--workdir={workdir}", *short])
     out = capsys.readouterr().out
     assert rc == 0 and f"{workdir} is already at step 60 > config.train.steps=30" in out
-    assert json.load(open(workdir / "final_metrics.json"))["step"] == 60
+    assert json.loads((workdir / "final_metrics.json").read_text())["step"] == 60
 
 
 def test_mlp_learns_multitab(tmp_path):

@@ -86,7 +86,7 @@ def parse_budget(text: str, table: FlopsTable) -> float:
     (> 0 and at most the full network's)."""
     s = str(text).strip()
     try:
-        number = float(s[:-1] if s.endswith("%") else s)
+        number = float(s.removesuffix("%"))
     except ValueError:
         number = float("nan")
     if not math.isfinite(number) or number <= 0:
