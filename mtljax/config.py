@@ -248,6 +248,11 @@ def base_config() -> mlc.ConfigDict:
     return c
 
 
+# free-form sections: their keys are the user's (task names, a method's hyperparameters), so
+# ``--config.optim.method_kwargs.c=0.4`` adds a key; what it means is checked where it is read
+FREE_FORM_KEYS = ("optim.task_weights", "optim.method_kwargs")
+
+
 def load_config(spec: str) -> mlc.ConfigDict:
     """The config of a file as the command line names it: ``"configs/m3vit.py"`` or
     ``"configs/multitab.py:conflict"`` (its ``get_config(arg)``)."""

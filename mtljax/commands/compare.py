@@ -105,7 +105,7 @@ def compare(config, methods: Sequence[str], seeds: int, outdir: str, *,
             if os.path.exists(final):
                 with open(final) as f:
                     summary = json.load(f)
-                if summary.get("steps") != config.train.steps:
+                if summary.get("step", summary.get("steps")) != config.train.steps:
                     summary = None
             else:
                 summary = None
@@ -270,3 +270,10 @@ def parse_methods(text: str) -> list[str]:
 
 __all__ = ["REFERENCE", "aggregate", "compare", "format_results", "parse_methods", "parse_spec",
            "plot_tradeoff", "summarize"]
+
+
+def compare_command(config, args) -> int:
+    """``mtljax compare`` (``args``: the parsed flags)."""
+    outdir = args.outdir or os.path.join(config.workdir, "compare")
+    compare(config, parse_methods(args.methods), args.seeds, outdir)
+    return 0

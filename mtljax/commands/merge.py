@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Callable
 
@@ -426,6 +427,17 @@ def run_merge(config, *, pretrained: str | None, experts: str | list[str] | None
             if written is not None else f"wrote {os.path.join(config.workdir, 'merge.json')} ({methods[0]} has no "
             "merged weights to save)")
     return report
+
+
+def merge_command(config, args) -> int:
+    """``mtljax merge`` (``args``: the parsed flags); a merge mistake is one line and exit status 2."""
+    try:
+        run_merge(config, pretrained=args.pretrained, experts=args.experts, method=args.method,
+                  multitask=args.multitask, sweep=args.sweep)
+    except MergeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 __all__ = ["LEARNED", "METHODS", "STATIC", "check_merge_config", "format_rows", "parse_methods", "run_merge"]

@@ -120,3 +120,9 @@ def routing_report(config, outdir: str | None = None, *, max_examples: int = 512
     with open(os.path.join(outdir, "routing.json"), "w") as f:
         json.dump({"step": step, "rows": labels, "layers": {k: v.tolist() for k, v in matrices.items()}}, f, indent=1)
     return {"step": step, "rows": labels, "layers": matrices}
+
+
+def routing_command(config, args) -> int:
+    """``mtljax routing`` (``args``: the parsed flags)."""
+    routing_report(config, args.outdir, max_examples=args.max_examples)
+    return 0

@@ -8,6 +8,7 @@ any of them into an optax transform over stacked per-task gradients.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from mtljax.config import ConfigError
 from mtljax.optim.base import Method, MultiTaskState, as_optax
@@ -64,8 +65,16 @@ def get_method(name: str, **kwargs) -> Method:
     ``method_kwargs`` (relative to ``config.optim``)."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose from {sorted(METHODS)}", "method")
+    ctor = _constructor(name)
+    params = inspect.signature(ctor).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        known = [k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for key in kwargs:
+            if key not in known:
+                has = f"its hyperparameters are {known}" if known else "it takes none"
+                raise ConfigError(f"{name} has no hyperparameter {key!r}; {has}", f"method_kwargs.{key}")
     try:
-        return _constructor(name)(**kwargs)
+        return ctor(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name}: {str(e).removeprefix(name + ': ')}", "method_kwargs") from None
 

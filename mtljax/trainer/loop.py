@@ -76,11 +76,13 @@ def fit(config, *, baselines: dict | None = None, experiment: Experiment | None 
         try:
             with Notice(ckpt.manager) as notice:
                 results = _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log, notice)
+            ckpt.wait()
+            step = ckpt.latest_step()  # the step of the evaluated parameters (always checkpointed)
         finally:
             ckpt.wait()
             ckpt.close()
             writer.close()
-    return _finish(exp, workdir, results, baselines, log)
+    return _finish(exp, workdir, results, baselines, log, step)
 
 
 def evaluate(exp: Experiment, eval_step, params, split: str = "test", max_examples: int = 0) -> dict:
@@ -113,9 +115,13 @@ def _check_workdir_config(config, workdir: str):
                     "use a new --config.workdir (nothing was changed there)"
                 )
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(current, f, indent=1)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(current, f, indent=1)
+        except OSError as e:
+            raise ConfigError(f"{config.workdir!r} cannot be written ({e.strerror or e}: {e.filename or workdir})",
+                              "workdir") from None
 
 
 def _summarise_train(tasks, acc):
@@ -174,6 +180,10 @@ def _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, 
             if baselines:
                 record["delta_m"] = mt.delta_m(tasks, results, baselines)
             writer.write(step, "eval", record)
+            if jax.process_index() == 0:
+                bar.clear()
+                log(f"step {step} eval: {_eval_line(tasks, results, record.get('delta_m'))}")
+                bar.refresh()
             t0 = time.perf_counter()  # steps/s counts training only
         if step % c.checkpoint_every == 0 or step == c.steps:
             ckpt.save(step, state, it, force=True)
@@ -201,15 +211,30 @@ def _prune_metrics(path: str, step: int):
         f.writelines(lines)
 
 
-def _finish(exp, workdir, results, baselines, log):
-    summary = {"steps": exp.config.train.steps, "metrics": results}
+def _eval_line(tasks, results, delta_m=None) -> str:
+    """``left accuracy 0.7120, right accuracy 0.8010[, Δm -7.80 %]``: each task's main metrics."""
+    parts = [f"{t.name} {m} {results[t.name][m]:.4f}" for t in tasks for m in t.directions()]
+    return ", ".join(parts + ([f"Δm {delta_m:+.2f} %"] if delta_m is not None else []))
+
+
+def _finish(exp, workdir, results, baselines, log, step=None):
+    """Write ``final_metrics.json`` (``step``: the step of the evaluated parameters; ``steps`` the same,
+    for older readers) and print the table and where the outputs are."""
+    steps = exp.config.train.steps
+    step = steps if step is None else int(step)
+    summary = {"step": step, "steps": step, "metrics": results}
     if baselines:
         summary["baselines"] = baselines
         summary["delta_m"] = mt.delta_m(exp.tasks, results, baselines)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump(summary, f, indent=1)
+    if step > steps:
+        log(f"{workdir} is already at step {step} > config.train.steps={steps}: nothing trained; "
+            f"the table is of its step-{step} parameters")
+    log(f"test metrics at step {step}:")
     log(mt.format_table(exp.tasks, results, baselines))
+    log(f"outputs in {workdir}: checkpoints/ (newest step {step}), metrics.jsonl, tensorboard/, final_metrics.json")
     return summary
 
 

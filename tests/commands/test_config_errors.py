@@ -138,3 +138,85 @@ def test_bad_moe_setting_names_its_key(tmp_path, changes, named):
     msg = str(err.value)
     assert named in msg and "\n" not in msg
     assert not (tmp_path / "run").exists()
+
+
+# command-line mistakes: one line, exit status 2, nothing compiled or written (cli.main in-process)
+SMALL = ["--config.data.num_train=256", "--config.data.num_test=64", "--config.data.batch_size=32",
+         "--config.data.eval_batch_size=64"]
+CLI_CASES = [
+    (["train", "configs/multitab.py"],
+     "error: unexpected argument 'configs/multitab.py' (did you mean --config=configs/multitab.py?)"),
+    (["train", "train.steps=3"], "error: unexpected argument 'train.steps=3' (did you mean --config.train.steps=3?)"),
+    (["trian"], "error: unknown command 'trian' (did you mean 'train'?)"),
+    (["train", "--budget=150%"], "error: --budget is not a flag of mtljax train"),
+    (["train", "--config.train.stepz=3"],
+     "error: config.train.stepz: unknown config key 'stepz' (did you mean \"steps\" instead of \"stepz\"?)"),
+    (["train", "--config.nosuch.x=3"], "error: config.nosuch.x: unknown config key 'nosuch'"),
+    (["train", "--config.optim.method_kwargs.c=0.4", *SMALL],
+     "error: config.optim.method_kwargs.c: equal has no hyperparameter 'c'; it takes none"),
+    (["train", "--config.optim.method=cagrad", "--config.optim.method_kwargs.cc=0.4", *SMALL],
+     "error: config.optim.method_kwargs.cc: cagrad has no hyperparameter 'cc'; its hyperparameters are ['c', "),
+    (["train", "--config.optim.task_weights.middle=2", *SMALL],
+     "error: config.optim.task_weights.middle: no such task; tasks are ['left', 'right']"),
+    (["train", "--config.optim.method_kwargs.a.b=1"],
+     "error: config.optim.method_kwargs.a.b: the keys of config.optim.method_kwargs are single names"),
+]
+
+
+@pytest.mark.parametrize("args,expected", CLI_CASES, ids=[" ".join(a[:3]) for a, _ in CLI_CASES])
+def test_cli_mistake_is_one_line(tmp_path, capsys, args, expected):
+    from mtljax.commands import cli
+
+    rc = cli.main(["mtljax", *args, f"--workdir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(expected), err
+    assert err.startswith("error: ") and err.count("error: ") == 1
+    assert len(err.strip().splitlines()) == (2 if args[0] == "trian" else 1), err  # trian: + the usage
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_workdir_that_cannot_be_created_is_one_line(capsys):
+    from mtljax.commands import cli
+
+    rc = cli.main(["mtljax", "train", "--workdir=/proc/mtljax_x", *SMALL])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: config.workdir: '/proc/mtljax_x' ") and err.count("\n") == 1, err
+
+
+def test_method_kwargs_from_the_command_line():
+    from mtljax.commands import cli
+    from mtljax.config import FREE_FORM_KEYS
+    from mtljax.optim import get_method
+
+    config = cli._parse(["mtljax", "--config.optim.method=cagrad", "--config.optim.method_kwargs.c=0.4",
+                         "--config.optim.method_kwargs.rescale", "1", "--config.optim.task_weights={'left': 2}",
+                         "--config.optim.method_kwargs.note=abc"]).config
+    assert config.optim.method_kwargs.to_dict() == {"c": 0.4, "rescale": 1, "note": "abc"}
+    assert config.optim.task_weights.to_dict() == {"left": 2}
+    kwargs = {k: v for k, v in config.optim.method_kwargs.items() if k != "note"}
+    assert get_method("cagrad", **kwargs).name == "cagrad"
+    # every empty (free-form) section of the base config takes --config.SECTION.KEY=VALUE
+    empty = [f"{s}.{k}" for s, node in base_config().items() if hasattr(node, "items")
+             for k, v in node.items() if hasattr(v, "items") and not len(v)]
+    assert sorted(empty) == sorted(FREE_FORM_KEYS)
+
+
+def test_help_lists_commands_flags_and_config_keys(capsys):
+    from mtljax.commands import cli
+
+    assert cli.main(["mtljax", "--help"]) == 0
+    out = capsys.readouterr().out
+    for command, (_, description) in cli.COMMANDS.items():
+        assert f"  {command}" in out and description in out
+    assert "mtljax <command> --help" in out
+    assert cli.main(["mtljax", "train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for key in ("config.train.steps=1500", "config.optim.method='equal'", "config.data.name='multi_digits'",
+                "config.mesh.shape={'data': -1, 'expert': 1, 'model': 1}", "config.baselines.train=False",
+                "config.init.checkpoint=''", "config.optim.method_kwargs.KEY=VALUE", "--workdir"):
+        assert key in out, key
+    assert "--budget" not in out
+    assert cli.main(["mtljax", "slim", "--help"]) == 0
+    assert "--budget" in capsys.readouterr().out
+    assert cli.main(["mtljax"]) == 2 and "commands:" in capsys.readouterr().err

@@ -56,6 +56,18 @@ def test_train_with_baselines_reports_delta_m(tmp_path, capsys):
     rc = cli.main(["mtljax", "eval", f"--workdir={workdir}", *TINY])
     assert rc == 0 and "step 60" in capsys.readouterr().out
 
+    # the evaluations as they happen, the step of the parameters, where the outputs are
+    assert "step 30 eval: left accuracy " in printed and ", right accuracy " in printed and "Δm " in printed
+    assert summary["step"] == summary["steps"] == 60
+    assert f"outputs in {workdir}: checkpoints/ (newest step 60), metrics.jsonl, tensorboard/, final_metrics.json" \
+        in printed
+    # fewer steps than the run already has: its step-60 parameters, said so, and reported as step 60
+    short = [a for a in TINY if "train.steps" not in a] + ["--config.train.steps=30"]
+    rc = cli.main(["mtljax", "train", f"--workdir={workdir}", *short])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"{workdir} is already at step 60 > config.train.steps=30" in out
+    assert json.loads((workdir / "final_metrics.json").read_text())["step"] == 60
+
 
 def test_mlp_learns_multitab(tmp_path):
     from mtljax.config import base_config

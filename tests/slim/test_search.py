@@ -73,9 +73,14 @@ def test_bad_budget_and_preference_are_one_line_errors_naming_the_argument():
         assert "\n" not in str(err.value)
     assert parse_budget("50%", table) == pytest.approx(0.5 * table.full)
     assert parse_budget("1.5e3", table) == 1500.0
-    for bad in ("fifty", "-5%", "0%"):
+    for bad in ("fifty", "-5%", "0%", "nan%"):
         with pytest.raises(ValueError, match="^budget must be"):
             parse_budget(bad, table)
+    assert parse_budget("100%", table) == pytest.approx(table.full)
+    with pytest.raises(ValueError, match=r"^budget must be in \(0, 100%\] of the full network's FLOPs, got '150%'"):
+        parse_budget("150%", table)
+    with pytest.raises(ValueError, match="^budget .* FLOPs per example is above the full network's"):
+        parse_budget(str(table.full * 1.5), table)
     assert parse_preference("1, 0.5,2") == [1.0, 0.5, 2.0]
     with pytest.raises(ValueError, match="^preference must be comma-separated"):
         parse_preference("1;2")

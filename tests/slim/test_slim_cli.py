@@ -67,6 +67,8 @@ def test_train_slim_export_and_sweep(tmp_path, capsys):
                             (["--budget=80%", "--preference=1,-1"], "error: --preference entries must be"),
                             (["--budget=1e2", "--preference=1,1"], "error: --budget 100 FLOPs is below the smallest"),
                             (["--budget=lots"], "error: --budget must be"),
+                            (["--budget=150%"], "error: --budget must be in (0, 100%] of the full network's FLOPs"),
+                            (["--budget=1e15"], "error: --budget 1e+15 FLOPs per example is above the full network's"),
                             (["--widths=encoder=0.3,left=1,right=1"],
                              "error: --widths.encoder: width multiplier 0.3 is not in the trained set (0.5, 1.0)"),
                             (["--widths=1.5"], "error: --widths.encoder: width multiplier 1.5 is outside (0, 1]"),

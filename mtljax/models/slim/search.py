@@ -82,18 +82,24 @@ def search(table: FlopsTable, budget: float, preference) -> tuple[SlimConfig, fl
 
 
 def parse_budget(text: str, table: FlopsTable) -> float:
-    """``'60%'`` (of the full network's FLOPs) or an absolute number of FLOPs per example."""
+    """``'60%'`` (of the full network's FLOPs, in (0, 100%]) or an absolute number of FLOPs per example
+    (> 0 and at most the full network's)."""
     s = str(text).strip()
     try:
-        if s.endswith("%"):
-            value = float(s[:-1]) / 100.0 * table.full
-            if not float(s[:-1]) > 0:
-                raise ValueError
-            return value
-        return float(s)
+        number = float(s.removesuffix("%"))
     except ValueError:
+        number = float("nan")
+    if not math.isfinite(number) or number <= 0:
         raise ValueError(f"budget must be a percentage of the full network's FLOPs ('60%') or FLOPs per "
-                         f"example ('2.5e6'), got {text!r}") from None
+                         f"example ('2.5e6'), got {text!r}")
+    if s.endswith("%"):
+        if number > 100:
+            raise ValueError(f"budget must be in (0, 100%] of the full network's FLOPs, got {text!r}")
+        return number / 100.0 * table.full
+    if number > table.full:
+        raise ValueError(f"budget {number:.4g} FLOPs per example is above the full network's {table.full:.4g} "
+                         f"(give at most that, or a percentage such as '100%')")
+    return number
 
 
 def parse_preference(text: str) -> list[float]:
