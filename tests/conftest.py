@@ -1,12 +1,27 @@
 """Test set-up, before any JAX computation: 8 simulated CPU devices, so sharding is tested every run,
 and XLA's backend optimisation off (``--xla_backend_optimization_level=0``): the tests use tiny models
-whose time is almost all compilation, which this halves; they check values, never speed."""
+whose time is almost all compilation, which this halves; they check values, never speed.
 
+Compilations are also shared within the run: a persistent compilation cache in a fresh temporary
+directory, one per ``pytest`` invocation (the xdist workers, the notebooks' kernels and the training
+subprocesses inherit it through the environment), removed at the end. Many tests build the same tiny
+model in a new ``Experiment`` (a new jitted function, which JAX's in-memory cache cannot match); XLA
+gives the same executable for the same program, so loading it instead of compiling it again changes no
+value. A cache the user set (``JAX_COMPILATION_CACHE_DIR``) is used as it is and kept."""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of this run (the xdist controller)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mtljax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# cache what takes a tenth of a second or more to compile (JAX's default, 1 s, misses most of the suite)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
