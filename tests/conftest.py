@@ -25,3 +25,20 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+# The longest test files (measured: notebooks, subprocess runs, whole trainings) are handed to the two
+# xdist workers first, so that neither is left with a long file while the other has finished.
+LONGEST_FIRST = (
+    "test_notebook_merge.py", "commands/test_train_e2e.py", "parallel/test_multiprocess.py",
+    "parallel/test_sharded_step.py", "commands/test_config_errors.py", "test_notebook_adapt.py",
+    "merge/test_command.py", "trainer/test_corrupt_checkpoint.py", "test_readme.py", "trainer/test_resume.py",
+    "models/test_peft.py", "test_notebook.py", "slim/test_slim_cli.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        path = item.nodeid.split("::")[0]
+        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith(name)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the other files keep their order
