@@ -6,7 +6,7 @@ Run (from the repository root):
     mtljax train --config=configs/default.py --config.train.steps=300 --workdir=/tmp/quick
 
 Expected result (1,500 steps, batch 128, a 4-block width-64 ViT with 4x4 patches on 16x16 images;
-about 80 s of training on a quiet 2-core CPU, 7 minutes on a busy one), measured 2026-11-27: the
+145 s for the whole command on a quiet 2-core CPU, 7 minutes on a busy one), measured 2026-11-27: the
 single-task baselines with ``mtljax train --config.baselines.train=True``, which this config ships in
 ``configs/baselines/default.json`` so that ``mtljax train`` prints Δm; the multi-task figures
 measured again with plain ``mtljax train`` (the same digits), whose table ends with that Δm:
