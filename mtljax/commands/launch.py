@@ -202,7 +202,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def local_env(i: int, n: int, port: int, cpu_devices: int, base=None) -> dict:
+def local_env(i: int, n: int, port, cpu_devices: int, base=None) -> dict:
     env = dict(os.environ if base is None else base)
     env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
     if cpu_devices:
@@ -270,10 +270,8 @@ def main(argv: list[str], commands: tuple[str, ...]) -> int:
         return 2
     if opts.local:
         if opts.dry_run:
-            port = "PORT"
-            for i in range(opts.local):
-                env = {k: v for k, v in local_env(i, opts.local, 0, opts.cpu_devices, base={}).items()}
-                env["JAX_COORDINATOR_ADDRESS"] = f"localhost:{port}"
+            for i in range(opts.local):  # the port is chosen when the processes start
+                env = local_env(i, opts.local, "PORT", opts.cpu_devices, base={})
                 print(" ".join(f"{k}={v}" for k, v in env.items()), shlex.join(["mtljax", *command]), "&")
             return 0
         return run_local(opts.local, command, opts.cpu_devices, opts.grace)

@@ -232,7 +232,7 @@ class Watchdog(threading.Thread):
     def __init__(self, heartbeat_timeout: int, interval: float = 1.0):
         super().__init__(name="mtljax-peer-watchdog", daemon=True)
         self.heartbeat_timeout, self.interval = heartbeat_timeout, interval
-        self.me, self.count = jax.process_index(), jax.process_count()
+        self.count = jax.process_count()
 
     def run(self):
         client, everyone = _client(), list(range(self.count))
@@ -258,19 +258,13 @@ def lost_peer(what: str) -> None:
     os._exit(LOST_PEER_EXIT)
 
 
-def explain_collective_failure(error: BaseException, wait: float | None = None) -> None:
-    """After a failed collective in a multi-process run: wait (up to the heartbeat timeout) for the
-    coordination service to name the lost process, then end this process with one line."""
-    client, count = _client(), jax.process_count()
-    deadline = time.monotonic() + (wait if wait is not None else _heartbeat_timeout + 2.0)
+def explain_collective_failure(error: BaseException) -> None:
+    """After a failed collective in a multi-process run: let the :class:`Watchdog` name the lost process
+    (it polls at once, and exits the process when it finds it; the coordination service needs up to the
+    heartbeat timeout), else end this process with one line naming the failed collective."""
+    deadline = time.monotonic() + _heartbeat_timeout + 2.0
     while time.monotonic() < deadline:
-        try:
-            live = client.get_live_nodes(list(range(count)))
-        except Exception:
-            lost_peer(f"process 0 of {count} (the coordinator) is unreachable ({_first_line(error)})")
-        gone = [i for i in range(count) if i not in live]
-        if gone:
-            lost_peer(f"process {', '.join(map(str, gone))} of {count} stopped during a collective")
+        _poll_now.set()
         time.sleep(0.25)
     lost_peer(f"a collective failed ({_first_line(error)})")
 

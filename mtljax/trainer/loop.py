@@ -76,10 +76,9 @@ def fit(config, *, baselines: dict | None = None, experiment: Experiment | None 
         try:
             with Notice(ckpt.manager) as notice:
                 results = _run(exp, state, it, train_step, eval_step, ckpt, writer, baselines, start, log, notice)
-            ckpt.wait()
-            step = ckpt.latest_step()  # the step of the evaluated parameters (always checkpointed)
         finally:
             ckpt.wait()
+            step = ckpt.latest_step()  # the step of the evaluated parameters (always checkpointed)
             ckpt.close()
             writer.close()
     return _finish(exp, workdir, results, baselines, log, step)

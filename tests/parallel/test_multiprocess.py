@@ -151,8 +151,7 @@ def _start_pair(workdir):
     port = free_port()
     cmd = [sys.executable, "-m", "mtljax", "train", f"--workdir={workdir}", *TINY,
            "--config.train.steps=100000", "--config.train.checkpoint_every=10"]
-    env = {**ENV}
-    return [subprocess.Popen(cmd, cwd=ROOT, env=local_env(i, 2, port, 4, env), stdout=subprocess.PIPE,
+    return [subprocess.Popen(cmd, cwd=ROOT, env=local_env(i, 2, port, 4, ENV), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
