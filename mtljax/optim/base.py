@@ -109,6 +109,10 @@ def as_optax(method: Method, num_tasks: int, *, heads: str = "") -> optax.Gradie
 
     def update(task_grads, state, params=None, *, losses=None, key=None, **extra):
         del extra
+        with jax.named_scope("mtl_method"):  # names the method's ops in profiles (benchmarks/profile_step.py)
+            return _update(task_grads, state, params, losses, key)
+
+    def _update(task_grads, state, params, losses, key):
         if isinstance(task_grads, TaskGradients):
             grads = task_grads
         else:

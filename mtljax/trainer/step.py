@@ -4,8 +4,10 @@ One idea: the objective gives the per-task losses of a batch → :func:`~mtljax.
 turns them into the per-task gradients at the configured level (lazily: a method computes only the
 view it reads) → one optax chain whose first element is the multi-task transform
 (:func:`~mtljax.optim.as_optax`, possibly inside SAM or flat-region SAM) makes the update → a finite
-guard keeps the old state when the losses or the update are not finite (the loop then stops the run
-and names the step and task, so a bad step never reaches a checkpoint) → metrics.
+guard keeps the old state when the losses or the update are not finite (an elementwise select fused into
+the update; the loop then stops the run and names the step and task, so a bad step never reaches a
+checkpoint) → metrics. The parts carry named scopes (``optimizer``, ``finite_guard``; the multi-task
+method's ``mtl_method``) that ``benchmarks/profile_step.py`` groups a profile by.
 
 Both steps are ``jax.jit``-ed with explicit in/out shardings: the state by its logical axes, the batch
 over the mesh's batch axes, metrics replicated.
@@ -48,9 +50,10 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, l
         fn = objective.loss_function(batch, rng=k_model, step=state.step, task_weights=task_weights, frozen=frozen)
         grads, aux = task_gradients(fn, params, level=level, specific=objective.specific(params),
                                     chunk_size=chunk_size, key=k_method, gramian_fn=gramian_fn)
-        updates, opt_state = tx.update(grads, state.opt_state, params)
-        new = state.replace(step=state.step + 1, params=objective.join(optax.apply_updates(params, updates), frozen),
-                            opt_state=opt_state)
+        with jax.named_scope("optimizer"):  # the scopes name the step's parts in profiles (benchmarks/profile_step.py)
+            updates, opt_state = tx.update(grads, state.opt_state, params)
+            new = state.replace(step=state.step + 1, params=objective.join(optax.apply_updates(params, updates), frozen),
+                                opt_state=opt_state)
 
         losses = aux["task_losses"]
         weights = grads.applied_weights if grads.applied_weights is not None else jnp.ones_like(losses)
@@ -58,9 +61,12 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, l
         aux_losses = aux.get("losses", {})
         total = jnp.sum(grads.losses) + sum(aux_losses.values(), jnp.zeros((), jnp.float32))
         grad_norm = optax.global_norm(combined)
-        finite = (jnp.isfinite(total) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(losses))
-                  & jnp.all(jnp.isfinite(weights)) & jnp.isfinite(optax.global_norm(updates)))
-        new = jax.lax.cond(finite, lambda: new, lambda: state)
+        with jax.named_scope("finite_guard"):
+            finite = (jnp.isfinite(total) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(losses))
+                      & jnp.all(jnp.isfinite(weights)) & jnp.isfinite(optax.global_norm(updates)))
+            # keep the old state where the step is not finite: an elementwise select that XLA fuses into the
+            # update (a lax.cond here made XLA copy the whole state, Adam's moments included, every step)
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         metrics = {
             "loss": total, "task_losses": losses, "task_weights": weights, "grad_norm": grad_norm,
             "finite": finite, "stats": batch_stats(tasks, aux["outputs"], batch),

@@ -1,0 +1,330 @@
+"""Where a compiled train step's time goes: a per-op breakdown from the JAX profiler, grouped.
+
+The step is mtljax's real one (``make_train_step`` + ``jit_train_step`` on a 1-device mesh, or data
+parallel over ``--cpu-devices`` CPU devices; state donated, as the trainer runs it) for one of two
+models:
+
+* ``vit``: the HPS ViT of ``benchmarks/train_step.py`` (``--case VARIANT:HxWxC:pPATCH``, batch 64,
+  3 classification tasks, equal weighting, Adam), ``--dtype float32|bfloat16``;
+* ``mtl``: the shared MLP of ``benchmarks/mtl_step.py`` (3 x 512, batch 256, ``--tasks`` tasks) with
+  a multi-task method (``--method upgrad --level param`` by default), i.e. a Gramian method's step.
+
+After ``--warmup`` calls, ``--steps`` calls run under ``jax.profiler.trace``. XLA's CPU runtime records
+one trace event per executed HLO op (a thunk: a fusion, a dot, a copy, ...) with its name; nested
+events (a conditional's branch ops inside the conditional) are counted once, as self time. Each op is
+looked up in the compiled module's HLO text (``compiled.as_text()``) for its opcode, the ops fused into
+it and its ``op_name`` metadata (the JAX name stack: Flax module path, ``jvp``/``transpose``, and the
+step's named scopes ``optimizer``, ``mtl_method``, ``finite_guard``) and put in one group:
+
+* **copies and transposes**: ``copy``/``transpose`` ops and fusions of data movement only;
+* **matmuls**: dots and convolutions (and fusions containing one) outside attention's softmax core;
+* **attention**: the ops of ``dot_product_attention`` (its ``q·kᵀ`` and ``p·v`` dots, softmax) — the
+  q/k/v/out projections are dense layers and count as matmuls;
+* **normalisation and elementwise**: the model's other ops (LayerNorm, GELU, residuals, loss);
+* **multi-task method**: the method's own ops (Gramian, weights, solver; scope ``mtl_method``) that are
+  not the model's backward;
+* **optimizer**: the optax chain after the method (Adam's moments, the parameter update);
+* **guard and other**: the finite guard, the step counter, RNG, metrics, control flow.
+
+Times are per step: the summed self time of a group's ops (``thread ms``: ops on XLA's two threads
+can overlap, so groups can sum to more than the wall time) and its share of the total op time. The
+wall time of an unprofiled step (median of ``--steps`` calls) is printed too. The ``--top`` ops are
+listed with their group and name stack.
+
+  python benchmarks/profile_step.py vit --case Ti:16x16x1:p4          # ViT-Ti, 16 tokens
+  python benchmarks/profile_step.py vit --case S:32x32x3:p4 --steps 3  # ViT-S, 64 tokens
+  python benchmarks/profile_step.py mtl --method upgrad --level param --tasks 10
+  python benchmarks/profile_step.py vit --cpu-devices 2               # data parallel over 2 CPU devices
+
+``--json FILE`` writes the groups and the top ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+GROUPS = ("matmuls", "attention", "normalisation and elementwise", "copies and transposes",
+          "multi-task method", "optimizer", "guard and other")
+_MOVE_OPS = {"copy", "transpose", "bitcast", "reshape", "broadcast", "slice", "concatenate", "pad",
+             "dynamic-slice", "dynamic-update-slice", "parameter", "constant", "tuple", "get-tuple-element",
+             "reverse", "iota", "convert", "bitcast-convert"}
+_DOT_OPS = {"dot", "convolution", "ragged-dot"}
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*.*?\s([a-z][a-z\-]*)\(")
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
+_OPNAME = re.compile(r'op_name="([^"]*)"')
+_PROJECTION = re.compile(r"/attn/(query|key|value|out|qkv)/")
+_COMP = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s.*\{\s*$")
+
+
+def parse_hlo(text: str) -> dict:
+    """``{instruction: {"opcode", "op_name", "ops" (opcodes inside a fusion, or itself)}}``."""
+    comps: dict[str, list[str]] = {}
+    instrs: dict[str, dict] = {}
+    current = None
+    for line in text.splitlines():
+        m = _COMP.match(line)
+        if m and "=" not in line.split("{")[0]:
+            current = m.group(1)
+            comps[current] = []
+            continue
+        m = _INSTR.match(line)
+        if not m:
+            continue
+        name, opcode = m.group(1), m.group(2)
+        calls = _CALLS.search(line)
+        op_name = _OPNAME.search(line)
+        instrs[name] = {"opcode": opcode, "calls": calls.group(1) if calls else None,
+                        "op_name": op_name.group(1) if op_name else ""}
+        if current is not None:
+            comps[current].append(opcode)
+    for info in instrs.values():
+        inner = comps.get(info["calls"]) if info["opcode"] == "fusion" and info["calls"] else None
+        info["ops"] = set(inner) if inner else {info["opcode"]}
+    return instrs
+
+
+def classify(info: dict | None) -> str:
+    if info is None:
+        return "guard and other"
+    ops, path = info["ops"], info["op_name"]
+    in_model = "MultiTaskModel" in path or "/backbone/" in path or "/heads_" in path
+    if ops <= _MOVE_OPS and ops & {"copy", "transpose", "dynamic-update-slice", "concatenate", "pad", "reverse"}:
+        return "copies and transposes"
+    if "dot_product_attention" in path or ("/attn/" in path and not _PROJECTION.search(path)):
+        return "attention"  # the softmax core; the q/k/v/out projections are dense layers (matmuls)
+    if ops & _DOT_OPS:
+        return "matmuls" if in_model or "mtl_method" not in path else "multi-task method"
+    if "finite_guard" in path:
+        return "guard and other"
+    if "mtl_method" in path and not in_model:
+        return "multi-task method"
+    if "optimizer" in path and not in_model:
+        return "optimizer"
+    if in_model or "loss" in path:
+        return "normalisation and elementwise"
+    if ops <= _MOVE_OPS:
+        return "copies and transposes"
+    return "guard and other"
+
+
+def self_times(events: list[dict]) -> dict[str, float]:
+    """Summed self time (µs) per HLO op name: a parent's time excludes its children on the same thread."""
+    by_thread = collections.defaultdict(list)
+    for e in events:
+        by_thread[e["tid"]].append(e)
+    out: dict[str, float] = collections.Counter()
+    for evs in by_thread.values():
+        evs.sort(key=lambda e: (e["ts"], -e["dur"]))
+        stack: list[list] = []  # [end, name, duration, children's time]
+
+        def close(entry):
+            out[entry[1]] += entry[2] - entry[3]
+
+        for e in evs:
+            while stack and e["ts"] >= stack[-1][0] - 1e-3:
+                close(stack.pop())
+            if stack:
+                stack[-1][3] += e["dur"]
+            stack.append([e["ts"] + e["dur"], e["args"]["hlo_op"], e["dur"], 0.0])
+        while stack:
+            close(stack.pop())
+    return out
+
+
+def trace_events(logdir: str, module_prefix: str) -> list[dict]:
+    files = glob.glob(os.path.join(logdir, "**", "perfetto_trace.json.gz"), recursive=True)
+    if not files:
+        raise RuntimeError(f"no perfetto trace written under {logdir}")
+    data = json.load(gzip.open(files[0]))
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    return [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})
+            and str(e["args"].get("hlo_module", "")).startswith(module_prefix)]
+
+
+def breakdown(compiled, run, *, steps: int, warmup: int, top: int) -> dict:
+    import jax
+
+    hlo = parse_hlo(compiled.as_text())
+    for _ in range(warmup):
+        run()
+    walls = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        run()
+        walls.append(time.perf_counter() - t0)
+    logdir = tempfile.mkdtemp(prefix="mtljax-profile-")
+    try:
+        jax.profiler.start_trace(logdir, create_perfetto_trace=True)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            run()
+        profiled_s = (time.perf_counter() - t0) / steps
+        jax.profiler.stop_trace()
+        events = trace_events(logdir, "jit_train_step")
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    times = self_times(events)
+    groups = collections.Counter()
+    ops = []
+    for name, us in times.items():
+        info = hlo.get(name)
+        g = classify(info)
+        ms = us / 1e3 / steps
+        groups[g] += ms
+        ops.append({"op": name, "group": g, "ms": ms, "opcode": info["opcode"] if info else "?",
+                    "fused": sorted(info["ops"])[:8] if info else [], "op_name": info["op_name"] if info else ""})
+    total = sum(groups.values())
+    ops.sort(key=lambda o: -o["ms"])
+    return {"wall_ms": 1e3 * statistics.median(walls), "profiled_wall_ms": 1e3 * profiled_s, "op_ms": total,
+            "groups": {g: {"ms": groups.get(g, 0.0), "share": groups.get(g, 0.0) / total if total else 0.0}
+                       for g in GROUPS},
+            "num_ops": len(times), "top": ops[:top]}
+
+
+def report(title: str, res: dict) -> str:
+    lines = [f"### {title}", "",
+             f"step wall time {res['wall_ms']:.1f} ms (unprofiled median), {res['profiled_wall_ms']:.1f} ms profiled; "
+             f"op time {res['op_ms']:.1f} thread-ms over {res['num_ops']} ops", "",
+             "| group | thread ms / step | share of op time |", "|---|---:|---:|"]
+    for g, v in res["groups"].items():
+        lines.append(f"| {g} | {v['ms']:.1f} | {100 * v['share']:.1f} % |")
+    lines += ["", "| op | group | ms / step | fused ops | name stack |", "|---|---|---:|---|---|"]
+    for o in res["top"]:
+        stack = o["op_name"].replace("jit(train_step)/", "")
+        stack = stack if len(stack) < 90 else "…" + stack[-89:]
+        lines.append(f"| {o['op']} | {o['group']} | {o['ms']:.2f} | {','.join(o['fused'])} | {stack} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- steps
+def compiled_step(model, tasks, input_shape, x, ys, tx, *, level: str = "param", devices: int = 1):
+    """The jitted, compiled train step of ``model`` on a ``data = devices`` mesh and a ``run()`` closure."""
+    import jax
+    import jax.numpy as jnp
+
+    from mtljax.models.objective import objective
+    from mtljax.parallel.mesh import make_mesh
+    from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding
+    from mtljax.trainer.state import create_state
+    from mtljax.trainer.step import jit_train_step, make_train_step
+
+    mesh = make_mesh({"data": devices}, devices=jax.devices()[:devices])
+    b_shard = batch_sharding(mesh, DEFAULT_RULES)
+    batch = jax.device_put({
+        "inputs": jnp.asarray(x),
+        "targets": {t.name: jnp.asarray(y) for t, y in zip(tasks, ys)},
+        "masks": {t.name: jnp.ones((x.shape[0],), jnp.float32) for t in tasks},
+    }, b_shard)
+    with jax.set_mesh(mesh):
+        state, shardings, _ = create_state(model, tx, input_shape, 0, mesh, DEFAULT_RULES)
+        jitted = jit_train_step(make_train_step(objective(model, tasks), tx, level=level), mesh, shardings, b_shard)
+        compiled = jitted.lower(state, batch).compile()
+    box = {"state": state}
+
+    def run():
+        box["state"], metrics = compiled(box["state"], batch)
+        jax.block_until_ready((box["state"], metrics))
+
+    return compiled, run
+
+
+def vit_step(args):
+    import numpy as np
+    import optax
+
+    from mtljax.config import base_config
+    from mtljax.models import build_model
+    from mtljax.optim import as_optax, equal
+    from mtljax.tasks import Task
+
+    variant, shape, patch = args.case.split(":")
+    shape = tuple(int(s) for s in shape.split("x"))
+    cfg = base_config().model
+    cfg.backbone, cfg.dtype, cfg.head_hidden = "vit", args.dtype, 0
+    cfg.vit.pool, cfg.vit.patch_size = "gap", int(patch.lstrip("p"))
+    if variant == "tiny":
+        cfg.vit.update(dict(variant="custom", width=64, depth=2, num_heads=4, mlp_dim=128))
+    else:
+        cfg.vit.variant = variant
+    classes = [10, 10, 19]
+    tasks = [Task(f"t{i}", "multiclass", num_classes=k) for i, k in enumerate(classes)]
+    model = build_model(cfg, tasks, shape)
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch or 64, *shape), dtype=np.float32)
+    ys = [rng.integers(0, k, x.shape[0]).astype(np.int32) for k in classes]
+    tx = optax.chain(as_optax(equal(), len(tasks)), optax.adam(1e-3))
+    title = f"ViT-{variant} {args.case.split(':')[1]} {patch} ({(shape[0] // cfg.vit.patch_size) ** 2} tokens), " \
+            f"batch {x.shape[0]}, {args.dtype}, {args.cpu_devices} device(s)"
+    return title, compiled_step(model, tasks, shape, x, ys, tx, devices=args.cpu_devices)
+
+
+def mtl_step(args):
+    import numpy as np
+    import optax
+
+    from mtljax.config import base_config
+    from mtljax.models import build_model
+    from mtljax.optim import as_optax, get_method
+    from mtljax.tasks import Task
+
+    tasks = [Task(f"t{i}", "regression") if i % 2 == 0 else Task(f"t{i}", "multiclass", num_classes=5)
+             for i in range(args.tasks)]
+    cfg = base_config().model
+    cfg.backbone = "mlp"
+    cfg.mlp.hidden = (512, 512, 512)
+    in_dim = 64
+    model = build_model(cfg, tasks, (in_dim,))
+    rng = np.random.default_rng(0)
+    batch = args.batch or 256
+    x = rng.standard_normal((batch, in_dim), dtype=np.float32)
+    ys = [rng.standard_normal((batch,), dtype=np.float32) if i % 2 == 0
+          else rng.integers(0, 5, size=(batch,), dtype=np.int32) for i in range(args.tasks)]
+    tx = optax.chain(as_optax(get_method(args.method), args.tasks), optax.adam(1e-3))
+    title = f"MLP 3x512, batch {batch}, T = {args.tasks}, {args.method} at level {args.level}, " \
+            f"{args.cpu_devices} device(s)"
+    return title, compiled_step(model, tasks, (in_dim,), x, ys, tx, level=args.level, devices=args.cpu_devices)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=("vit", "mtl"))
+    ap.add_argument("--case", default="Ti:16x16x1:p4", help="vit: VARIANT:HxWxC:pPATCH (VARIANT Ti|S|B|tiny)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="vit: config.model.dtype")
+    ap.add_argument("--method", default="upgrad", help="mtl: a method of mtljax.optim.METHODS")
+    ap.add_argument("--level", default="param", help="mtl: where per-task gradients are taken")
+    ap.add_argument("--tasks", type=int, default=3, help="mtl: number of tasks")
+    ap.add_argument("--batch", type=int, default=0, help="batch size (default 64 vit, 256 mtl)")
+    ap.add_argument("--cpu-devices", type=int, default=1, help="data parallel over this many CPU devices")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args(argv)
+    if args.cpu_devices < 1:
+        ap.error("--cpu-devices must be >= 1")
+    if args.cpu_devices > 1:  # before JAX initialises its backend
+        import jax
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    title, (compiled, run) = (vit_step if args.model == "vit" else mtl_step)(args)
+    res = breakdown(compiled, run, steps=args.steps, warmup=args.warmup, top=args.top)
+    print(f"command: python benchmarks/profile_step.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(report(title, res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"title": title, "args": vars(args), **res}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
