@@ -1,7 +1,9 @@
-"""Shared by the benchmark scripts: interleaved timing rounds and the machine/environment record.
+"""Shared by the benchmark scripts: interleaved timing rounds, the statistics read from them, and the
+machine/environment record. Not run by itself.
 
 A *contender* is any object with ``name``, ``run()`` (one call, blocking until done) and writable
-``samples``, ``first_s`` and ``excluded`` attributes.
+``samples``, ``first_s`` and ``excluded`` attributes; :class:`Contender` is the one the ViT step,
+matmul-peak and XLA-flag benchmarks use.
 """
 
 from __future__ import annotations
@@ -10,10 +12,26 @@ import datetime
 import importlib
 import os
 import platform
+import statistics
 import subprocess
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import jax
+
+
+@dataclass
+class Contender:
+    name: str
+    framework: str  # mtljax | torch | xla-matmul | torch-matmul
+    dtype: str
+    run: Callable[[], None]
+    flops: float = float("nan")  # per call
+    info: dict = field(default_factory=dict)
+    first_s: float = float("nan")
+    samples: list = field(default_factory=list)  # per round: list of seconds
+    excluded: bool = False  # first call slower than --max-step-s: not timed in rounds
 
 
 def measure(contenders, *, rounds: int, per_round: int, pause: float = 0.0, max_step_s: float = float("inf"),
@@ -53,6 +71,27 @@ def measure(contenders, *, rounds: int, per_round: int, pause: float = 0.0, max_
                 ts.append(time.perf_counter() - t0)
             c.samples.append(ts)
         log(f"    round {r + 1}/{rounds}: {time.perf_counter() - t_round:.1f} s", flush=True)
+
+
+def median_time(c) -> float:
+    """Median of all timed calls (the first call's time for a contender kept out of the rounds)."""
+    if c.excluded or not c.samples:
+        return c.first_s
+    return statistics.median(t for ts in c.samples for t in ts)
+
+
+def speed_ratio(a, b) -> tuple[float, float, float]:
+    """Speed of a relative to b (time of b / time of a): median over rounds of the ratio of round
+    medians, min, max."""
+    if a.excluded or b.excluded:
+        r = b.first_s / a.first_s
+        return r, r, r
+    rs = [statistics.median(y) / statistics.median(x) for x, y in zip(a.samples, b.samples)]
+    return statistics.median(rs), min(rs), max(rs)
+
+
+def fmt_ratio(r) -> str:
+    return f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})"
 
 
 def environment(packages=("jaxlib", "flax", "optax")) -> dict:
