@@ -225,6 +225,9 @@ def base_config() -> mlc.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
     c.train.progress = True
+    # loss scaling (mtljax.optim.loss_scale): 'auto' = dynamic when model.dtype is float16, else none |
+    # 'dynamic' | 'none' | a number (static scale)
+    c.train.loss_scale = "auto"
 
     c.mesh = mlc.ConfigDict()
     c.mesh.shape = mlc.ConfigDict({"data": -1, "expert": 1, "model": 1})

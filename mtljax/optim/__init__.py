@@ -14,6 +14,7 @@ from mtljax.config import ConfigError
 from mtljax.optim.base import Method, MultiTaskState, as_optax
 from mtljax.optim.flat_sam import flat_sam
 from mtljax.optim.jacobian import combine, gramian_of
+from mtljax.optim.loss_scale import LossScale, scale_loss_function
 from mtljax.optim.sam import sam, sam_adversary
 from mtljax.optim.task_grads import LossFunction, TaskGradients, task_gradients
 from mtljax.optim.wrappers import apply_if_finite, multi_steps
@@ -81,6 +82,6 @@ def get_method(name: str, **kwargs) -> Method:
 
 __all__ = ["METHODS", "aligned_mtl", "cagrad", "conflict_free", "db_mtl", "dualproj", "dwa", "equal", "famo",
            "fairgrad", "geometric_loss", "graddrop", "gradnorm", "gradvac", "imtl_g", "mgda", "nash_mtl", "pcgrad",
-           "random_loss_weighting", "smooth_tchebycheff", "uncertainty_weighting", "upgrad", "LossFunction", "Method", "MultiTaskState", "TaskGradients", "apply_if_finite", "as_optax",
+           "random_loss_weighting", "smooth_tchebycheff", "uncertainty_weighting", "upgrad", "LossFunction", "LossScale", "Method", "MultiTaskState", "TaskGradients", "apply_if_finite", "as_optax",
            "combine", "flat_sam", "get_method", "gramian_of", "multi_steps", "sam", "sam_adversary",
-           "task_gradients"]
+           "scale_loss_function", "task_gradients"]

@@ -29,6 +29,7 @@ from mtljax.models import build_model, check_mesh
 from mtljax.models.objective import objective as model_objective
 from mtljax.optim import get_method
 from mtljax.optim.jacobian import sharded_gramian
+from mtljax.optim.loss_scale import parse_loss_scale
 from mtljax.optim.task_grads import Partition
 from mtljax.parallel import distributed
 from mtljax.parallel.mesh import make_mesh, resolve_shape
@@ -51,6 +52,7 @@ class Experiment:
         with section("train"):
             for key in TRAIN_KEYS:
                 positive_int(config.train[key], key)
+            self.loss_scale = parse_loss_scale(config.train.get("loss_scale", "auto"), config.model.dtype)
         for key in ("batch_size", "eval_batch_size"):
             positive_int(config.data[key], f"data.{key}")
         dataset = build_dataset(config.data)
@@ -106,7 +108,7 @@ class Experiment:
     def init_state(self):
         """``(state, shardings)``: the initial train state, created directly on the mesh."""
         state, shardings, _ = create_state(self.model, self.tx, self.dataset.input_shape, self.config.seed,
-                                           self.mesh, self.rules, self.objective.split)
+                                           self.mesh, self.rules, self.objective.split, self.loss_scale)
         return state, shardings
 
     def warm_start(self, state, shardings, log=print):
@@ -122,7 +124,7 @@ class Experiment:
     def abstract_state(self):
         """``(abstract, shardings)`` of the train state without allocating it (for restoring)."""
         return abstract_state(self.model, self.tx, self.dataset.input_shape, self.mesh, self.rules,
-                              self.objective.split)
+                              self.objective.split, self.loss_scale)
 
     def train_step(self, shardings):
         """The (unjitted) train step of ``config.optim`` on this mesh."""
@@ -133,7 +135,8 @@ class Experiment:
             gramian_fn = lambda rows: sharded_gramian(rows, self.mesh, shared_specs)  # noqa: E731
         weights = self.task_weights if any(w != 1.0 for w in self.task_weights) else None
         return st.make_train_step(self.objective, self.tx, level=self.level, task_weights=weights,
-                                  chunk_size=self.config.optim.chunk_size or None, gramian_fn=gramian_fn)
+                                  chunk_size=self.config.optim.chunk_size or None, gramian_fn=gramian_fn,
+                                  loss_scale=self.loss_scale)
 
     def jit_train_step(self, shardings):
         return st.jit_train_step(self.train_step(shardings), self.mesh, shardings, self.batch_sharding)

@@ -25,16 +25,18 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
+    loss_scale: Any = None  # LossScaleState with loss scaling (config.train.loss_scale), else None (no leaves)
 
 
 def dummy_inputs(input_shape, batch: int = 1):
     return jnp.zeros((batch, *input_shape), jnp.float32)
 
 
-def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape, split=None):
+def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape, split=None, loss_scale=None):
     """``init(seed_key) -> TrainState`` with logically-partitioned (boxed) leaves.
 
     ``split(params) -> (trainable, frozen)``: ``tx`` is initialised on the trainable ones only.
+    ``loss_scale``: a :class:`~mtljax.optim.loss_scale.LossScale` whose state the train state carries.
     """
 
     def init(key):
@@ -42,7 +44,8 @@ def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, input_shape
         variables = model.init({"params": k_params, "dropout": k_dropout}, dummy_inputs(input_shape), train=False)
         params = variables["params"]
         opt_state = tx.init(params if split is None else split(params)[0])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=k_state)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=k_state,
+                          loss_scale=None if loss_scale is None else loss_scale.initial_state())
 
     return init
 
@@ -53,17 +56,17 @@ def param_shapes(model: nn.Module, input_shape):
     return nn.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)).params)
 
 
-def create_state(model, tx, input_shape, seed: int, mesh, rules, split=None):
+def create_state(model, tx, input_shape, seed: int, mesh, rules, split=None, loss_scale=None):
     """Initialise a sharded train state directly on the mesh; returns (state, shardings, abstract)."""
-    abstract, shardings = abstract_state(model, tx, input_shape, mesh, rules, split)
-    init = make_init_fn(model, tx, input_shape, split)
+    abstract, shardings = abstract_state(model, tx, input_shape, mesh, rules, split, loss_scale)
+    init = make_init_fn(model, tx, input_shape, split, loss_scale)
     state = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(jax.random.PRNGKey(seed))
     return state, shardings, abstract
 
 
-def abstract_state(model, tx, input_shape, mesh, rules, split=None):
+def abstract_state(model, tx, input_shape, mesh, rules, split=None, loss_scale=None):
     """Shapes, dtypes and shardings of the train state without allocating it."""
-    init = make_init_fn(model, tx, input_shape, split)
+    init = make_init_fn(model, tx, input_shape, split, loss_scale)
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
     shardings = tree_shardings(boxed, mesh, rules)
     return jax.tree.map(

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mtljax.models.objective import Objective
+from mtljax.optim.loss_scale import LossScale, scale_loss_function
 from mtljax.optim.task_grads import task_gradients
 from mtljax.trainer.state import TrainState
 
@@ -33,14 +34,17 @@ def batch_stats(tasks, outputs, batch):
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, level: str = "param",
-                    task_weights=None, chunk_size: int | None = None, gramian_fn: Callable | None = None):
+                    task_weights=None, chunk_size: int | None = None, gramian_fn: Callable | None = None,
+                    loss_scale: LossScale | None = None):
     """``train_step(state, batch) -> (state, metrics)``.
 
     ``tx`` starts with the multi-task transform; ``level`` (``param`` | ``gramian`` | ``rep``) is where
     per-task gradients are taken; ``task_weights`` ``[T]`` statically scale the losses the method
     sees; ``gramian_fn`` assembles the Gramian of sharded gradients on a mesh. Which parameters are
     task-specific and which train is the objective's (``objective.specific``, ``objective.trainable``);
-    ``tx`` and its state see the trainable parameters only.
+    ``tx`` and its state see the trainable parameters only. ``loss_scale`` (float16 training; the
+    state then carries its :class:`~mtljax.optim.loss_scale.LossScaleState`) scales the backward
+    pass: a dynamic scale skips a step whose gradients overflow instead of stopping the run.
     """
     tasks = objective.tasks
 
@@ -48,6 +52,8 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, l
         k_model, k_method = jax.random.split(jax.random.fold_in(state.rng, state.step))
         params, frozen = objective.split(state.params)  # frozen parameters are not differentiated
         fn = objective.loss_function(batch, rng=k_model, step=state.step, task_weights=task_weights, frozen=frozen)
+        if loss_scale is not None:
+            fn = scale_loss_function(fn, state.loss_scale.scale)
         grads, aux = task_gradients(fn, params, level=level, specific=objective.specific(params),
                                     chunk_size=chunk_size, key=k_method, gramian_fn=gramian_fn)
         with jax.named_scope("optimizer"):  # the scopes name the step's parts in profiles (benchmarks/profile_step.py)
@@ -62,15 +68,28 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, l
         total = jnp.sum(grads.losses) + sum(aux_losses.values(), jnp.zeros((), jnp.float32))
         grad_norm = optax.global_norm(combined)
         with jax.named_scope("finite_guard"):
-            finite = (jnp.isfinite(total) & jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(losses))
-                      & jnp.all(jnp.isfinite(weights)) & jnp.isfinite(optax.global_norm(updates)))
+            losses_finite = jnp.isfinite(total) & jnp.all(jnp.isfinite(losses))
+            grads_finite = (jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(weights))
+                            & jnp.isfinite(optax.global_norm(updates)))
+            applied = losses_finite & grads_finite
             # keep the old state where the step is not finite: an elementwise select that XLA fuses into the
             # update (a lax.cond here made XLA copy the whole state, Adam's moments included, every step)
-            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+            new = jax.tree.map(lambda n, o: jnp.where(applied, n, o), new, state)
+            finite, extra = applied, {}
+            if loss_scale is not None:
+                # an overflow of the scaled gradients skips the step (parameters and optimizer state are kept,
+                # the step counter runs on with the data) and lowers the scale;
+                # only a non-finite loss, or an overflow at the smallest scale, stops the run
+                finite = losses_finite & (grads_finite | (state.loss_scale.scale >= loss_scale.min_scale * loss_scale.factor))
+                new = new.replace(step=state.step + 1, loss_scale=loss_scale.adjust(state.loss_scale, grads_finite))
+                extra = {"loss_scale": state.loss_scale.scale, "skipped_steps": (~applied).astype(jnp.float32)}
+                # a skipped step's gradient norm and weights are not finite: they count as 0 in the logged means
+                grad_norm, weights = (jnp.where(grads_finite, grad_norm, 0.0),
+                                      jnp.where(grads_finite, weights, jnp.zeros_like(weights)))
         metrics = {
             "loss": total, "task_losses": losses, "task_weights": weights, "grad_norm": grad_norm,
             "finite": finite, "stats": batch_stats(tasks, aux["outputs"], batch),
-            "aux": {**aux.get("metrics", {}), **{f"aux_loss/{k}": v for k, v in aux_losses.items()}},
+            "aux": {**aux.get("metrics", {}), **{f"aux_loss/{k}": v for k, v in aux_losses.items()}, **extra},
         }
         return new, metrics
 
