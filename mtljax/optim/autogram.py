@@ -34,7 +34,9 @@ looked into (they fall back to VJP rows).
 
 Per-task rows of the non-kernel parameters and all ``G_t`` are kept (``chunk_size`` only batches the
 pullbacks); methods that read the per-task gradients themselves (GradDrop, flat-region SAM) need
-level ``param``.
+level ``param``. On a mesh XLA partitions these products like any others (the ``gramian_fn`` of level
+``param`` is not used). In a run, ``config.optim.level='autogram'`` is refused before compilation
+when the model has no shared dense kernel (:func:`mtljax.trainer.optimizer.check_autogram`).
 """
 
 from __future__ import annotations
