@@ -8,10 +8,11 @@ per-task kernel gradient is ``∇_W L_t = Aᵀ G_t``, so
     ⟨∇_W L_s, ∇_W L_t⟩ = Σ (A Aᵀ) ⊙ (G_s G_tᵀ) = Σ G_s ⊙ (K G_t),    K = A Aᵀ,
 
 which costs ``N²K + T·N²M + T²·N·M`` instead of ``T·N·K·M + T²·K·M`` for the per-task kernel
-gradients and their Gramian. Per kernel, the cheaper of the two forms (by FLOPs, from the shapes)
-is used: with many tokens ``N`` exceeds the width and the rows ``Aᵀ G_t`` of that one kernel are
-formed directly (still never all ``T`` rows of the whole model). The update of a kernel is
-``Aᵀ (Σ_t w_t G_t)``: one weight-gradient matmul, no further backward pass.
+gradients and their Gramian. The update of a kernel is ``Aᵀ (Σ_t w_t G_t)``: one weight-gradient
+matmul, no further backward pass. Per kernel, the cheaper of the two ways (by FLOPs from the shapes,
+the update included) is used: with many tokens, or a narrow input, ``N`` exceeds the width and the
+rows ``Aᵀ G_t`` of that one kernel are formed directly (never all ``T`` rows of the whole model); the
+update then combines them.
 
 How the ``G_t`` and ``A`` are obtained: the loss function is traced once to a jaxpr
 (``jax.make_jaxpr``) and re-evaluated equation by equation. A shared parameter is a *dense kernel*
@@ -156,17 +157,21 @@ def _canonical_cot(g, u: _Use):
     return _f32(jnp.transpose(g, (0, *(1 + p for p in u.out_perm))).reshape(g.shape[0], gb, n, m))
 
 
-def _kernel_gramian(a, g):
-    """``Σ_g (A_gᵀ G_s)·(A_gᵀ G_t)`` for ``a [Gb, N, K]``, ``g [T, Gb, N, M]``, by the cheaper form."""
-    t, gb, n, m = g.shape
+def _kernel_gramian(a, g, num: int):
+    """``(G, rows)``: the Gramian of the first ``num`` of the rows ``A_gᵀ g_r`` (``a [Gb, N, K]``,
+    ``g [R, Gb, N, M]``), by the cheaper form counting the update too. ``rows [R, Gb, K, M]`` when they
+    were formed (the update then combines them), else ``None`` (the update is ``Aᵀ Σ_r w_r g_r``)."""
+    r, gb, n, m = g.shape
     k = a.shape[-1]
-    direct = t * gb * n * k * m + t * t * gb * k * m
-    via_kernel = gb * n * n * k + t * gb * n * n * m + t * t * gb * n * m
+    direct = gb * (r * n * k * m + num * num * k * m + r * k * m)
+    via_kernel = gb * (n * n * k + num * n * n * m + num * num * n * m + r * n * m + n * k * m)
     if direct <= via_kernel:
-        rows = jnp.einsum("gnk,tgnm->tgkm", a, g).reshape(t, -1)
-        return rows @ rows.T
+        rows = jnp.einsum("gnk,rgnm->rgkm", a, g)
+        flat = rows[:num].reshape(num, -1)
+        return flat @ flat.T, rows
+    g = g[:num]
     kern = jnp.einsum("gnk,gpk->gnp", a, a)
-    return jnp.einsum("sgnm,tgnm->st", g, jnp.einsum("gnp,tgpm->tgnm", kern, g))
+    return jnp.einsum("sgnm,tgnm->st", g, jnp.einsum("gnp,tgpm->tgnm", kern, g)), None
 
 
 class _Kernel(NamedTuple):
@@ -183,8 +188,12 @@ class _Kernel(NamedTuple):
 
     def gradient(self, a, g):
         """``Aᵀ g`` (``g [Gb, N, M]``) in the kernel's own layout and dtype."""
+        return self.layout(jnp.einsum("gnk,gnm->gkm", a, g))
+
+    def layout(self, grad):
+        """``[Gb, K, M]`` -> the kernel's own layout and dtype."""
         perm = self.uses[0].ker_perm
-        grad = jnp.einsum("gnk,gnm->gkm", a, g).reshape([self.shape[d] for d in perm])
+        grad = grad.reshape([self.shape[d] for d in perm])
         return jnp.transpose(grad, np.argsort(perm)).astype(self.dtype)
 
 
@@ -222,7 +231,7 @@ def autogram_level(fn, params, part, chunk_size, key):
     vec, vjp_fn, (losses, aux, acts) = jax.vjp(vector, [shared[i] for i in rest], specific, eps0, has_aux=True)
     num = losses.shape[0]
     a_of = [kern.activation(acts) for kern in kernels]
-    cache = {}
+    cache, formed = {}, {}  # the pulled-back rows; per kernel, its rows A_gᵀ g_r when the Gramian formed them
 
     def rows():
         if "rows" not in cache:
@@ -233,14 +242,18 @@ def autogram_level(fn, params, part, chunk_size, key):
     def gram():
         r_rest, _, g_of = rows()
         total = gramian_of([x[:num] for x in r_rest]) if r_rest else 0.0
-        return total + sum(_kernel_gramian(a, g[:num]) for a, g in zip(a_of, g_of))
+        for kern, a, g in zip(kernels, a_of, g_of):
+            block, formed[kern.leaf] = _kernel_gramian(a, g, num)
+            total = total + block
+        return total
 
     def pullback(w):
         cot = _cotangent(w.astype(vec.dtype), has_extra)
         if "rows" in cache:  # the G_t are there: combine them, no further backward pass
             r_rest, r_h, g_of = cache["rows"]
             g_rest, g_h = combine(r_rest, cot), combine(r_h, cot)
-            g_k = [jnp.tensordot(cot.astype(g.dtype), g, axes=1) for g in g_of]
+            g_k = [None if formed.get(kern.leaf) is not None else jnp.tensordot(cot.astype(g.dtype), g, axes=1)
+                   for kern, g in zip(kernels, g_of)]
         else:
             g_rest, g_h, g_eps = vjp_fn(cot)
             g_k = [kern.cotangent(jax.tree.map(lambda x: x[None], g_eps))[0] for kern in kernels]
@@ -248,7 +261,9 @@ def autogram_level(fn, params, part, chunk_size, key):
         for i, x in zip(rest, g_rest):
             g_s[i] = x
         for kern, a, g in zip(kernels, a_of, g_k):
-            g_s[kern.leaf] = kern.gradient(a, g)
+            rows_k = formed.get(kern.leaf)
+            g_s[kern.leaf] = (kern.layout(jnp.tensordot(cot.astype(rows_k.dtype), rows_k, axes=1))
+                              if rows_k is not None else kern.gradient(a, g))
         return g_s, list(g_h)
 
     tg = TaskGradients(losses, part, key=key, pullback=pullback, gramian=gram, has_extra=has_extra)

@@ -91,11 +91,13 @@ def test_same_gramian_and_update_as_param_level(compared):
 
 
 def _toy():
-    """Kernels read twice (w), on the left (v), batched (bk); a parameter also read elementwise (t)."""
-    k = iter(jax.random.split(jax.random.PRNGKey(2), 8))
+    """Kernels read twice (w), on the left (v), batched (bk), narrow (e: rows formed) and wide (f: by the
+    rows' kernel A Aᵀ); a parameter also read elementwise (t)."""
+    k = iter(jax.random.split(jax.random.PRNGKey(2), 10))
     p = {"w": jax.random.normal(next(k), (4, 4)), "v": jax.random.normal(next(k), (3, 4)),
          "bk": jax.random.normal(next(k), (2, 2, 3)), "t": jax.random.normal(next(k), (4, 2)),
-         "b": jax.random.normal(next(k), (4,)), "head": jax.random.normal(next(k), (3, 3))}
+         "b": jax.random.normal(next(k), (4,)), "head": jax.random.normal(next(k), (3, 3)),
+         "e": jax.random.normal(next(k), (4, 32)), "f": 0.2 * jax.random.normal(next(k), (32, 32))}
     x = jax.random.normal(next(k), (6, 4))
 
     def losses(q):
@@ -104,17 +106,18 @@ def _toy():
         z = q["v"] @ h.T  # kernel on the left: [3, 6]
         g = jnp.einsum("gnk,gkm->gnm", h.reshape(6, 2, 2).transpose(1, 0, 2), q["bk"])  # batch axis g
         u = (h @ q["t"]) * jnp.sum(q["t"])  # t is not only a kernel
-        out = z.T @ q["head"] + jnp.sum(g, axis=0) + jnp.sum(u)
+        wide = jnp.tanh(jnp.tanh(h @ q["e"]) @ q["f"])  # f: wider than the 6 rows (Gramian by A Aᵀ)
+        out = z.T @ q["head"] + jnp.sum(g, axis=0) + jnp.sum(u) + wide[:, :3]
         ls = jnp.mean(out ** 2, axis=0) + jnp.arange(3.0) * jnp.mean(out, axis=0)
         return ls, 0.1 * jnp.sum(h ** 2), {}
 
-    return p, {"w": False, "v": False, "bk": False, "t": False, "b": False, "head": True}, losses
+    return p, {**{n: False for n in p}, "head": True}, losses
 
 
 def test_toy_function_with_auxiliary_term():
     params, specific, losses = _toy()
     fn = LossFunction(losses)
-    assert count_dense_kernels(lambda p: losses(p)[0], params, specific) == 3  # w, v, bk
+    assert count_dense_kernels(lambda p: losses(p)[0], params, specific) == 5  # w, v, bk, e, f
 
     @jax.jit
     def run(w, hw):
