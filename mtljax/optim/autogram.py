@@ -122,8 +122,9 @@ def dense_kernels(jaxpr, candidates) -> dict[int, list[_Use]]:
 
 
 def _evaluate(closed, args, eps: dict):
-    """Evaluate ``closed`` on ``args``, adding ``eps[k]`` to the output of equation ``k`` and recording
-    its activation operand; returns ``(outputs, {k: activation})``."""
+    """Evaluate ``closed`` on ``args`` (as ``jax.core.eval_jaxpr`` does); for ``eps[k] = (operand,
+    perturbation)`` add the perturbation to the output of equation ``k`` and record that input operand.
+    Returns ``(outputs, {k: operand value})``."""
     jaxpr, env, acts = closed.jaxpr, {}, {}
     read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
     env.update(zip(jaxpr.constvars, closed.consts))
@@ -135,9 +136,9 @@ def _evaluate(closed, args, eps: dict):
         with eqn.ctx.manager:
             out = eqn.primitive.bind(*subfuns, *invals, **params)
         if k in eps:
-            act, _ = eps[k]
+            act, perturbation = eps[k]
             acts[k] = invals[act]
-            out = out + eps[k][1]
+            out = out + perturbation
         env.update(zip(eqn.outvars, out if eqn.primitive.multiple_results else [out]))
     return [read(v) for v in jaxpr.outvars], acts
 

@@ -160,3 +160,17 @@ def test_config_level_autogram():
         check_autogram("autogram", lambda q: jnp.sum(q["w"] ** 2) * q["head"], p, None, "conv")
     with pytest.raises(ValueError, match="level 'autogram' found no dense kernel"):
         task_gradients(lambda q: (jnp.sum(q["w"]) * jnp.ones(2), None, {}), p, level="autogram")
+
+
+def test_run_refuses_autogram_without_dense_kernel(tmp_path, monkeypatch):
+    from mtljax.trainer.experiment import Experiment  # noqa: PLC0415
+
+    c = base_config()
+    c.model.backbone, c.model.mlp.hidden = "mlp", (8,)
+    c.data.num_train, c.data.num_test = 64, 16
+    c.optim.method, c.optim.level, c.workdir = "upgrad", "autogram", str(tmp_path / "run")
+    assert Experiment(c).level == "autogram"  # the MLP has dense layers
+    monkeypatch.setattr(Experiment, "_abstract_forward", lambda self, p: sum(jnp.sum(x) for x in jax.tree.leaves(p)))
+    with pytest.raises(ConfigError, match=r"^config.optim.level: 'autogram' needs a dense layer") as err:
+        Experiment(c)
+    assert "\n" not in str(err.value)
