@@ -15,7 +15,8 @@ module exists, and for each level it supports:
   shown with level ``-``;
 * Gramian methods are timed at ``param`` (stacked per-task gradients of the shared parameters),
   ``gramian`` (only ``G = J Jᵀ``, then one more pullback) and ``rep`` (Gramian of the gradients w.r.t.
-  the shared representation, MGDA-UB style);
+  the shared representation, MGDA-UB style) and ``autogram`` (``G`` from the layer-wise Gramian of the
+  dense kernels, no per-task kernel gradients; the update without another pullback);
 * Jacobian methods (GradDrop) only at ``param``.
 
 Timing: all steps of one ``T`` (and, unless ``--no-torch``, the PyTorch/TorchJD steps of
@@ -66,7 +67,7 @@ import common  # noqa: E402
 from common import measure  # noqa: E402
 
 NUM_CLASSES = 5
-LEVELS = ("param", "gramian", "rep")
+LEVELS = ("param", "gramian", "rep", "autogram")
 
 
 @dataclass
@@ -269,7 +270,7 @@ def torch_rows(num_tasks: int, cs: list[Contender]) -> dict | None:
 def torch_table(rows: list[dict]) -> str:
     lines = ["| T | torch plain ms | TorchJD UPGrad ms (jac / gram-opt) | TorchJD ÷ plain (jac / gram-opt) | "
              "TorchJD autogram ÷ plain | mtljax equal ms | plain torch ÷ mtljax equal | "
-             "mtljax UPGrad ms (param / gramian / rep) | speedup vs best TorchJD (param / gramian / rep) |",
+             "mtljax UPGrad ms (param / gramian / rep / autogram) | speedup vs best TorchJD (param / gramian / rep / autogram) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ms = r["torchjd_ms"]

@@ -15,7 +15,7 @@ The main nouns, importable from the top (loaded on first use, so ``import mtljax
 ``objective``             a model's training objective, the train step's hook (``mtljax.models.objective``)
 ``as_optax``              a multi-task method as the first transform of an optax chain
 ``get_method``, methods   ``upgrad``, ``pcgrad``, ``mgda``, ``nash_mtl``, ``famo``, ... (``mtljax.optim``)
-``task_gradients``        lazy per-task gradients at param / gramian / rep level (``TaskGradients``)
+``task_gradients``        lazy per-task gradients at param / gramian / rep / autogram level (``TaskGradients``)
 ``sam``, ``flat_sam``     SAM and task-based flat-region SAM around a multi-task transform
 ``multi_steps``,          gradient accumulation and finite guard for chains that start with a
 ``apply_if_finite``       multi-task transform

@@ -180,7 +180,7 @@ def base_config() -> mlc.ConfigDict:
     c.optim.task_weights = mlc.ConfigDict()  # {task: weight}; missing tasks weigh 1
     c.optim.method = "equal"  # multi-task method: see mtljax.optim.METHODS
     c.optim.method_kwargs = mlc.ConfigDict()  # the method's hyperparameters, e.g. {'c': 0.4}
-    c.optim.level = "param"  # param | gramian | rep (where per-task gradients are taken)
+    c.optim.level = "param"  # param | gramian | rep | autogram (where per-task gradients are taken)
     c.optim.chunk_size = 0  # tasks per batched pullback; 0 = all at once
     c.optim.head_grads = ""  # task | weighted | "" (the method's own: weighted for loss weightings and Nash-MTL)
     c.optim.sam = "none"  # none | sam (Foret et al.) | flat (task-based flat regions, Phan et al.)

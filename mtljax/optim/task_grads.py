@@ -17,6 +17,10 @@ for is computed, and what is asked twice is computed once. Build it with :func:`
   when they were formed, else one VJP with cotangent ``w`` (loss weightings never form ``J``).
 * ``"gramian"`` — only ``G`` (at most ``2·chunk_size`` rows alive, :func:`gramian_from_vjp`); the
   update is one more VJP.
+* ``"autogram"`` — ``G`` and the update from the layer-wise Gramian of dense kernels
+  (:mod:`mtljax.optim.autogram`, after TorchJD's autogram): per dense layer, from its inputs and the
+  per-task gradients of its outputs, without forming the per-task kernel gradients; the update needs
+  no further pullback. Same values as ``"param"`` up to float rounding.
 * ``"rep"`` — ``J`` w.r.t. the shared representation ``Z`` (MGDA-UB, Sener & Koltun 2018); the
   update flows back through the encoder with cotangent ``J_Zᵀ w``. The decoder must read only
   task-specific parameters (heads); the representation level of the shared parameters is exact by the
@@ -35,9 +39,10 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mtljax.optim.autogram import autogram_level
 from mtljax.optim.jacobian import check_chunk_size, combine, gramian_from_vjp, gramian_of, jacobian_from_vjp
 
-LEVELS = ("param", "gramian", "rep")
+LEVELS = ("param", "gramian", "rep", "autogram")
 
 
 class Partition:
@@ -223,6 +228,8 @@ def task_gradients(fn: LossFunction | Callable, params, *, level: str = "param",
         if fn.encode is None or fn.decode is None:
             raise ValueError("level 'rep' needs a shared representation (an encode/decode split of the loss)")
         tg, aux = _rep_level(fn, params, part, chunk_size, key)
+    elif level == "autogram":
+        tg, aux = autogram_level(fn, params, part, chunk_size, key)
     else:
         tg, aux = _param_level(fn, params, part, level, chunk_size, key, gramian_fn)
     tg._rebuild, tg._loss_fn = rebuild, task_losses

@@ -20,6 +20,7 @@ import os
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mtljax.config import positive_int, require, section
@@ -35,7 +36,8 @@ from mtljax.parallel import distributed
 from mtljax.parallel.mesh import make_mesh, resolve_shape
 from mtljax.parallel.rules import batch_sharding, batch_shards, rules_from_config
 from mtljax.trainer import step as st
-from mtljax.trainer.optimizer import build_objective, build_optimizer, task_freezer, training_level
+from mtljax.trainer.optimizer import (build_objective, build_optimizer, check_autogram, task_freezer,
+                                      training_level)
 from mtljax.trainer import warm_start
 from mtljax.trainer.state import abstract_state, create_state, param_shapes
 
@@ -72,6 +74,9 @@ class Experiment:
             self.level = training_level(o, self.method)
             self.objective = build_objective(o, model_objective(self.model, self.tasks), self.level,
                                              config.model.name, self.param_shapes if o.get("trainable") else None)
+            if self.level == "autogram":
+                check_autogram(self.level, self._abstract_forward, self.param_shapes, self._not_shared(),
+                               config.model.name)
             names = [t.name for t in self.tasks]
             for name, w in o.task_weights.items():
                 require(name in names, f"task_weights.{name}", f"no such task; tasks are {names}")
@@ -103,6 +108,18 @@ class Experiment:
     def param_shapes(self):
         """The model's parameters as ``ShapeDtypeStruct`` (traced, never allocated)."""
         return param_shapes(self.model, self.dataset.input_shape)
+
+    def _abstract_forward(self, params):
+        """The model's forward on a zero batch of two examples (for tracing only)."""
+        return self.model.apply({"params": params}, jnp.zeros((2, *self.dataset.input_shape), jnp.float32))
+
+    def _not_shared(self):
+        """Boolean pytree of the parameters that are task-specific or frozen (not in the Gramian)."""
+        shapes = self.param_shapes
+        specific = self.objective.specific(shapes)
+        if self.objective.trainable is None:
+            return specific
+        return jax.tree.map(lambda s, t: bool(s) or not bool(t), specific, self.objective.trainable(shapes))
 
     # ---- state and steps ----------------------------------------------------------------------------
     def init_state(self):

@@ -22,6 +22,7 @@ import optax
 from mtljax.config import ConfigError, one_of, require
 from mtljax.models.hps import HEAD_PREFIX
 from mtljax.optim import as_optax
+from mtljax.optim.autogram import count_dense_kernels
 from mtljax.optim.base import HEADS, Method
 from mtljax.optim.flat_sam import BALLS, flat_sam
 from mtljax.optim.rep_mtl import with_rep_mtl
@@ -77,6 +78,20 @@ def training_level(cfg, method: Method) -> str:
     require(cfg.get("sam", "none") != "flat" or cfg.level == "param", "level",
             f"{cfg.level!r}: sam='flat' needs the per-task gradients themselves; use 'param'")
     return cfg.level
+
+
+def check_autogram(level: str, forward, params, excluded=None, model_name: str = "this model") -> None:
+    """Level ``'autogram'`` needs at least one shared dense kernel in ``forward(params)`` (traced, not run);
+    ``excluded``: boolean pytree of the parameters that are not shared (task-specific or frozen)."""
+    if level != "autogram":
+        return
+    try:
+        found = count_dense_kernels(forward, params, excluded)
+    except Exception:  # noqa: BLE001 - a model this probe cannot call: the step itself checks when traced
+        return
+    require(found > 0, "level",
+            f"'autogram' needs a dense layer (a kernel used only in matrix products) among the shared parameters, "
+            f"but config.model.name={model_name!r} has none; use 'param' or 'gramian'")
 
 
 def build_objective(cfg, objective, level: str, model_name: str = "this model", params=None):

@@ -38,7 +38,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, l
                     loss_scale: LossScale | None = None):
     """``train_step(state, batch) -> (state, metrics)``.
 
-    ``tx`` starts with the multi-task transform; ``level`` (``param`` | ``gramian`` | ``rep``) is where
+    ``tx`` starts with the multi-task transform; ``level`` (``param`` | ``gramian`` | ``rep`` | ``autogram``) is where
     per-task gradients are taken; ``task_weights`` ``[T]`` statically scale the losses the method
     sees; ``gramian_fn`` assembles the Gramian of sharded gradients on a mesh. Which parameters are
     task-specific and which train is the objective's (``objective.specific``, ``objective.trainable``);
