@@ -198,9 +198,10 @@ class _Kernel(NamedTuple):
         return jnp.transpose(grad, np.argsort(perm)).astype(self.dtype)
 
 
-def autogram_level(fn, params, part, chunk_size, key):
-    """``(TaskGradients, aux)`` at level ``"autogram"`` (see the module docstring)."""
-    from mtljax.optim.task_grads import TaskGradients, _cotangent  # noqa: PLC0415 (cycle)
+def autogram_level(fn, params, part, chunk_size, key, *, build, cotangent):
+    """``(TaskGradients, aux)`` at level ``"autogram"`` (see the module docstring); ``build`` is the
+    ``TaskGradients`` class and ``cotangent(w, extra)`` the pullback's cotangent (both from
+    :mod:`mtljax.optim.task_grads`, which calls this)."""
 
     shared, specific = part.split(params)
 
@@ -249,7 +250,7 @@ def autogram_level(fn, params, part, chunk_size, key):
         return total
 
     def pullback(w):
-        cot = _cotangent(w.astype(vec.dtype), has_extra)
+        cot = cotangent(w.astype(vec.dtype), has_extra)
         if "rows" in cache:  # the G_t are there: combine them, no further backward pass
             r_rest, r_h, g_of = cache["rows"]
             g_rest, g_h = combine(r_rest, cot), combine(r_h, cot)
@@ -267,7 +268,7 @@ def autogram_level(fn, params, part, chunk_size, key):
                               if rows_k is not None else kern.gradient(a, g))
         return g_s, list(g_h)
 
-    tg = TaskGradients(losses, part, key=key, pullback=pullback, gramian=gram, has_extra=has_extra)
+    tg = build(losses, part, key=key, pullback=pullback, gramian=gram, has_extra=has_extra)
     return tg, aux
 
 

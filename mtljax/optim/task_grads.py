@@ -229,7 +229,7 @@ def task_gradients(fn: LossFunction | Callable, params, *, level: str = "param",
             raise ValueError("level 'rep' needs a shared representation (an encode/decode split of the loss)")
         tg, aux = _rep_level(fn, params, part, chunk_size, key)
     elif level == "autogram":
-        tg, aux = autogram_level(fn, params, part, chunk_size, key)
+        tg, aux = autogram_level(fn, params, part, chunk_size, key, build=TaskGradients, cotangent=_cotangent)
     else:
         tg, aux = _param_level(fn, params, part, level, chunk_size, key, gramian_fn)
     tg._rebuild, tg._loss_fn = rebuild, task_losses
