@@ -184,6 +184,7 @@ def jax_contenders(num_tasks: int, variants, *, batch: int, in_dim: int, hidden,
             return ""
 
         out.append(Contender(label, "mtljax", name, level, run, compile_s, memory_stats(compiled), check))
+        out[-1].compiled = compiled  # for benchmarks/profile_step.py (its HLO text)
     return out
 
 

@@ -34,7 +34,7 @@ listed with their group and name stack.
   python benchmarks/profile_step.py vit --case Ti:16x16x1:p4          # ViT-Ti, 16 tokens
   python benchmarks/profile_step.py vit --case S:32x32x3:p4 --steps 3  # ViT-S, 64 tokens
   python benchmarks/profile_step.py mtl --method upgrad --level param --tasks 10
-  python benchmarks/profile_step.py vit --cpu-devices 2               # data parallel over 2 CPU devices
+  python benchmarks/profile_step.py vit --cpu-devices 2               # data parallel over 2 CPU devices (vit)
 
 ``--json FILE`` writes the groups and the top ops.
 """
@@ -53,6 +53,8 @@ import statistics
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # vit_case, mtl_step
 
 GROUPS = ("matmuls", "attention", "normalisation and elementwise", "copies and transposes",
           "multi-task method", "optimizer", "guard and other")
@@ -208,92 +210,31 @@ def report(title: str, res: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- steps
-def compiled_step(model, tasks, input_shape, x, ys, tx, *, level: str = "param", devices: int = 1):
-    """The jitted, compiled train step of ``model`` on a ``data = devices`` mesh and a ``run()`` closure."""
-    import jax
-    import jax.numpy as jnp
-
-    from mtljax.models.objective import objective
-    from mtljax.parallel.mesh import make_mesh
-    from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding
-    from mtljax.trainer.state import create_state
-    from mtljax.trainer.step import jit_train_step, make_train_step
-
-    mesh = make_mesh({"data": devices}, devices=jax.devices()[:devices])
-    b_shard = batch_sharding(mesh, DEFAULT_RULES)
-    batch = jax.device_put({
-        "inputs": jnp.asarray(x),
-        "targets": {t.name: jnp.asarray(y) for t, y in zip(tasks, ys)},
-        "masks": {t.name: jnp.ones((x.shape[0],), jnp.float32) for t in tasks},
-    }, b_shard)
-    with jax.set_mesh(mesh):
-        state, shardings, _ = create_state(model, tx, input_shape, 0, mesh, DEFAULT_RULES)
-        jitted = jit_train_step(make_train_step(objective(model, tasks), tx, level=level), mesh, shardings, b_shard)
-        compiled = jitted.lower(state, batch).compile()
-    box = {"state": state}
-
-    def run():
-        box["state"], metrics = compiled(box["state"], batch)
-        jax.block_until_ready((box["state"], metrics))
-
-    return compiled, run
-
-
 def vit_step(args):
-    import numpy as np
-    import optax
+    """The step of ``benchmarks/train_step.py`` (``vit_case.mtljax_contender``): 3 tasks, batch 64."""
+    from vit_case import Case, mtljax_contender
 
-    from mtljax.config import base_config
-    from mtljax.models import build_model
-    from mtljax.optim import as_optax, equal
-    from mtljax.tasks import Task
-
-    variant, shape, patch = args.case.split(":")
-    shape = tuple(int(s) for s in shape.split("x"))
-    cfg = base_config().model
-    cfg.backbone, cfg.dtype, cfg.head_hidden = "vit", args.dtype, 0
-    cfg.vit.pool, cfg.vit.patch_size = "gap", int(patch.lstrip("p"))
-    if variant == "tiny":
-        cfg.vit.update(dict(variant="custom", width=64, depth=2, num_heads=4, mlp_dim=128))
-    else:
-        cfg.vit.variant = variant
-    classes = [10, 10, 19]
-    tasks = [Task(f"t{i}", "multiclass", num_classes=k) for i, k in enumerate(classes)]
-    model = build_model(cfg, tasks, shape)
-    rng = np.random.default_rng(0)
-    x = rng.random((args.batch or 64, *shape), dtype=np.float32)
-    ys = [rng.integers(0, k, x.shape[0]).astype(np.int32) for k in classes]
-    tx = optax.chain(as_optax(equal(), len(tasks)), optax.adam(1e-3))
-    title = f"ViT-{variant} {args.case.split(':')[1]} {patch} ({(shape[0] // cfg.vit.patch_size) ** 2} tokens), " \
-            f"batch {x.shape[0]}, {args.dtype}, {args.cpu_devices} device(s)"
-    return title, compiled_step(model, tasks, shape, x, ys, tx, devices=args.cpu_devices)
+    case = Case.parse(args.case)
+    c, _, _ = mtljax_contender(case, args.dtype, args.batch or 64, [10, 10, 19], devices=args.cpu_devices)
+    title = f"{case.label}, batch {args.batch or 64}, {args.dtype}, {args.cpu_devices} device(s)"
+    return title, (c.compiled, c.run)
 
 
 def mtl_step(args):
-    import numpy as np
-    import optax
+    """The step of ``benchmarks/mtl_step.py`` (its MLP 3 x 512, batch 256) with one method at one level."""
+    from mtl_step import jax_contenders
+    from mtljax.optim import get_method
 
-    from mtljax.config import base_config
-    from mtljax.models import build_model
-    from mtljax.optim import as_optax, get_method
-    from mtljax.tasks import Task
-
-    tasks = [Task(f"t{i}", "regression") if i % 2 == 0 else Task(f"t{i}", "multiclass", num_classes=5)
-             for i in range(args.tasks)]
-    cfg = base_config().model
-    cfg.backbone = "mlp"
-    cfg.mlp.hidden = (512, 512, 512)
-    in_dim = 64
-    model = build_model(cfg, tasks, (in_dim,))
-    rng = np.random.default_rng(0)
+    if args.cpu_devices != 1:
+        raise SystemExit("--cpu-devices: the mtl step runs on one device (as benchmarks/mtl_step.py does)")
+    notes: list[str] = []
     batch = args.batch or 256
-    x = rng.standard_normal((batch, in_dim), dtype=np.float32)
-    ys = [rng.standard_normal((batch,), dtype=np.float32) if i % 2 == 0
-          else rng.integers(0, 5, size=(batch,), dtype=np.int32) for i in range(args.tasks)]
-    tx = optax.chain(as_optax(get_method(args.method), args.tasks), optax.adam(1e-3))
-    title = f"MLP 3x512, batch {batch}, T = {args.tasks}, {args.method} at level {args.level}, " \
-            f"{args.cpu_devices} device(s)"
-    return title, compiled_step(model, tasks, (in_dim,), x, ys, tx, level=args.level, devices=args.cpu_devices)
+    (c,) = jax_contenders(args.tasks, [(args.method, args.level, get_method(args.method))], batch=batch, in_dim=64,
+                          hidden=(512, 512, 512), chunk_size=None, notes=notes) or [None]
+    if c is None:
+        raise SystemExit("; ".join(notes))
+    title = f"MLP 3x512, batch {batch}, T = {args.tasks}, {args.method} at level {args.level}"
+    return title, (c.compiled, c.run)
 
 
 def main(argv=None):

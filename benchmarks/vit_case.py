@@ -165,4 +165,5 @@ def mtljax_contender(case: Case, dtype: str, batch: int, classes: list[int], see
     name = f"mtljax/{dtype}" + (f"/{devices}dev" if devices > 1 else "")
     c = Contender(name, "mtljax", dtype, run, info=info)
     c.info["finite"] = lambda box=box: box["metrics"] is None or bool(box["metrics"]["finite"])
+    c.compiled = compiled  # for benchmarks/profile_step.py (its HLO text)
     return c, model, params_np
