@@ -24,6 +24,7 @@ step's named scopes ``optimizer``, ``mtl_method``, ``finite_guard``) and put in 
 * **multi-task method**: the method's own ops (Gramian, weights, solver; scope ``mtl_method``) that are
   not the model's backward;
 * **optimizer**: the optax chain after the method (Adam's moments, the parameter update);
+* **collectives**: all-reduces and the like between devices (``--cpu-devices``);
 * **guard and other**: the finite guard, the step counter, RNG, metrics, control flow.
 
 Times are per step: the summed self time of a group's ops (``thread ms``: ops on XLA's two threads
@@ -57,7 +58,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # vit_case, mtl_step
 
 GROUPS = ("matmuls", "attention", "normalisation and elementwise", "copies and transposes",
-          "multi-task method", "optimizer", "guard and other")
+          "multi-task method", "optimizer", "collectives", "guard and other")
+_COLLECTIVES = {"all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
+                "all-reduce-start", "all-reduce-done", "all-gather-start", "all-gather-done"}
 _MOVE_OPS = {"copy", "transpose", "bitcast", "reshape", "broadcast", "slice", "concatenate", "pad",
              "dynamic-slice", "dynamic-update-slice", "parameter", "constant", "tuple", "get-tuple-element",
              "reverse", "iota", "convert", "bitcast-convert"}
@@ -100,6 +103,8 @@ def classify(info: dict | None) -> str:
     if info is None:
         return "guard and other"
     ops, path = info["ops"], info["op_name"]
+    if ops & _COLLECTIVES:
+        return "collectives"
     in_model = "MultiTaskModel" in path or "/backbone/" in path or "/heads_" in path
     if ops <= _MOVE_OPS and ops & {"copy", "transpose", "dynamic-update-slice", "concatenate", "pad", "reverse"}:
         return "copies and transposes"
