@@ -31,6 +31,7 @@ from mtljax.cost import flops_of
 from mtljax.models import build_model, vit_dims
 from mtljax.models.objective import objective
 from mtljax.optim import as_optax, equal
+from mtljax.optim.loss_scale import parse_loss_scale
 from mtljax.parallel.mesh import make_mesh
 from mtljax.parallel.rules import DEFAULT_RULES, batch_sharding
 from mtljax.tasks import Task
@@ -146,9 +147,11 @@ def mtljax_contender(case: Case, dtype: str, batch: int, classes: list[int], see
         "masks": {t.name: jnp.ones((batch,), jnp.float32) for t in tasks},
     }, b_shard)
     tx = optax.chain(as_optax(equal(), len(tasks)), optax.adam(1e-3))
+    scale = parse_loss_scale("auto", dtype)  # float16: dynamic loss scaling, as config.train.loss_scale='auto'
     with jax.set_mesh(mesh):
-        state, shardings, _ = create_state(model, tx, case.shape, seed, mesh, DEFAULT_RULES)
-        jitted = jit_train_step(make_train_step(objective(model, tasks), tx), mesh, shardings, b_shard)
+        state, shardings, _ = create_state(model, tx, case.shape, seed, mesh, DEFAULT_RULES, loss_scale=scale)
+        jitted = jit_train_step(make_train_step(objective(model, tasks), tx, loss_scale=scale), mesh, shardings,
+                                b_shard)
         t0 = time.perf_counter()
         compiled = jitted.lower(state, batch_tree).compile()
         compile_s = time.perf_counter() - t0
@@ -166,4 +169,5 @@ def mtljax_contender(case: Case, dtype: str, batch: int, classes: list[int], see
     c = Contender(name, "mtljax", dtype, run, info=info)
     c.info["finite"] = lambda box=box: box["metrics"] is None or bool(box["metrics"]["finite"])
     c.compiled = compiled  # for benchmarks/profile_step.py (its HLO text)
+    c.box = box  # the current state and the last step's metrics
     return c, model, params_np

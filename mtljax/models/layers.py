@@ -94,7 +94,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, impl: str | None = None) ->
     ``K = 1``: multi-query). Logits and softmax are float32 (``jax.nn.dot_product_attention``);
     returns ``[B, T, N, h]`` in ``v``'s dtype.
     """
-    return jax.nn.dot_product_attention(q, k, v, implementation=check_attention_impl(impl))
+    impl = check_attention_impl(impl)
+    if q.dtype == jnp.float16 and impl != "cudnn" and jax.default_backend() == "cpu":
+        # XLA's CPU dot has no float16 x float16 -> float32 form (the float32 logits): there, float16
+        # attention runs in float32 and returns float16 (GPUs and TPUs keep the float16 inputs)
+        return jax.nn.dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32),
+                                            v.astype(jnp.float32), implementation=impl).astype(v.dtype)
+    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
 
 
 class SelfAttention(nn.Module):

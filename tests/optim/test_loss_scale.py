@@ -133,3 +133,13 @@ def test_overflow_skips_the_step_and_halves_the_scale():
     assert int(state.opt_state[1][0].count) == 30 - sum(skipped)
     moved = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before, state.params)
     assert all(jax.tree.leaves(moved))
+
+
+def test_float16_attention_runs_on_cpu():
+    # XLA's CPU dot has no float16 x float16 -> float32 form; attend() runs float16 attention in float32 there
+    from mtljax.models.layers import attend
+
+    q, k, v = (jnp.asarray(np.random.default_rng(i).standard_normal((2, 5, 4, 8)), jnp.float32) for i in range(3))
+    out = jax.jit(attend)(q.astype(jnp.float16), k.astype(jnp.float16), v.astype(jnp.float16))
+    assert out.dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(attend(q, k, v)), atol=5e-3)
