@@ -73,6 +73,19 @@ def measure(contenders, *, rounds: int, per_round: int, pause: float = 0.0, max_
         log(f"    round {r + 1}/{rounds}: {time.perf_counter() - t_round:.1f} s", flush=True)
 
 
+def memory_stats(compiled) -> dict:
+    """XLA's buffer assignment of a compiled step (bytes; ``{}`` where the backend gives none)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        return {}
+    if m is None:
+        return {}
+    keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "generated_code_size_in_bytes", "peak_memory_in_bytes")
+    return {k: int(getattr(m, k, 0) or 0) for k in keys}
+
+
 def median_time(c) -> float:
     """Median of all timed calls (the first call's time for a contender kept out of the rounds)."""
     if c.excluded or not c.samples:

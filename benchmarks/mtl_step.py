@@ -64,7 +64,7 @@ from mtljax.trainer.step import jit_train_step, make_train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-from common import measure  # noqa: E402
+from common import measure, memory_stats  # noqa: E402
 
 NUM_CLASSES = 5
 LEVELS = ("param", "gramian", "rep", "autogram")
@@ -124,18 +124,6 @@ def method_variants(names, levels):
         else:
             out.extend((name, lv, method) for lv in levels)
     return out, notes
-
-
-def memory_stats(compiled) -> dict:
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001
-        return {}
-    if m is None:
-        return {}
-    keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "generated_code_size_in_bytes", "peak_memory_in_bytes")
-    return {k: int(getattr(m, k, 0) or 0) for k in keys}
 
 
 def jax_contenders(num_tasks: int, variants, *, batch: int, in_dim: int, hidden, chunk_size, notes):

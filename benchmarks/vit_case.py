@@ -38,7 +38,7 @@ from mtljax.tasks import Task
 from mtljax.trainer.state import create_state
 from mtljax.trainer.step import jit_train_step, make_train_step
 
-from common import Contender
+from common import Contender, memory_stats
 
 TINY = dict(width=64, depth=2, num_heads=4, mlp_dim=128)  # --quick
 DEFAULT_CASES = "Ti:16x16x1:p4,S:16x16x1:p4,Ti:32x32x3:p4,S:32x32x3:p4"
@@ -111,17 +111,6 @@ def analytic_flops(case: Case, batch: int, classes: list[int]) -> float:
     per_token = pix * w + depth * (4 * w * w + 2 * w * m)  # multiply-adds per token in Dense layers
     fwd = 2 * batch * n * per_token + depth * 4 * batch * n * n * w + 2 * batch * w * sum(classes)
     return 3.0 * fwd
-
-
-def memory_stats(compiled) -> dict:
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001
-        return {}
-    if m is None:
-        return {}
-    keys = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "peak_memory_in_bytes")
-    return {k: int(getattr(m, k, 0) or 0) for k in keys}
 
 
 def mtljax_contender(case: Case, dtype: str, batch: int, classes: list[int], seed: int = 0, devices: int = 1):
