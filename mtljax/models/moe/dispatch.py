@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from mtljax.models.moe.routing import top_k
+
 
 def mesh_axes(expert_axis: str = "expert") -> tuple | None:
     """``(mesh, batch_axes, expert_axis | None, model_axis | None)`` of the mesh in context, or ``None``.
@@ -228,7 +230,7 @@ def sharded_ragged_moe(x, probs, k: int, renormalize: bool, wi, bi, wo, bo, *, d
     """
 
     def fn(x, probs, *w):
-        top_val, top_idx = jax.lax.top_k(probs, k)
+        top_val, top_idx = top_k(probs, k)
         if renormalize:
             top_val = top_val / jnp.sum(top_val, axis=-1, keepdims=True)
         y = ragged_moe(x.reshape(-1, x.shape[-1]), top_idx.reshape(-1, k), top_val.reshape(-1, k), *w, dtype=dtype)
