@@ -72,6 +72,7 @@ def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, 
         "tokens-choose gather cf1.0": dict(dispatch="gather", capacity_factor=1.0),
         "tokens-choose gather cf1.25": dict(dispatch="gather", capacity_factor=1.25),
         "tokens-choose gather cf1.25 no-BPR": dict(dispatch="gather", capacity_factor=1.25, batch_priority=False),
+        "tokens-choose gather cf1.25 unpacked": dict(dispatch="gather", capacity_factor=1.25, pack_slots=False),
         "tokens-choose einsum cf1.25": dict(dispatch="einsum", capacity_factor=1.25),
         "tokens-choose ragged (dropless)": dict(dispatch="ragged"),
         # experts-choose: capacity = S·cf/E per expert, so cf = k gives every token k experts on average

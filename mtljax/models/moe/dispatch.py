@@ -13,6 +13,9 @@ devices that hold their experts and back by two ``all_to_all``s (expert weights 
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -48,6 +51,85 @@ def run_experts(slots: jax.Array, wi: jax.Array, bi: jax.Array, wo: jax.Array, b
     if model_axis is not None:
         out = jax.lax.psum(out, model_axis)
     return (out + bo.astype(dtype)[:, None, :]).reshape(shape)
+
+
+HEAD_SHARE = 0.8  # packed slots: the first HEAD_SHARE·(G·S·k/E) rows of every expert run as one batched matmul
+
+
+def packed_block(width: int, hidden: int) -> int:
+    """Rows per block of :func:`run_packed_experts`: about 2^16 floats of rows in and hidden, 32 to 1024."""
+    b = 1 << max(0, round(math.log2((1 << 16) / max(1, width + hidden))))
+    return max(32, min(1024, b))
+
+
+def run_packed_experts(slots: jax.Array, counts: jax.Array, wi, bi, wo, bo, block: int) -> jax.Array:
+    """Experts on packed slots: expert ``e``'s filled rows are ``slots[e, :counts[e]]`` (``[E, R, D]``).
+
+    Only the ``ceil(counts[e] / block)`` row blocks that hold tokens are computed (a loop with a dynamic
+    trip count per expert; ``R`` a multiple of ``block``), so the empty slots a capacity factor > 1 leaves
+    cost nothing; rows past ``counts[e]`` come out as garbage or zeros and must not be read (the combine
+    reads only filled slots). Weights already in the compute dtype; gradients by :func:`jax.custom_vjp`,
+    the same row-block loops backwards (weight gradients summed block by block).
+    """
+    return _packed(slots, counts, wi, bi, wo, bo, block)
+
+
+def _n_blocks(count, block):
+    return (count + block - 1) // block
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _packed(x, counts, wi, bi, wo, bo, block):
+    return _packed_forward(x, counts, wi, bi, wo, bo, block)[0]
+
+
+def _packed_forward(x, counts, wi, bi, wo, bo, block):
+    e, r, d = x.shape
+    ys, hs = [], []
+    for i in range(e):
+        def step(b, carry, i=i):
+            y, h = carry
+            xb = jax.lax.dynamic_slice_in_dim(x[i], b * block, block)
+            hb = xb @ wi[i] + bi[i]
+            yb = nn.gelu(hb) @ wo[i] + bo[i]
+            return (jax.lax.dynamic_update_slice_in_dim(y, yb, b * block, 0),
+                    jax.lax.dynamic_update_slice_in_dim(h, hb, b * block, 0))
+
+        y, h = jax.lax.fori_loop(0, _n_blocks(counts[i], block), step,
+                                 (jnp.zeros((r, d), x.dtype), jnp.zeros((r, wi.shape[-1]), x.dtype)))
+        ys.append(y)
+        hs.append(h)
+    return jnp.stack(ys), jnp.stack(hs)
+
+
+def _packed_fwd(x, counts, wi, bi, wo, bo, block):
+    y, h = _packed_forward(x, counts, wi, bi, wo, bo, block)
+    return y, (x, counts, wi, wo, h)
+
+
+def _packed_bwd(block, res, gy):
+    x, counts, wi, wo, h = res
+    e, r, d = x.shape
+    hid = wi.shape[-1]
+    grads = []
+    for i in range(e):
+        def step(b, carry, i=i):
+            dx, dwi, dbi, dwo, dbo = carry
+            sl = lambda a: jax.lax.dynamic_slice_in_dim(a[i], b * block, block)  # noqa: E731
+            xb, hb, gb = sl(x), sl(h), sl(gy)
+            ab, gelu_vjp = jax.vjp(nn.gelu, hb)
+            dhb = gelu_vjp(gb @ wo[i].T)[0]
+            return (jax.lax.dynamic_update_slice_in_dim(dx, dhb @ wi[i].T, b * block, 0),
+                    dwi + xb.T @ dhb, dbi + jnp.sum(dhb, axis=0), dwo + ab.T @ gb, dbo + jnp.sum(gb, axis=0))
+
+        zeros = (jnp.zeros((r, d), x.dtype), jnp.zeros((d, hid), x.dtype), jnp.zeros((hid,), x.dtype),
+                 jnp.zeros((hid, d), x.dtype), jnp.zeros((d,), x.dtype))
+        grads.append(jax.lax.fori_loop(0, _n_blocks(counts[i], block), step, zeros))
+    dx, dwi, dbi, dwo, dbo = (jnp.stack(t) for t in zip(*grads))
+    return dx, None, dwi, dbi, dwo, dbo
+
+
+_packed.defvjp(_packed_fwd, _packed_bwd)
 
 
 class EinsumDispatch:
@@ -148,12 +230,14 @@ class TokensChooseGather:
     one gather already expert-major (no transpose) and goes back by one gather per choice; the gradients
     of both are gathers too. ``where [G·S, k]``: each choice's slot (0 when dropped, masked by ``kept``);
     ``token``/``choice``/``valid [E·G·C]``: the token, the choice ``t·k + j`` and whether the slot is
-    filled.
+    filled. Packed (``counts`` given, :func:`tokens_choose_gather`): the buffer is ``[E, R]``, each
+    expert's filled slots first.
     """
 
-    def __init__(self, where, kept, weight, token, choice, valid, shape):
+    def __init__(self, where, kept, weight, token, choice, valid, shape, num_groups, counts=None, block=0):
         self.where, self.kept, self.weight = where, kept, weight
         self.token, self.choice, self.valid, self.shape = token, choice, valid, shape
+        self.num_groups, self.counts, self.block = num_groups, counts, block
 
     def dispatch(self, xg):
         g, s, d = xg.shape
@@ -161,22 +245,36 @@ class TokensChooseGather:
         return slots.reshape(*self.shape, d)
 
     def combine(self, out):
-        e, g, c, d = out.shape
-        y = _combine_slots(out.reshape(e * g * c, d), self.weight, self.where, self.kept, self.token, self.choice,
+        d = out.shape[-1]
+        y = _combine_slots(out.reshape(-1, d), self.weight, self.where, self.kept, self.token, self.choice,
                            self.valid)
-        return y.reshape(g, -1, d)
+        return y.reshape(self.num_groups, -1, d)
 
 
-def tokens_choose_gather(slots: dict, num_experts: int, capacity: int) -> TokensChooseGather:
+def tokens_choose_gather(slots: dict, num_experts: int, capacity: int, block: int = 0) -> TokensChooseGather:
     """A :class:`TokensChooseGather` from :func:`~mtljax.models.moe.routing.tokens_choose_slots`.
 
-    Slot ``(e, g, c)`` of the ``[E, G, C]`` buffer is ``e·G·C + g·C + c``.
+    Slot ``(e, g, c)`` of the ``[E, G, C]`` buffer is ``e·G·C + g·C + c``. With ``block`` the buffer is
+    *packed* instead: ``[E, R]`` with ``R = G·C`` rounded up to a multiple of ``block``, expert ``e``'s
+    kept choices in rows ``0 .. counts[e] - 1`` (group by group, each group's in its slot order:
+    ``e·R + Σ_{g' < g} kept[g', e] + c``) and ``counts`` set on the result, for
+    :func:`run_packed_experts`. The same tokens take the same slots either way; only the rows move.
     """
     g, s, k = slots["top_idx"].shape
     kept = slots["kept"]
-    q = num_experts * g * capacity
-    where = slots["top_idx"] * (g * capacity) + jnp.arange(g, dtype=jnp.int32)[:, None, None] * capacity \
-        + slots["position"]
+    if block:
+        rows = -(-g * capacity // block) * block
+        per_group = jnp.sum(jax.nn.one_hot(slots["top_idx"], num_experts, dtype=jnp.int32) * kept[..., None],
+                            axis=(1, 2))  # [G, E] kept choices
+        offset = jnp.cumsum(per_group, axis=0) - per_group  # rows the earlier groups took
+        base = jnp.take_along_axis(offset, slots["top_idx"].reshape(g, s * k), axis=1).reshape(g, s, k)
+        where = slots["top_idx"] * rows + base + slots["position"]
+        counts, shape = jnp.sum(per_group, axis=0), (num_experts, rows)
+    else:
+        where = slots["top_idx"] * (g * capacity) + jnp.arange(g, dtype=jnp.int32)[:, None, None] * capacity \
+            + slots["position"]
+        counts, shape = None, (num_experts, g, capacity)
+    q = math.prod(shape)
     where = jnp.where(kept, where, 0).reshape(g * s, k)
     kept = kept.reshape(g * s, k)
     # slot -> choice by one scatter (every kept choice has its own slot; dropped ones land on a spare q)
@@ -185,7 +283,9 @@ def tokens_choose_gather(slots: dict, num_experts: int, capacity: int) -> Tokens
     valid = choice >= 0
     choice = jnp.maximum(choice, 0)
     weight = jnp.where(kept, slots["top_val"].reshape(g * s, k), 0.0)
-    return TokensChooseGather(where, kept, weight, choice // k, choice, valid, (num_experts, g, capacity))
+    disp = TokensChooseGather(where, kept, weight, choice // k, choice, valid, shape, g, counts, block)
+    disp.head = min(shape[1], int(HEAD_SHARE * g * s * k / num_experts) // block * block) if block else 0
+    return disp
 
 
 def experts_choose_gather(slots: dict, num_tokens: int) -> GatherDispatch:
@@ -206,10 +306,21 @@ def grouped_moe(route, xg, pg, extra, wi, bi, wo, bo, *, dtype, expert_axis: str
 
     def body(xg, pg, extra, wi, bi, wo, bo, ep=None, model=None):
         disp, stats = route(pg, extra)
-        slots = disp.dispatch(xg)  # [E, G, C, D]
+        slots = disp.dispatch(xg)  # [E, G, C, D] (or packed [E, R, D])
         if ep is not None:
             slots = jax.lax.all_to_all(slots, ep, 0, 1, tiled=True)  # [E/n, n·G, C, D]
-        out = run_experts(slots, wi, bi, wo, bo, dtype, model)
+        counts = getattr(disp, "counts", None)  # packed slots (tokens choose, gather)
+        if counts is not None and ep is None and model is None and disp.head < slots.shape[1]:
+            # packed slots: only the filled row blocks
+            c = lambda w: w.astype(dtype)  # noqa: E731
+            h = disp.head  # rows every expert almost surely fills: one batched matmul; the rest in row blocks
+            out_head = run_experts(slots[:, :h], wi, bi, wo, bo, dtype) if h else None
+            out = run_packed_experts(slots[:, h:], jnp.maximum(counts - h, 0), c(wi), c(bi), c(wo), c(bo),
+                                     disp.block)
+            if h:
+                out = jnp.concatenate([out_head, out], axis=1)
+        else:
+            out = run_experts(slots, wi, bi, wo, bo, dtype, model)
         if ep is not None:
             out = jax.lax.all_to_all(out, ep, 1, 0, tiled=True)  # [E, G, C, D]
         return disp.combine(out), stats

@@ -36,3 +36,36 @@ def test_tokens_choose_gather_equals_the_one_hot_einsums(batch_priority, capacit
     g_want = jax.grad(loss(einsum), argnums=(0, 1, 2))(x, probs, out)
     for a, b in zip(g_got, g_want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block,capacity_factor", [(4, 1.0), (16, 1.25)])
+def test_packed_slots_and_row_block_experts_equal_the_plain_gather_layer(block, capacity_factor):
+    from mtljax.models.moe import MoeMlp
+    from mtljax.models.moe import dispatch as dp
+    from mtljax.models.plugs import Context
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 10, 16))
+    old = dp.packed_block
+    dp.packed_block = lambda *a: block  # small blocks: several per expert, a partial last one
+    import mtljax.models.moe.mlp as mlp
+    mlp.packed_block = dp.packed_block
+    try:
+        outs = []
+        for pack in (False, True):
+            layer = MoeMlp(4, 8, k=2, capacity_factor=capacity_factor, dispatch="gather", pack_slots=pack, group_size=2,
+                           importance_weight=0.01, load_weight=0.01)
+            params = layer.init({"params": jax.random.PRNGKey(1)}, x)["params"]
+            params = {**params, "gate": jax.tree.map(lambda g: 30.0 * g, params["gate"])}  # drops happen
+
+            def loss(p, x, layer=layer):
+                y, aux = layer.apply({"params": p}, x, Context(train=True), rngs={"dropout": jax.random.PRNGKey(2)})
+                return jnp.sum(y ** 2) + sum(aux["losses"].values()), (y, aux["metrics"]["moe_dropped"])
+
+            (_, (y, dropped)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+            outs.append((y, dropped, grads))
+    finally:
+        dp.packed_block = mlp.packed_block = old
+    assert capacity_factor > 1 or float(outs[0][1]) > 0  # capacity bites
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), outs[1][2], outs[0][2])
