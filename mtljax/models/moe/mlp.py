@@ -21,10 +21,11 @@ Dispatch (``dispatch=``)
     capacity get nothing back, so the residual carries them unchanged); the TPU-friendly form, but its
     cost grows with the group size S. ``gather``: the same routing, capacity and drops, with slots
     filled by a gather and outputs returned by a gather (tokens choose) or scatter-add (experts choose):
-    O(E·C·D) per group, the better choice on CPU and GPU. Tokens choose with ``pack_slots`` (default)
-    packs every expert's filled slots first and runs the experts only on the row blocks that hold
-    tokens, so the empty slots of a capacity factor > 1 cost no matmuls (same slots, same outputs;
-    without an ``expert`` or ``model`` mesh axis). ``ragged``: dropless
+    O(E·C·D) per group, the better choice on CPU and GPU. Tokens choose with ``pack_slots`` packs
+    every expert's filled slots first and runs the experts only on the row blocks that hold tokens, so
+    most empty slots of a capacity factor > 1 cost no matmuls (same slots, same outputs; without an
+    ``expert`` or ``model`` mesh axis). Off by default: the row-block loops have dynamic trip counts,
+    which XLA's cost analysis cannot see, so compiled FLOP counts (``mtljax.cost``) would miss them. ``ragged``: dropless
     tokens-choose: token copies are sorted by expert and every expert multiplies its contiguous rows
     with ``jax.lax.ragged_dot`` (no capacity, nothing dropped; experts are not sharded in this mode).
 
@@ -88,7 +89,7 @@ class MoeMlp(nn.Module):
     noise_std: float = 1.0  # gate noise std in training = noise_std / num_experts
     slots_per_expert: int = 1  # soft router
     dispatch: str = "einsum"
-    pack_slots: bool = True  # gather + tokens choose: compute only the filled slots (dispatch.run_packed_experts)
+    pack_slots: bool = False  # gather + tokens choose: skip most empty slots (dispatch.run_packed_experts)
     group_size: int = 1  # examples per routing group
     num_tasks: int = 1
     gate: str = "shared"
