@@ -103,6 +103,34 @@ def experts_choose_capacity(group_size: int, num_experts: int, capacity_factor: 
     return max(1, min(group_size, math.ceil(group_size * capacity_factor / num_experts)))
 
 
+PAIRWISE_PRIORITY = True
+PAIRWISE_PRIORITY_MAX = 128  # groups up to this many tokens: batch priority by pairwise comparison, no sort
+
+
+def _priority_positions(priority: Array, top_idx: Array, num_experts: int, capacity: int) -> dict:
+    """Batch-priority slot positions by comparing every pair of a group's tokens (O(S²), no sort).
+
+    Token ``u`` is served before ``t`` when ``priority[u] > priority[t]``, ties to the lower index (the
+    order of a stable ``argsort(-priority)``); all first choices come before any second choice. The
+    position of choice ``j`` of token ``t`` is then the number of earlier choices ``j' < j`` of its
+    expert plus the number of tokens served before ``t`` whose choice ``j`` is the same expert: what the
+    cumulative sum over the sorted order gives.
+    """
+    g, s, k = top_idx.shape
+    iota = jnp.arange(s)
+    p_t, p_u = priority[:, :, None], priority[:, None, :]
+    before = (p_u > p_t) | ((p_u == p_t) & (iota[None, None, :] < iota[:, None]))  # [G, t, u]
+    counts = jnp.zeros((g, num_experts), jnp.int32)  # choices j' < j per expert
+    positions = []
+    for j in range(k):
+        same = top_idx[:, None, :, j] == top_idx[:, :, None, j]  # [G, t, u]
+        earlier = jnp.sum(before & same, axis=-1, dtype=jnp.int32)
+        positions.append(jnp.take_along_axis(counts, top_idx[..., j], axis=1) + earlier)
+        counts = counts + jnp.sum(jax.nn.one_hot(top_idx[..., j], num_experts, dtype=jnp.int32), axis=1)
+    position = jnp.stack(positions, axis=-1)
+    return {"position": position, "kept": position < capacity}
+
+
 def tokens_choose_slots(probs: Array, k: int, capacity: int, *, batch_priority: bool = True,
                         renormalize: bool = False) -> dict:
     """Top-k tokens-choose routing in index form.
@@ -116,6 +144,8 @@ def tokens_choose_slots(probs: Array, k: int, capacity: int, *, batch_priority: 
     top_val, top_idx = top_k(probs, k)  # [G, S, k]
     if renormalize:
         top_val = top_val / jnp.maximum(jnp.sum(top_val, axis=-1, keepdims=True), _EPS)
+    if batch_priority and s <= PAIRWISE_PRIORITY_MAX and PAIRWISE_PRIORITY:
+        return {"top_idx": top_idx, "top_val": top_val, **_priority_positions(top_val[..., 0], top_idx, e, capacity)}
     if batch_priority:
         order = jnp.argsort(-top_val[..., 0], axis=1, stable=True)  # [G, S], most confident first
         idx_o = jnp.take_along_axis(top_idx, order[..., None], axis=1)

@@ -187,3 +187,18 @@ def test_top_k_gates_equal_a_scatter_of_lax_top_k():
         v, i = jax.lax.top_k(probs, k)
         want = jnp.zeros_like(probs).at[jnp.arange(4)[:, None, None], jnp.arange(32)[None, :, None], i].set(v)
         np.testing.assert_array_equal(rt.top_k_gates(probs, k), want)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_pairwise_batch_priority_equals_the_sorted_cumulative_sum(k):
+    probs = _probs(g=4, s=24, e=4, seed=7)
+    probs = probs.at[0, :12].set(probs[0, 0])  # tied priorities: the lower index goes first
+    fast = rt.tokens_choose_slots(probs, k, 5, batch_priority=True)
+    old = rt.PAIRWISE_PRIORITY
+    rt.PAIRWISE_PRIORITY = False
+    try:
+        ref = rt.tokens_choose_slots(probs, k, 5, batch_priority=True)
+    finally:
+        rt.PAIRWISE_PRIORITY = old
+    for key in ("top_idx", "top_val", "position", "kept"):
+        np.testing.assert_array_equal(fast[key], ref[key])
