@@ -57,7 +57,8 @@ def ratio(samples: dict, name: str, ref: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------- layer
-def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, expert_dim: int) -> dict:
+def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, expert_dim: int,
+                    only: str = "") -> dict:
     from mtljax.cost import flops_of
     from mtljax.models.layers import MlpBlock
     from mtljax.models.moe import MoeMlp
@@ -71,6 +72,8 @@ def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, 
         "tokens-choose gather cf1.0": dict(dispatch="gather", capacity_factor=1.0),
         "tokens-choose gather cf1.25": dict(dispatch="gather", capacity_factor=1.25),
         "tokens-choose gather cf1.25 no-BPR": dict(dispatch="gather", capacity_factor=1.25, batch_priority=False),
+        "tokens-choose gather cf1.0 packed": dict(dispatch="gather", capacity_factor=1.0, pack_slots=True),
+        "tokens-choose gather cf1.25 packed": dict(dispatch="gather", capacity_factor=1.25, pack_slots=True),
         "tokens-choose einsum cf1.25": dict(dispatch="einsum", capacity_factor=1.25),
         "tokens-choose ragged (dropless)": dict(dispatch="ragged"),
         # experts-choose: capacity = S·cf/E per expert, so cf = k gives every token k experts on average
@@ -80,7 +83,8 @@ def layer_functions(groups: int, tokens: int, width: int, experts: int, k: int, 
         f"soft ({k * tokens // experts} slots/expert)": dict(router="soft", slots_per_expert=max(1, k * tokens // experts)),
     }
     for name, kw in variants.items():
-        layers[name] = MoeMlp(**{**base, **kw})
+        if not only or any(o.strip() == name for o in only.split(";")):
+            layers[name] = MoeMlp(**{**base, **kw})
     fns, flops = {}, {}
     for name, layer in layers.items():
         params = nn.unbox(layer.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}, x)["params"])
@@ -101,9 +105,11 @@ def bench_layer(args) -> dict:
              ("ViT-S width", dict(groups=32, tokens=64, width=384, experts=8, k=2, expert_dim=768))]
     if args.quick:
         sizes = [("quick", dict(groups=16, tokens=16, width=32, experts=4, k=2, expert_dim=32))]
+    if args.widths:
+        sizes = [(label, size) for label, size in sizes if str(size["width"]) in args.widths.split(",")]
     out = {}
     for label, size in sizes:
-        fns, flops = layer_functions(**size)
+        fns, flops = layer_functions(**size, only=args.variants)
         samples = timed_rounds(fns, args.rounds, args.per_round)
         n_tok = size["groups"] * size["tokens"]
         rows = []
@@ -269,6 +275,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=3)
     p.add_argument("--parts", default="layer,train,pathway")
+    p.add_argument("--variants", default="",
+                   help="layer part: only these MoE rows (names as printed, ';'-separated; the dense MLP always runs)")
+    p.add_argument("--widths", default="", help="layer part: only these widths D (comma-separated, e.g. 64,384)")
     p.add_argument("--m3vit_run", default="")
     p.add_argument("--mod_squad_run", default="")
     p.add_argument("--thresholds", default="0,0.05,0.1",

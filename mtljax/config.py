@@ -125,6 +125,7 @@ def base_config() -> mlc.ConfigDict:
         capacity_factor=1.25, batch_priority=True, renormalize=False, slots_per_expert=1,
         noise_std=1.0,  # gate noise std in training = noise_std / num_experts
         dispatch="gather",  # gather | einsum (one-hot, TPU) | ragged (dropless, jax.lax.ragged_dot, no expert sharding)
+        pack_slots=False,  # gather + tokens_choose: skip the empty slots (faster; hides expert FLOPs from cost analysis)
         group_size=1,  # examples per routing group
         gate="task",  # m3vit: task | task_conditioned (hps + moe_vit: always shared)
         gate_zero_init=False,

@@ -65,7 +65,8 @@ def moe_settings(cfg, num_tasks: int, mlp_dim: int, gate: str) -> dict:
     return dict(
         num_experts=m.num_experts, expert_dim=m.expert_dim or max(1, mlp_dim // m.top_k), router=m.router,
         k=m.top_k, capacity_factor=m.capacity_factor, batch_priority=m.batch_priority, renormalize=m.renormalize,
-        noise_std=m.noise_std, slots_per_expert=m.slots_per_expert, dispatch=m.dispatch, group_size=m.group_size,
+        noise_std=m.noise_std, slots_per_expert=m.slots_per_expert, dispatch=m.dispatch, pack_slots=m.pack_slots,
+        group_size=m.group_size,
         num_tasks=num_tasks, gate=gate, gate_zero_init=m.gate_zero_init, importance_weight=m.importance_weight,
         load_weight=m.load_weight, z_loss_weight=m.z_loss_weight, mi_weight=m.mi_weight if gate != "shared" else 0.0)
 

@@ -82,7 +82,7 @@ class MoeAttention(nn.Module):
             logits = logits + sigma * jax.random.normal(self.make_rng("dropout"), logits.shape, logits.dtype)
         probs_full = jax.nn.softmax(logits, axis=-1)
         probs = probs_full[..., list(kept)] if kept is not None else probs_full
-        gates, idx = jax.lax.top_k(probs, self.k)  # [B, S, k]
+        gates, idx = rt.top_k(probs, self.k)  # [B, S, k]
 
         x = x.astype(self.dtype)
         q_all = jnp.einsum("bsd,edh->bseh", x, wq.astype(self.dtype))

@@ -2,8 +2,9 @@
 
 A router (:mod:`mtljax.models.moe.routing`) decides which token fills which slot of which expert; a
 *dispatcher* moves the tokens: :class:`EinsumDispatch` multiplies by one-hot ``[G, S, E, C]`` tensors
-(the TPU-friendly form), :class:`GatherDispatch` gathers each slot's token and gathers (tokens choose)
-or scatter-adds (experts choose) the outputs back, with gradients that are gathers too.
+(the TPU-friendly form); :class:`TokensChooseGather` gathers each slot's token straight into the
+expert-major buffer and each token's outputs back, with gradients that are gathers too;
+:class:`GatherDispatch` (experts choose) gathers the slots and scatter-adds the outputs back.
 :func:`grouped_moe` runs route → dispatch → experts → combine, under ``jax.shard_map`` when a mesh is
 in context: every device routes its own groups, and with an ``expert`` axis the slots travel to the
 devices that hold their experts and back by two ``all_to_all``s (expert weights are never gathered).
@@ -12,10 +13,15 @@ devices that hold their experts and back by two ``all_to_all``s (expert weights 
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+
+from mtljax.models.moe.routing import top_k
 
 
 def mesh_axes(expert_axis: str = "expert") -> tuple | None:
@@ -47,6 +53,85 @@ def run_experts(slots: jax.Array, wi: jax.Array, bi: jax.Array, wo: jax.Array, b
     return (out + bo.astype(dtype)[:, None, :]).reshape(shape)
 
 
+HEAD_SHARE = 0.8  # packed slots: the first HEAD_SHARE·(G·S·k/E) rows of every expert run as one batched matmul
+
+
+def packed_block(width: int, hidden: int) -> int:
+    """Rows per block of :func:`run_packed_experts`: about 2^16 floats of rows in and hidden, 32 to 1024."""
+    b = 1 << max(0, round(math.log2((1 << 16) / max(1, width + hidden))))
+    return max(32, min(1024, b))
+
+
+def run_packed_experts(slots: jax.Array, counts: jax.Array, wi, bi, wo, bo, block: int) -> jax.Array:
+    """Experts on packed slots: expert ``e``'s filled rows are ``slots[e, :counts[e]]`` (``[E, R, D]``).
+
+    Only the ``ceil(counts[e] / block)`` row blocks that hold tokens are computed (a loop with a dynamic
+    trip count per expert; ``R`` a multiple of ``block``), so the empty slots a capacity factor > 1 leaves
+    cost nothing; rows past ``counts[e]`` come out as garbage or zeros and must not be read (the combine
+    reads only filled slots). Weights already in the compute dtype; gradients by :func:`jax.custom_vjp`,
+    the same row-block loops backwards (weight gradients summed block by block).
+    """
+    return _packed(slots, counts, wi, bi, wo, bo, block)
+
+
+def _n_blocks(count, block):
+    return (count + block - 1) // block
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _packed(x, counts, wi, bi, wo, bo, block):
+    return _packed_forward(x, counts, wi, bi, wo, bo, block)[0]
+
+
+def _packed_forward(x, counts, wi, bi, wo, bo, block):
+    e, r, d = x.shape
+    ys, hs = [], []
+    for i in range(e):
+        def step(b, carry, i=i):
+            y, h = carry
+            xb = jax.lax.dynamic_slice_in_dim(x[i], b * block, block)
+            hb = xb @ wi[i] + bi[i]
+            yb = nn.gelu(hb) @ wo[i] + bo[i]
+            return (jax.lax.dynamic_update_slice_in_dim(y, yb, b * block, 0),
+                    jax.lax.dynamic_update_slice_in_dim(h, hb, b * block, 0))
+
+        y, h = jax.lax.fori_loop(0, _n_blocks(counts[i], block), step,
+                                 (jnp.zeros((r, d), x.dtype), jnp.zeros((r, wi.shape[-1]), x.dtype)))
+        ys.append(y)
+        hs.append(h)
+    return jnp.stack(ys), jnp.stack(hs)
+
+
+def _packed_fwd(x, counts, wi, bi, wo, bo, block):
+    y, h = _packed_forward(x, counts, wi, bi, wo, bo, block)
+    return y, (x, counts, wi, wo, h)
+
+
+def _packed_bwd(block, res, gy):
+    x, counts, wi, wo, h = res
+    e, r, d = x.shape
+    hid = wi.shape[-1]
+    grads = []
+    for i in range(e):
+        def step(b, carry, i=i):
+            dx, dwi, dbi, dwo, dbo = carry
+            sl = lambda a: jax.lax.dynamic_slice_in_dim(a[i], b * block, block)  # noqa: E731
+            xb, hb, gb = sl(x), sl(h), sl(gy)
+            ab, gelu_vjp = jax.vjp(nn.gelu, hb)
+            dhb = gelu_vjp(gb @ wo[i].T)[0]
+            return (jax.lax.dynamic_update_slice_in_dim(dx, dhb @ wi[i].T, b * block, 0),
+                    dwi + xb.T @ dhb, dbi + jnp.sum(dhb, axis=0), dwo + ab.T @ gb, dbo + jnp.sum(gb, axis=0))
+
+        zeros = (jnp.zeros((r, d), x.dtype), jnp.zeros((d, hid), x.dtype), jnp.zeros((hid,), x.dtype),
+                 jnp.zeros((hid, d), x.dtype), jnp.zeros((d,), x.dtype))
+        grads.append(jax.lax.fori_loop(0, _n_blocks(counts[i], block), step, zeros))
+    dx, dwi, dbi, dwo, dbo = (jnp.stack(t) for t in zip(*grads))
+    return dx, None, dwi, dbi, dwo, dbo
+
+
+_packed.defvjp(_packed_fwd, _packed_bwd)
+
+
 class EinsumDispatch:
     """Dispatch/combine with one-hot ``[G, S, E, C]`` tensors."""
 
@@ -60,116 +145,159 @@ class EinsumDispatch:
         return jnp.einsum("egcd,gsec->gsd", out, self.c.astype(out.dtype))
 
 
-def _pad_rows(a):
-    return jnp.concatenate([a, jnp.zeros((a.shape[0], 1, a.shape[2]), a.dtype)], axis=1)
-
-
 def _take_rows(a, idx):
     """``a [G, R, D]`` rows ``idx [G, ...]`` -> ``[G, ..., D]``."""
     g = a.shape[0]
     return jnp.take_along_axis(a, idx.reshape(g, -1, 1), axis=1).reshape(*idx.shape, a.shape[-1])
 
 
-@jax.custom_vjp
-def _fill_slots(x, token, valid, flat):
-    """``slots[g, q] = x[g, token[g, q]]`` for valid slots ``q`` (``[G, E·C, D]``)."""
-    return _take_rows(x, token) * valid[..., None].astype(x.dtype)
-
-
-def _fill_slots_fwd(x, token, valid, flat):
-    return _fill_slots(x, token, valid, flat), (token, valid, flat)
-
-
-def _fill_slots_bwd(res, g_slots):
-    token, valid, flat = res
-    # every token's gradient sits in the (at most k) slots its choices took: a gather, not a scatter-add
-    dx = jnp.sum(_take_rows(_pad_rows(g_slots), flat), axis=2)
-    return dx, None, None, None
-
-
-_fill_slots.defvjp(_fill_slots_fwd, _fill_slots_bwd)
-
-
-@jax.custom_vjp
-def _read_slots(out, weight, flat, token, choice, valid):
-    """``y[g, s] = Σ_j weight[g, s, j]·out[g, flat[g, s, j]]`` (``out [G, E·C, D]``, dropped → 0)."""
-    return jnp.einsum("gskd,gsk->gsd", _take_rows(_pad_rows(out), flat), weight.astype(out.dtype))
-
-
-def _read_slots_fwd(out, weight, flat, token, choice, valid):
-    return _read_slots(out, weight, flat, token, choice, valid), (out, weight, flat, token, choice, valid)
-
-
-def _read_slots_bwd(res, g_y):
-    out, weight, flat, token, choice, valid = res
-    g = weight.shape[0]
-    slot_w = jnp.take_along_axis(weight.reshape(g, -1), choice, axis=1) * valid  # the weight each slot returns with
-    d_out = _take_rows(g_y, token) * slot_w[..., None].astype(g_y.dtype)
-    d_w = jnp.einsum("gskd,gsd->gsk", _take_rows(_pad_rows(out), flat), g_y).astype(weight.dtype)
-    return d_out, d_w, None, None, None, None
-
-
-_read_slots.defvjp(_read_slots_fwd, _read_slots_bwd)
-
-
 class GatherDispatch:
-    """Dispatch by gathering each slot's token, combine by gathering (tokens choose) or scatter-add.
+    """Experts-choose dispatch by gathering each slot's token, combine by scatter-add.
 
-    ``token [G, E, C]``/``valid [G, E, C]``: which token fills each slot. Tokens choose also gives
-    ``flat [G, S, k]`` (each choice's slot ``e·C + c``, ``E·C`` when dropped), ``choice [G, E, C]`` (which
-    ``s·k + j`` fills each slot) and ``weight [G, S, k]``; both directions, and their gradients, are then
-    gathers. Experts choose gives ``weight [G, E, C]`` per slot and combines by scatter-add.
+    ``token [G, E, C]``: which token fills each slot; ``weight [G, E, C]``: its gate value.
     """
 
-    def __init__(self, token, valid, weight, flat=None, choice=None, num_tokens=None):
-        self.token, self.valid, self.weight, self.flat, self.choice = token, valid, weight, flat, choice
-        self.num_tokens = num_tokens
+    def __init__(self, token, weight, num_tokens):
+        self.token, self.weight, self.num_tokens = token, weight, num_tokens
 
     def dispatch(self, xg):
         g, e, c = self.token.shape
-        if self.flat is not None:
-            x = _fill_slots(xg, self.token.reshape(g, e * c), self.valid.reshape(g, e * c), self.flat)
-        else:
-            x = _take_rows(xg, self.token.reshape(g, e * c))
-        return x.reshape(g, e, c, -1).transpose(1, 0, 2, 3)
+        return _take_rows(xg, self.token.reshape(g, e * c)).reshape(g, e, c, -1).transpose(1, 0, 2, 3)
 
     def combine(self, out):
         e, g, c, d = out.shape
         out = out.transpose(1, 0, 2, 3).reshape(g, e * c, d)
-        if self.flat is not None:  # tokens choose: every token reads its k slots
-            return _read_slots(out, self.weight, self.flat, self.token.reshape(g, e * c),
-                               self.choice.reshape(g, e * c), self.valid.reshape(g, e * c))
         w = self.weight.astype(out.dtype)
         add = lambda o, t, ww: jnp.zeros((self.num_tokens, d), o.dtype).at[t].add(o * ww[:, None])  # noqa: E731
         return jax.vmap(add)(out, self.token.reshape(g, e * c), w.reshape(g, e * c))
 
 
-def tokens_choose_gather(slots: dict, num_experts: int, capacity: int) -> GatherDispatch:
-    """A :class:`GatherDispatch` from :func:`~mtljax.models.moe.routing.tokens_choose_slots`."""
+def _rows(a, idx):
+    """Rows ``idx [...]`` (all in range) of ``a [R, D]`` -> ``[..., D]``."""
+    return a.at[idx.reshape(-1)].get(mode="promise_in_bounds").reshape(*idx.shape, a.shape[-1])
+
+
+@jax.custom_vjp
+def _gather_slots(x, token, valid, where, kept):
+    """``slots[q] = x[token[q]]`` for valid slots ``q``, else 0 (``x [N, D]`` -> ``[Q, D]``)."""
+    return jnp.where(valid[:, None], _rows(x, token), jnp.zeros((), x.dtype))
+
+
+def _gather_slots_fwd(x, token, valid, where, kept):
+    return _gather_slots(x, token, valid, where, kept), (where, kept)
+
+
+def _gather_slots_bwd(res, g_slots):
+    where, kept = res
+    # a token's gradient sits in the (at most k) slots its choices took: a gather, not a scatter-add
+    dx = sum(jnp.where(kept[:, j, None], _rows(g_slots, where[:, j]), jnp.zeros((), g_slots.dtype))
+             for j in range(where.shape[1]))
+    return dx, None, None, None, None
+
+
+_gather_slots.defvjp(_gather_slots_fwd, _gather_slots_bwd)
+
+
+@jax.custom_vjp
+def _combine_slots(out, weight, where, kept, token, choice, valid):
+    """``y[t] = Σ_j weight[t, j]·out[where[t, j]]`` over kept choices (``out [Q, D]`` -> ``[N, D]``)."""
+    w = weight.astype(out.dtype)
+    return sum(jnp.where(kept[:, j, None], w[:, j, None] * _rows(out, where[:, j]), jnp.zeros((), out.dtype))
+               for j in range(where.shape[1]))
+
+
+def _combine_slots_fwd(out, weight, where, kept, token, choice, valid):
+    return _combine_slots(out, weight, where, kept, token, choice, valid), (out, weight, where, kept, token, choice,
+                                                                             valid)
+
+
+def _combine_slots_bwd(res, g_y):
+    out, weight, where, kept, token, choice, valid = res
+    slot_w = _rows(weight.reshape(-1, 1), choice)[:, 0].astype(g_y.dtype)  # the weight each slot returns with
+    d_out = jnp.where(valid[:, None], _rows(g_y, token) * slot_w[:, None], jnp.zeros((), g_y.dtype))
+    d_w = jnp.stack([jnp.where(kept[:, j], jnp.sum(_rows(out, where[:, j]) * g_y, axis=-1), 0)
+                     for j in range(where.shape[1])], axis=1).astype(weight.dtype)
+    return d_out, d_w, None, None, None, None, None
+
+
+_combine_slots.defvjp(_combine_slots_fwd, _combine_slots_bwd)
+
+
+class TokensChooseGather:
+    """Tokens-choose dispatch and combine by row gathers in the expert-major slot layout ``[E, G, C]``.
+
+    Indices are global over the ``G·S`` tokens and the ``E·G·C`` slots, so the slot buffer comes out of
+    one gather already expert-major (no transpose) and goes back by one gather per choice; the gradients
+    of both are gathers too. ``where [G·S, k]``: each choice's slot (0 when dropped, masked by ``kept``);
+    ``token``/``choice``/``valid [E·G·C]``: the token, the choice ``t·k + j`` and whether the slot is
+    filled. Packed (``counts`` given, :func:`tokens_choose_gather`): the buffer is ``[E, R]``, each
+    expert's filled slots first.
+    """
+
+    def __init__(self, where, kept, weight, token, choice, valid, shape, num_groups, counts=None, block=0):
+        self.where, self.kept, self.weight = where, kept, weight
+        self.token, self.choice, self.valid, self.shape = token, choice, valid, shape
+        self.num_groups, self.counts, self.block = num_groups, counts, block
+
+    def dispatch(self, xg):
+        g, s, d = xg.shape
+        slots = _gather_slots(xg.reshape(g * s, d), self.token, self.valid, self.where, self.kept)
+        return slots.reshape(*self.shape, d)
+
+    def combine(self, out):
+        d = out.shape[-1]
+        y = _combine_slots(out.reshape(-1, d), self.weight, self.where, self.kept, self.token, self.choice,
+                           self.valid)
+        return y.reshape(self.num_groups, -1, d)
+
+
+def tokens_choose_gather(slots: dict, num_experts: int, capacity: int, block: int = 0) -> TokensChooseGather:
+    """A :class:`TokensChooseGather` from :func:`~mtljax.models.moe.routing.tokens_choose_slots`.
+
+    Slot ``(e, g, c)`` of the ``[E, G, C]`` buffer is ``e·G·C + g·C + c``. With ``block`` the buffer is
+    *packed* instead: ``[E, R]`` with ``R = G·C`` rounded up to a multiple of ``block``, expert ``e``'s
+    kept choices in rows ``0 .. counts[e] - 1`` (group by group, each group's in its slot order:
+    ``e·R + Σ_{g' < g} kept[g', e] + c``) and ``counts`` set on the result, for
+    :func:`run_packed_experts`. The same tokens take the same slots either way; only the rows move.
+    """
     g, s, k = slots["top_idx"].shape
-    ec = num_experts * capacity
-    flat = jnp.where(slots["kept"], slots["top_idx"] * capacity + slots["position"], ec)
-    rows = jnp.arange(g)[:, None]
-    where = flat.reshape(g, s * k)
-    choice = jnp.zeros((g, ec + 1), jnp.int32).at[rows, where].set(jnp.arange(s * k, dtype=jnp.int32)[None, :])
-    valid = jnp.zeros((g, ec + 1), bool).at[rows, where].set(True)[:, :ec]
-    choice = jnp.where(valid, choice[:, :ec], 0)
-    weight = jnp.where(slots["kept"], slots["top_val"], 0.0)
-    shape = (g, num_experts, capacity)
-    return GatherDispatch((choice // k).reshape(shape), valid.reshape(shape), weight, flat, choice.reshape(shape))
+    kept = slots["kept"]
+    if block:
+        rows = -(-g * capacity // block) * block
+        per_group = jnp.sum(jax.nn.one_hot(slots["top_idx"], num_experts, dtype=jnp.int32) * kept[..., None],
+                            axis=(1, 2))  # [G, E] kept choices
+        offset = jnp.cumsum(per_group, axis=0) - per_group  # rows the earlier groups took
+        base = jnp.take_along_axis(offset, slots["top_idx"].reshape(g, s * k), axis=1).reshape(g, s, k)
+        where = slots["top_idx"] * rows + base + slots["position"]
+        counts, shape = jnp.sum(per_group, axis=0), (num_experts, rows)
+    else:
+        where = slots["top_idx"] * (g * capacity) + jnp.arange(g, dtype=jnp.int32)[:, None, None] * capacity \
+            + slots["position"]
+        counts, shape = None, (num_experts, g, capacity)
+    q = math.prod(shape)
+    where = jnp.where(kept, where, 0).reshape(g * s, k)
+    kept = kept.reshape(g * s, k)
+    # slot -> choice by one scatter (every kept choice has its own slot; dropped ones land on a spare q)
+    target = jnp.where(kept, where, q).reshape(-1)
+    choice = jnp.full((q + 1,), -1, jnp.int32).at[target].set(jnp.arange(g * s * k, dtype=jnp.int32))[:q]
+    valid = choice >= 0
+    choice = jnp.maximum(choice, 0)
+    weight = jnp.where(kept, slots["top_val"].reshape(g * s, k), 0.0)
+    disp = TokensChooseGather(where, kept, weight, choice // k, choice, valid, shape, g, counts, block)
+    disp.head = min(shape[1], int(HEAD_SHARE * g * s * k / num_experts) // block * block) if block else 0
+    return disp
 
 
 def experts_choose_gather(slots: dict, num_tokens: int) -> GatherDispatch:
     """A :class:`GatherDispatch` from :func:`~mtljax.models.moe.routing.experts_choose_slots` (``token [G, E, C]``)."""
-    return GatherDispatch(slots["token"], jnp.ones(slots["token"].shape, bool), slots["weight"],
-                          num_tokens=num_tokens)
+    return GatherDispatch(slots["token"], slots["weight"], num_tokens)
 
 
 def grouped_moe(route, xg, pg, extra, wi, bi, wo, bo, *, dtype, expert_axis: str = "expert"):
     """Route, dispatch, run the experts and combine, for grouped tokens ``xg [G, S, D]``.
 
     ``route(pg, extra) -> (dispatcher, stats)`` works group by group (``dispatcher``: an
-    :class:`EinsumDispatch` or :class:`GatherDispatch`; ``stats``: arrays with a leading group axis). On
+    :class:`EinsumDispatch`, :class:`TokensChooseGather` or :class:`GatherDispatch`; ``stats``: arrays with a leading group axis). On
     a mesh, everything runs under ``jax.shard_map`` on each device's own groups (routing never gathers
     tokens across devices); with an ``expert`` axis the slots travel to their experts' devices and back
     with two ``all_to_all``s, and with a ``model`` axis the expert hidden width is split (one ``psum``).
@@ -178,10 +306,21 @@ def grouped_moe(route, xg, pg, extra, wi, bi, wo, bo, *, dtype, expert_axis: str
 
     def body(xg, pg, extra, wi, bi, wo, bo, ep=None, model=None):
         disp, stats = route(pg, extra)
-        slots = disp.dispatch(xg)  # [E, G, C, D]
+        slots = disp.dispatch(xg)  # [E, G, C, D] (or packed [E, R, D])
         if ep is not None:
             slots = jax.lax.all_to_all(slots, ep, 0, 1, tiled=True)  # [E/n, n·G, C, D]
-        out = run_experts(slots, wi, bi, wo, bo, dtype, model)
+        counts = getattr(disp, "counts", None)  # packed slots (tokens choose, gather)
+        if counts is not None and ep is None and model is None and disp.head < slots.shape[1]:
+            # packed slots: only the filled row blocks
+            c = lambda w: w.astype(dtype)  # noqa: E731
+            h = disp.head  # rows every expert almost surely fills: one batched matmul; the rest in row blocks
+            out_head = run_experts(slots[:, :h], wi, bi, wo, bo, dtype) if h else None
+            out = run_packed_experts(slots[:, h:], jnp.maximum(counts - h, 0), c(wi), c(bi), c(wo), c(bo),
+                                     disp.block)
+            if h:
+                out = jnp.concatenate([out_head, out], axis=1)
+        else:
+            out = run_experts(slots, wi, bi, wo, bo, dtype, model)
         if ep is not None:
             out = jax.lax.all_to_all(out, ep, 1, 0, tiled=True)  # [E, G, C, D]
         return disp.combine(out), stats
@@ -228,7 +367,7 @@ def sharded_ragged_moe(x, probs, k: int, renormalize: bool, wi, bi, wo, bo, *, d
     """
 
     def fn(x, probs, *w):
-        top_val, top_idx = jax.lax.top_k(probs, k)
+        top_val, top_idx = top_k(probs, k)
         if renormalize:
             top_val = top_val / jnp.sum(top_val, axis=-1, keepdims=True)
         y = ragged_moe(x.reshape(-1, x.shape[-1]), top_idx.reshape(-1, k), top_val.reshape(-1, k), *w, dtype=dtype)

@@ -21,7 +21,11 @@ Dispatch (``dispatch=``)
     capacity get nothing back, so the residual carries them unchanged); the TPU-friendly form, but its
     cost grows with the group size S. ``gather``: the same routing, capacity and drops, with slots
     filled by a gather and outputs returned by a gather (tokens choose) or scatter-add (experts choose):
-    O(E·C·D) per group, the better choice on CPU and GPU. ``ragged``: dropless
+    O(E·C·D) per group, the better choice on CPU and GPU. Tokens choose with ``pack_slots`` packs
+    every expert's filled slots first and runs the experts only on the row blocks that hold tokens, so
+    most empty slots of a capacity factor > 1 cost no matmuls (same slots, same outputs; without an
+    ``expert`` or ``model`` mesh axis). Off by default: the row-block loops have dynamic trip counts,
+    which XLA's cost analysis cannot see, so compiled FLOP counts (``mtljax.cost``) would miss them. ``ragged``: dropless
     tokens-choose: token copies are sorted by expert and every expert multiplies its contiguous rows
     with ``jax.lax.ragged_dot`` (no capacity, nothing dropped; experts are not sharded in this mode).
 
@@ -58,8 +62,8 @@ import jax
 import jax.numpy as jnp
 
 from mtljax.models.moe import routing as rt
-from mtljax.models.moe.dispatch import (EinsumDispatch, experts_choose_gather, grouped_moe, sharded_ragged_moe,
-                                        tokens_choose_gather)
+from mtljax.models.moe.dispatch import (EinsumDispatch, experts_choose_gather, grouped_moe, packed_block,
+                                        sharded_ragged_moe, tokens_choose_gather)
 from mtljax.models.moe.gate import Gate
 from mtljax.models.plugs import Context
 
@@ -85,6 +89,7 @@ class MoeMlp(nn.Module):
     noise_std: float = 1.0  # gate noise std in training = noise_std / num_experts
     slots_per_expert: int = 1  # soft router
     dispatch: str = "einsum"
+    pack_slots: bool = False  # gather + tokens choose: skip most empty slots (dispatch.run_packed_experts)
     group_size: int = 1  # examples per routing group
     num_tasks: int = 1
     gate: str = "shared"
@@ -193,7 +198,8 @@ class MoeMlp(nn.Module):
             if router == "tokens_choose":
                 sl = rt.tokens_choose_slots(pg, k, cap, batch_priority=self.batch_priority,
                                             renormalize=self.renormalize)
-                disp = tokens_choose_gather(sl, e, cap) if gather else EinsumDispatch(*rt.slot_tensors(sl, e, cap))
+                block = packed_block(d, self.expert_dim) if self.pack_slots else 0
+                disp = tokens_choose_gather(sl, e, cap, block) if gather else EinsumDispatch(*rt.slot_tensors(sl, e, cap))
                 stats = {"chosen": jax.nn.one_hot(sl["top_idx"], e).sum(-2),
                          "kept": jnp.mean(sl["kept"].astype(jnp.float32), axis=(1, 2))}
             else:

@@ -65,6 +65,34 @@ Array = jax.Array
 _EPS = 1e-9
 
 
+def top_k(x: Array, k: int) -> tuple[Array, Array]:
+    """``jax.lax.top_k`` over the last axis, in k rounds of max-reductions when that axis is short.
+
+    XLA:CPU lowers ``lax.top_k`` to a full comparator sort of every row, which for the few experts of a
+    router costs more than the experts' matmuls at small widths; k rounds of (max, first index of the
+    max) over a short axis are plain reductions. Same values, same indices (ties: lowest index first,
+    as ``lax.top_k``), same gradient (into the chosen entries). Long axes or large k use ``lax.top_k``.
+    Elementwise ops and reductions over the last axis only, so a batch-sharded input stays sharded.
+    """
+    n = x.shape[-1]
+    if k > 8 or n > 64:
+        return jax.lax.top_k(x, k)
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    taken = jnp.zeros(x.shape, bool)
+    vals, idxs = [], []
+    for _ in range(k):
+        masked = jnp.where(taken, -jnp.inf, x)
+        m = jnp.max(masked, axis=-1, keepdims=True)
+        # the first untaken entry equal to the max (a NaN max: the first NaN, as top_k's order puts it first)
+        hit = ((masked == m) | jnp.isnan(masked)) & ~taken
+        i = jnp.min(jnp.where(hit, iota, n), axis=-1, keepdims=True)
+        pick = iota == i
+        vals.append(jnp.sum(jnp.where(pick, x, jnp.zeros_like(x)), axis=-1))
+        idxs.append(i[..., 0])
+        taken = taken | pick
+    return jnp.stack(vals, axis=-1), jnp.stack(idxs, axis=-1)
+
+
 def tokens_choose_capacity(k: int, group_size: int, num_experts: int, capacity_factor: float) -> int:
     """Slots per expert and group for top-k tokens-choose routing."""
     return max(1, min(k * group_size, math.ceil(k * group_size * capacity_factor / num_experts)))
@@ -73,6 +101,34 @@ def tokens_choose_capacity(k: int, group_size: int, num_experts: int, capacity_f
 def experts_choose_capacity(group_size: int, num_experts: int, capacity_factor: float) -> int:
     """Tokens each expert takes per group for experts-choose routing."""
     return max(1, min(group_size, math.ceil(group_size * capacity_factor / num_experts)))
+
+
+PAIRWISE_PRIORITY = True
+PAIRWISE_PRIORITY_MAX = 128  # groups up to this many tokens: batch priority by pairwise comparison, no sort
+
+
+def _priority_positions(priority: Array, top_idx: Array, num_experts: int, capacity: int) -> dict:
+    """Batch-priority slot positions by comparing every pair of a group's tokens (O(S²), no sort).
+
+    Token ``u`` is served before ``t`` when ``priority[u] > priority[t]``, ties to the lower index (the
+    order of a stable ``argsort(-priority)``); all first choices come before any second choice. The
+    position of choice ``j`` of token ``t`` is then the number of earlier choices ``j' < j`` of its
+    expert plus the number of tokens served before ``t`` whose choice ``j`` is the same expert: what the
+    cumulative sum over the sorted order gives.
+    """
+    g, s, k = top_idx.shape
+    iota = jnp.arange(s)
+    p_t, p_u = priority[:, :, None], priority[:, None, :]
+    before = (p_u > p_t) | ((p_u == p_t) & (iota[None, None, :] < iota[:, None]))  # [G, t, u]
+    counts = jnp.zeros((g, num_experts), jnp.int32)  # choices j' < j per expert
+    positions = []
+    for j in range(k):
+        same = top_idx[:, None, :, j] == top_idx[:, :, None, j]  # [G, t, u]
+        earlier = jnp.sum(before & same, axis=-1, dtype=jnp.int32)
+        positions.append(jnp.take_along_axis(counts, top_idx[..., j], axis=1) + earlier)
+        counts = counts + jnp.sum(jax.nn.one_hot(top_idx[..., j], num_experts, dtype=jnp.int32), axis=1)
+    position = jnp.stack(positions, axis=-1)
+    return {"position": position, "kept": position < capacity}
 
 
 def tokens_choose_slots(probs: Array, k: int, capacity: int, *, batch_priority: bool = True,
@@ -85,9 +141,11 @@ def tokens_choose_slots(probs: Array, k: int, capacity: int, *, batch_priority: 
     (``position < capacity``).
     """
     g, s, e = probs.shape
-    top_val, top_idx = jax.lax.top_k(probs, k)  # [G, S, k]
+    top_val, top_idx = top_k(probs, k)  # [G, S, k]
     if renormalize:
         top_val = top_val / jnp.maximum(jnp.sum(top_val, axis=-1, keepdims=True), _EPS)
+    if batch_priority and s <= PAIRWISE_PRIORITY_MAX and PAIRWISE_PRIORITY:
+        return {"top_idx": top_idx, "top_val": top_val, **_priority_positions(top_val[..., 0], top_idx, e, capacity)}
     if batch_priority:
         order = jnp.argsort(-top_val[..., 0], axis=1, stable=True)  # [G, S], most confident first
         idx_o = jnp.take_along_axis(top_idx, order[..., None], axis=1)
@@ -152,12 +210,17 @@ def top_k_gates(probs: Array, k: int, renormalize: bool = False) -> Array:
     ``probs [..., E]`` (a softmax over experts); with ``renormalize`` the kept probabilities are divided
     by their sum (Shazeer et al., 2017: ``G = softmax(KeepTopK(h, k))``).
     """
-    # the k-th largest value by a sort and ties taken lowest index first: jax.lax.top_k's choice, in
-    # elementwise ops that a batch-sharded array keeps sharded (top_k itself would be all-gathered)
-    kth = jnp.sort(probs, axis=-1)[..., -k:-k + 1 or None]
-    above, tie = probs > kth, probs == kth
-    room = k - jnp.sum(above, axis=-1, keepdims=True)
-    keep = above | (tie & (jnp.cumsum(tie, axis=-1) <= room))
+    e = probs.shape[-1]
+    if e > 64 or k > 8:
+        # the k-th largest value by a sort and ties taken lowest index first: jax.lax.top_k's choice, in
+        # elementwise ops that a batch-sharded array keeps sharded (top_k itself would be all-gathered)
+        kth = jnp.sort(probs, axis=-1)[..., -k:-k + 1 or None]
+        above, tie = probs > kth, probs == kth
+        room = k - jnp.sum(above, axis=-1, keepdims=True)
+        keep = above | (tie & (jnp.cumsum(tie, axis=-1) <= room))
+    else:  # the same choice by :func:`top_k`'s reductions (no sort)
+        idx = top_k(probs, k)[1]
+        keep = jnp.any(idx[..., None, :] == jnp.arange(e)[:, None], axis=-1)
     gates = jnp.where(keep, probs, 0.0)
     if renormalize:
         gates = gates / jnp.maximum(jnp.sum(gates, axis=-1, keepdims=True), _EPS)
@@ -179,8 +242,8 @@ def expected_load(clean_logits: Array, noisy_logits: Array, noise_std: float, k:
     e = clean_logits.shape[-1]
     clean, noisy = clean_logits.astype(jnp.float32), noisy_logits.astype(jnp.float32)
     if noise_std <= 0 or k >= e:
-        return jnp.sum(jax.nn.one_hot(jax.lax.top_k(noisy, k)[1], e), axis=-2)
-    top = jax.lax.top_k(noisy, k + 1)[0]  # [..., k+1], descending
+        return jnp.sum(jax.nn.one_hot(top_k(noisy, k)[1], e), axis=-2)
+    top = top_k(noisy, k + 1)[0]  # [..., k+1], descending
     kth, kplus1 = top[..., k - 1:k], top[..., k:k + 1]
     threshold = jnp.where(noisy >= kth, kplus1, kth)
     return jax.scipy.stats.norm.cdf((clean - threshold) / noise_std)

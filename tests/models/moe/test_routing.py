@@ -164,3 +164,41 @@ def test_capacity_formulas():
     assert rt.tokens_choose_capacity(4, 8, 2, 4.0) == 32  # never above k * tokens
     assert rt.experts_choose_capacity(16, 4, 2.0) == 8
     assert rt.experts_choose_capacity(16, 2, 4.0) == 16
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 8])
+def test_top_k_by_reductions_equals_lax_top_k_with_ties_and_gradients(k):
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, 7, 8))
+    x = x.at[0, :, 3:6].set(0.25).at[1, :, :].set(1.0).at[2, :, ::2].set(-jnp.inf)  # ties, all equal, -inf
+    x = x.at[3, 0].set(-jnp.inf)  # a whole row of -inf
+    want_v, want_i = jax.lax.top_k(x, k)
+    got_v, got_i = rt.top_k(x, k)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_v, want_v)
+    w = jax.random.normal(jax.random.PRNGKey(1), want_v.shape)
+    y = jnp.where(jnp.isfinite(x), x, 0.0)  # finite for the gradient
+    grad = lambda f: jax.grad(lambda y: jnp.sum(f(y, k)[0] * w))(y)  # noqa: E731
+    np.testing.assert_array_equal(grad(rt.top_k), grad(jax.lax.top_k))
+
+
+def test_top_k_gates_equal_a_scatter_of_lax_top_k():
+    probs = _probs(g=4, s=32, e=8, seed=5).at[0, :, :4].set(0.1)  # with ties
+    for k in (1, 2, 3):
+        v, i = jax.lax.top_k(probs, k)
+        want = jnp.zeros_like(probs).at[jnp.arange(4)[:, None, None], jnp.arange(32)[None, :, None], i].set(v)
+        np.testing.assert_array_equal(rt.top_k_gates(probs, k), want)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_pairwise_batch_priority_equals_the_sorted_cumulative_sum(k):
+    probs = _probs(g=4, s=24, e=4, seed=7)
+    probs = probs.at[0, :12].set(probs[0, 0])  # tied priorities: the lower index goes first
+    fast = rt.tokens_choose_slots(probs, k, 5, batch_priority=True)
+    old = rt.PAIRWISE_PRIORITY
+    rt.PAIRWISE_PRIORITY = False
+    try:
+        ref = rt.tokens_choose_slots(probs, k, 5, batch_priority=True)
+    finally:
+        rt.PAIRWISE_PRIORITY = old
+    for key in ("top_idx", "top_val", "position", "kept"):
+        np.testing.assert_array_equal(fast[key], ref[key])
