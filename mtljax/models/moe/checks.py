@@ -22,6 +22,10 @@ def check_moe(e, model_name: str, depth: int | None, num_heads: int | None) -> N
     require(e.capacity_factor > 0, "capacity_factor", f"must be > 0, got {e.capacity_factor}")
     require(e.dispatch != "ragged" or e.router == "tokens_choose", "dispatch",
             f"'ragged' (dropless) needs router 'tokens_choose', got {e.router!r}")
+    pack = e.get("pack_slots", False)
+    require(isinstance(pack, bool), "pack_slots", f"must be True or False, got {pack!r}")
+    require(not pack or (e.dispatch == "gather" and e.router == "tokens_choose"), "pack_slots",
+            f"needs dispatch 'gather' and router 'tokens_choose', got {e.dispatch!r} / {e.router!r}")
     require(isinstance(e.expert_dim, int) and e.expert_dim >= 0, "expert_dim",
             f"must be an integer >= 0, got {e.expert_dim!r}")
     for key in ("importance_weight", "load_weight", "z_loss_weight", "mi_weight", "noise_std"):
