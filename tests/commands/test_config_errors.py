@@ -120,6 +120,8 @@ MOE_CASES = [
     ({"model.moe.gate": "shared"}, "config.model.moe.gate"),
     ({"model.moe.layers": (7,)}, "config.model.moe.layers"),
     ({"model.moe.group_size": 3}, "config.model.moe.group_size"),
+    ({"model.moe.pack_slots": True, "model.moe.dispatch": "einsum"}, "config.model.moe.pack_slots"),
+    ({"train.loss_scale": "dynamc"}, "config.train.loss_scale"),
     ({"model.backbone": "mlp"}, "config.model.backbone"),
     ({"optim.level": "rep"}, "config.optim.level"),
     ({"optim.rep_mtl": True}, "config.optim.rep_mtl"),
