@@ -12,7 +12,8 @@ backward multiplies by ``S`` on every output of the loss function and one whose 
 untouched, and every view of the per-task gradients (rows, Gramian, update; all three levels, SAM's
 recomputation) is of the unscaled gradients, so a multi-task method never sees ``S``.
 
-* **static** (``config.train.loss_scale = 1024.0``): a fixed ``S``;
+* **static** (``config.train.loss_scale = 1024.0``): a fixed ``S`` (an overflow stops the run like any
+  non-finite step: a fixed scale cannot adapt);
 * **dynamic** (``'dynamic'``; ``'auto'`` picks it when ``config.model.dtype`` is ``float16``): ``S``
   starts at 2¹⁶; a step whose gradients overflow (inf/NaN with finite losses) is skipped (the state is
   kept) and ``S`` halves; after ``growth_interval`` = 2000 finite steps in a row ``S`` doubles — the

@@ -80,7 +80,9 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, *, l
                 # an overflow of the scaled gradients skips the step (parameters and optimizer state are kept,
                 # the step counter runs on with the data) and lowers the scale;
                 # only a non-finite loss, or an overflow at the smallest scale, stops the run
-                finite = losses_finite & (grads_finite | (state.loss_scale.scale >= loss_scale.min_scale * loss_scale.factor))
+                # (a static scale cannot adapt: there an overflow stops the run like any non-finite step)
+                finite = losses_finite & (grads_finite | (loss_scale.dynamic and state.loss_scale.scale
+                                                          >= loss_scale.min_scale * loss_scale.factor))
                 new = new.replace(step=state.step + 1, loss_scale=loss_scale.adjust(state.loss_scale, grads_finite))
                 extra = {"loss_scale": state.loss_scale.scale, "skipped_steps": (~applied).astype(jnp.float32)}
                 # a skipped step's gradient norm and weights are not finite: they count as 0 in the logged means
