@@ -247,7 +247,8 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=("vit", "mtl"))
     ap.add_argument("--case", default="Ti:16x16x1:p4", help="vit: VARIANT:HxWxC:pPATCH (VARIANT Ti|S|B|tiny)")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="vit: config.model.dtype")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="vit: config.model.dtype (float16 with dynamic loss scaling)")
     ap.add_argument("--method", default="upgrad", help="mtl: a method of mtljax.optim.METHODS")
     ap.add_argument("--level", default="param", help="mtl: where per-task gradients are taken")
     ap.add_argument("--tasks", type=int, default=3, help="mtl: number of tasks")
