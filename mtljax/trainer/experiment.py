@@ -75,8 +75,7 @@ class Experiment:
             self.objective = build_objective(o, model_objective(self.model, self.tasks), self.level,
                                              config.model.name, self.param_shapes if o.get("trainable") else None)
             if self.level == "autogram":
-                check_autogram(self.level, self._abstract_forward, self.param_shapes, self._not_shared(),
-                               config.model.name)
+                check_autogram(self._abstract_forward, self.param_shapes, self._not_shared(), config.model.name)
             names = [t.name for t in self.tasks]
             for name, w in o.task_weights.items():
                 require(name in names, f"task_weights.{name}", f"no such task; tasks are {names}")

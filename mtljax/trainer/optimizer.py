@@ -80,11 +80,9 @@ def training_level(cfg, method: Method) -> str:
     return cfg.level
 
 
-def check_autogram(level: str, forward, params, excluded=None, model_name: str = "this model") -> None:
+def check_autogram(forward, params, excluded=None, model_name: str = "this model") -> None:
     """Level ``'autogram'`` needs at least one shared dense kernel in ``forward(params)`` (traced, not run);
     ``excluded``: boolean pytree of the parameters that are not shared (task-specific or frozen)."""
-    if level != "autogram":
-        return
     try:
         found = count_dense_kernels(forward, params, excluded)
     except Exception:  # noqa: BLE001 - a model this probe cannot call: the step itself checks when traced

@@ -155,9 +155,9 @@ def test_config_level_autogram():
     with pytest.raises(ConfigError, match="config.level: 'autogram'"):  # the key is relative to config.optim
         training_level(opt, get_method("graddrop"))
     p = {"w": jnp.ones((3, 3)), "head": jnp.ones((3, 2))}
-    check_autogram("autogram", lambda q: jnp.tanh(jnp.ones((2, 3)) @ q["w"]) @ q["head"], p)
+    check_autogram(lambda q: jnp.tanh(jnp.ones((2, 3)) @ q["w"]) @ q["head"], p)
     with pytest.raises(ConfigError, match=r"^config.level: 'autogram' needs a dense layer.*'conv' has none"):
-        check_autogram("autogram", lambda q: jnp.sum(q["w"] ** 2) * q["head"], p, None, "conv")
+        check_autogram(lambda q: jnp.sum(q["w"] ** 2) * q["head"], p, None, "conv")
     with pytest.raises(ValueError, match="level 'autogram' found no dense kernel"):
         task_gradients(lambda q: (jnp.sum(q["w"]) * jnp.ones(2), None, {}), p, level="autogram")
 
