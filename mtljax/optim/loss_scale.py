@@ -21,6 +21,10 @@ recomputation) is of the unscaled gradients, so a multi-task method never sees `
   be finite, the step counts as non-finite and the run stops (a real NaN, not an overflow).
 
 bfloat16 has float32's exponent range and needs no scaling (``'auto'`` gives none).
+
+Level ``autogram`` finds dense kernels by their uses in the loss function's jaxpr; behind the scaling
+identity every parameter is first read by a ``custom_vjp``, so it finds none: a run refuses the
+combination before compiling (``config.optim.level``).
 """
 
 from __future__ import annotations

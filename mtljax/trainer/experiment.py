@@ -74,6 +74,9 @@ class Experiment:
             self.level = training_level(o, self.method)
             self.objective = build_objective(o, model_objective(self.model, self.tasks), self.level,
                                              config.model.name, self.param_shapes if o.get("trainable") else None)
+            require(self.level != "autogram" or self.loss_scale is None, "level",
+                    "'autogram' cannot see the dense kernels through loss scaling (config.train.loss_scale, on by "
+                    "'auto' for float16); use 'param', or config.train.loss_scale='none'")
             if self.level == "autogram":
                 check_autogram(self._abstract_forward, self.param_shapes, self._not_shared(), config.model.name)
             names = [t.name for t in self.tasks]

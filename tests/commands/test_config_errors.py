@@ -48,6 +48,16 @@ def _set(c, key, value):
     node[leaf] = value
 
 
+def test_autogram_with_loss_scaling_names_the_level(tmp_path):
+    c = tiny_config(tmp_path / "run")
+    c.optim.update(method="upgrad", level="autogram")
+    c.model.dtype = "float16"  # loss scaling 'auto' -> dynamic
+    with pytest.raises(ConfigError) as err:
+        train(c)
+    assert str(err.value).startswith("config.optim.level: 'autogram' cannot see") and "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("key,value,named", CASES, ids=[f"{k}={v}" for k, v, _ in CASES])
 def test_bad_value_names_its_key(tmp_path, key, value, named):
     c = tiny_config(tmp_path / "run")
