@@ -62,6 +62,9 @@ class Context:
       width_index: slim layers: index into the trained width multipliers (a Python int: kernels are
         sliced; a traced int with ``masked``: channels are masked).
       masked: slim layers: apply the width by masks (a traced ``width_index``, one compilation).
+      shared: values computed once per pass by a wrapper around the ViT and read by the plugs of every
+        block (a pytree, e.g. ``{block index: {position: weights}}``): hypernetwork-generated module
+        weights, scales shared across layers. ``None`` when no plug reads it.
     """
 
     train: bool = False
@@ -69,6 +72,7 @@ class Context:
     group_size: int | None = None
     width_index: Any = -1
     masked: bool = False
+    shared: Any = None
 
     def replace(self, **changes: Any) -> "Context":
         """A copy with ``changes`` applied."""
