@@ -19,9 +19,9 @@ def train(config, *, log: Callable[[str], None] = print) -> dict:
     already finished) and reports Δm; else ``config.baselines.file`` gives their metrics.
     A config mistake raises :class:`~mtljax.config.ConfigError` before anything is trained or written.
     """
-    exp = Experiment(config)  # checks the whole config first
-    baselines = bl.resolve(config, log=log, tasks=exp.tasks)
-    return fit(config, baselines=baselines, experiment=exp, log=log)
+    exp = Experiment(config)  # checks the whole config first (and resolves "+task" in config.data.tasks)
+    baselines = bl.resolve(exp.config, log=log, tasks=exp.tasks)
+    return fit(exp.config, baselines=baselines, experiment=exp, log=log)
 
 
 def evaluate(config, *, log: Callable[[str], None] = print) -> dict:

@@ -1,7 +1,8 @@
 """An experiment: everything a run builds from its config before anything is compiled.
 
 ``Experiment(config)`` builds the dataset, the model and its objective, the multi-task method and the
-optax chain, and the device mesh. Each builder checks the arguments it reads and raises
+optax chain, and the device mesh; tasks added to a trained run (``config.data.tasks=("+new",)``,
+:mod:`~mtljax.trainer.continual`) are resolved first (``exp.config``: the resolved config, the one saved). Each builder checks the arguments it reads and raises
 :class:`~mtljax.config.ConfigError` naming the offending key (``config.model.moe.top_k: ...``), so a
 mistake stops here, before compilation and before anything is written. Then::
 
@@ -35,6 +36,7 @@ from mtljax.optim.task_grads import Partition
 from mtljax.parallel import distributed
 from mtljax.parallel.mesh import make_mesh, resolve_shape
 from mtljax.parallel.rules import batch_sharding, batch_shards, rules_from_config
+from mtljax.trainer import continual
 from mtljax.trainer import step as st
 from mtljax.trainer.optimizer import (build_objective, build_optimizer, check_autogram, task_freezer,
                                       training_level)
@@ -50,6 +52,7 @@ class Experiment:
     def __init__(self, config, *, devices=None):
         if config.get("dist") is not None:
             distributed.initialize(config.dist)
+        config = continual.resolve(config)  # "+task" entries of config.data.tasks: a copy with the full list
         self.config = config
         with section("train"):
             for key in TRAIN_KEYS:
@@ -84,7 +87,8 @@ class Experiment:
                 require(name in names, f"task_weights.{name}", f"no such task; tasks are {names}")
                 require(w >= 0, f"task_weights.{name}", f"must be >= 0, got {w}")
             self.task_weights = [float(o.task_weights.get(n, 1.0)) for n in names]
-            freeze = task_freezer(o, names, self.objective.specific)
+            self.task_slots = continual.task_slots(config.model, self.objective.specific)
+            freeze = task_freezer(o, names, self.task_slots)
             self.tx = build_optimizer(o, self.method, len(self.tasks), config.train.steps, freeze)
         with section("mesh"):
             devices = jax.devices() if devices is None else devices
@@ -103,7 +107,7 @@ class Experiment:
         if init is not None and init.checkpoint:
             with section("init"):
                 self.init_plan = warm_start.plan(init, self.param_shapes, tasks=[t.name for t in self.tasks],
-                                                 specific=self.objective.specific(self.param_shapes))
+                                                 specific=self.task_slots(self.param_shapes))
         check_workdir(config.workdir)
 
     @functools.cached_property

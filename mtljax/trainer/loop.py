@@ -49,6 +49,7 @@ def fit(config, *, baselines: dict | None = None, experiment: Experiment | None 
     ``experiment``: ``Experiment(config)`` if already built.
     """
     exp = experiment or Experiment(config)
+    config = exp.config  # with tasks added to a trained run resolved ("+task"): what config.json records
     workdir = os.path.abspath(config.workdir)
     _check_workdir_config(config, workdir)
     c = config.train

@@ -168,16 +168,23 @@ def source_shapes(state_dir: str) -> dict[str, tuple[tuple[int, ...], Any]]:
     return {path_string(p): (tuple(m.shape), m.dtype) for p, m in leaves}
 
 
-def source_task_names(state_dir: str) -> tuple[str, ...] | None:
-    """The task names, in order, of the run that wrote ``state_dir`` (``<run>/checkpoints/<step>/state``),
-    read from its ``config.json``; ``None`` when there is none or its dataset's default tasks cannot be
-    named without building it."""
+def run_config_path(state_dir: str) -> str | None:
+    """The ``config.json`` of the run that wrote ``state_dir`` (``<run>/checkpoints/<step>/state``, or
+    ``<run>/<step>/state``), or ``None``."""
     steps_dir = os.path.dirname(os.path.dirname(state_dir))
     for run in (os.path.dirname(steps_dir), steps_dir):
         path = os.path.join(run, "config.json")
         if os.path.isfile(path):
-            break
-    else:
+            return path
+    return None
+
+
+def source_task_names(state_dir: str) -> tuple[str, ...] | None:
+    """The task names, in order, of the run that wrote ``state_dir`` (``<run>/checkpoints/<step>/state``),
+    read from its ``config.json``; ``None`` when there is none or its dataset's default tasks cannot be
+    named without building it."""
+    path = run_config_path(state_dir)
+    if path is None:
         return None
     try:
         with open(path) as f:
@@ -317,5 +324,5 @@ def load(init_plan: InitPlan, params, param_shardings):
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-__all__ = ["TASK_INIT", "InitPlan", "checkpoint_dir", "load", "plan", "restore_arrays", "source_shapes",
-           "source_task_names"]
+__all__ = ["TASK_INIT", "InitPlan", "checkpoint_dir", "load", "plan", "restore_arrays", "run_config_path",
+           "source_shapes", "source_task_names"]

@@ -88,6 +88,13 @@ def gate_scale(x: jax.Array, gates: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(logits)
 
 
+def expert_mask(params) -> Any:
+    """Boolean pytree like ``params``: the leaves under a ``lora_<projection>`` scope (every expert's
+    ``a``, ``b`` and ``gate``, slot ``t`` task ``t``'s), for freezing or loading experts by task."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(str(getattr(k, "key", "")).startswith("lora_") for k in path), params)
+
+
 def stack_lora_experts(trees: Sequence[Mapping[str, Any]]) -> dict:
     """One parameter tree with ``T = len(trees)`` experts from ``T`` trees of the same model shape.
 
@@ -113,5 +120,5 @@ def stack_lora_experts(trees: Sequence[Mapping[str, Any]]) -> dict:
     return walk(list(trees), False)
 
 
-__all__ = ["EPSILON", "GATE", "ROUTINGS", "gate_scale", "phatgoose_scores", "phatgoose_weights", "stack_lora_experts",
+__all__ = ["EPSILON", "GATE", "ROUTINGS", "expert_mask", "gate_scale", "phatgoose_scores", "phatgoose_weights", "stack_lora_experts",
            "standardise", "top_k_weights"]
