@@ -69,6 +69,7 @@ def test_config_args():
     ({"data.task_per_example": True, "data.batch_size": 1},
      "config.data.task_per_example: needs batch_size >= the 2 tasks, got 1"),
     ({"optim.frozen_tasks": ("up",)}, r"config.optim.frozen_tasks: no task 'up'; tasks are \['left', 'right'\]"),
+    ({"data.tasks": ("+left",)}, r"config.data.tasks: '\+name' adds tasks to the run of config.init.checkpoint"),
 ])
 def test_bad_keys_are_one_line_errors(tmp_path, changes, message):
     config = base_config()
