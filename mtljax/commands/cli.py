@@ -1,6 +1,7 @@
 """The ``mtljax`` command.
 
     mtljax train [--config=configs/x.py[:arg]] [--config.train.steps=200 ...] [--workdir=DIR]
+    mtljax train --config=... --config.init.checkpoint=RUN --config.data.tasks=+new[,+other]   # add tasks to RUN's
     mtljax eval  [--config=...] [--workdir=DIR]      # evaluate the newest checkpoint of a run
     mtljax compare [--config=...] --methods=equal,pcgrad,upgrad@rep,... [--seeds=3] [--outdir=DIR]
     mtljax routing [--config=...] --workdir=RUN [--outdir=DIR] [--max_examples=512]   # MoE usage heatmaps
