@@ -40,7 +40,8 @@ Every module is per task: its parameters have a leading task axis ``[T, ...]`` a
 reads its own task's slice (``ctx.task_ids``, one gather, no loop over tasks) — except task tokens,
 which every example carries for all tasks, and LoRA routed by PHATGOOSE (``routing='phatgoose'``), whose
 tokens each mix the top-k of all tasks' LoRA experts (:mod:`~mtljax.models.peft.phatgoose`; then the
-LoRA parameters are shared, not task-specific). The model runs one backbone pass per task by default
+LoRA parameters are shared, not task-specific), and Polytropon / MHR, whose skill inventory is shared by
+all tasks and whose only per-task parameters are the routing logits ``poly_routing [T, heads, skills]``. The model runs one backbone pass per task by default
 (``MultiTaskModel(task_passes=True)``, every task's head reads its own pass; not for task tokens alone
 or PHATGOOSE-routed LoRA alone, which need no task ids); a batch that carries ``task_ids``
 (heterogeneous mixtures: every example belongs to one task) runs once, each example with its own
@@ -50,7 +51,8 @@ Parameter paths: the base ViT's parameters keep exactly their paths and shapes (
 checkpoint loads into them); every per-task parameter lies under a scope whose name contains its
 kind — ``lora_<projection>`` (its ``a``, ``b`` and, with routing, ``gate``: train only the gates
 with ``config.optim.trainable = ("lora_\\w+/gate",)``), ``attn_adapter`` / ``mlp_adapter``,
-``prefix``, ``prompt``, ``prompt/task_tokens``, ``attn/inject`` — so :data:`SCOPES` (and the
+``prefix``, ``prompt``, ``prompt/task_tokens``, ``attn/inject``, ``poly_<projection>/poly_routing``
+(the skills ``poly_<projection>/skills_a``, ``skills_b`` are shared) — so :data:`SCOPES` (and the
 trainer's freezing patterns) find them, and the objective marks them task-specific like the heads (left out of Gramians; each
 task's slice gets its own task's gradient — for task tokens, other tasks' losses reach them too).
 """

@@ -11,7 +11,8 @@ Without any of them it is exactly :class:`~mtljax.models.layers.SelfAttention`: 
 
 with ``Δ`` the LoRA update of a targeted projection (zero otherwise), ``P`` the ``L`` prefix
 positions (none for ``L = 0``) and ``inject_t`` each head's soft injection (the identity
-without it). ``[B, S, D] -> [B, S, D]``. With ``lora_routing='phatgoose'`` every ``Δ`` mixes all
+without it). ``[B, S, D] -> [B, S, D]``. With ``poly`` (Polytropon / MHR,
+:mod:`~mtljax.models.peft.poly`) the projections in ``poly.targets`` add their routed skill update too. With ``lora_routing='phatgoose'`` every ``Δ`` mixes all
 tasks' LoRA per token (:mod:`~mtljax.models.peft.phatgoose`) and needs no task ids.
 """
 
