@@ -166,6 +166,8 @@ def main(argv=None):
     ap.add_argument("--few-shot-steps", type=int, default=0, help="0: configs/adapt_poly.py's (300)")
     ap.add_argument("--num-train", type=int, default=0, help="accuracy / source training set size (0: the config's)")
     ap.add_argument("--shots", type=int, nargs="+", default=[32, 128], help="few-shot data.num_train")
+    ap.add_argument("--source-dir", default="", help="fewshot: an existing configs/adapt_poly.py:source run "
+                                                     "(default: train one into DIR/fewshot/source)")
     args = ap.parse_args(argv)
     args.out = args.out_flag or args.out
     if not args.out:
@@ -179,7 +181,10 @@ def main(argv=None):
     _setup_worker(cache)
     with _pool(args.workers, cache) as pool:
         futures = []
-        source = pool.submit(run_poly_job, source_job(args)) if args.what in ("fewshot", "all") else None
+        source = (pool.submit(run_poly_job, source_job(args)) if args.what in ("fewshot", "all") and not args.source_dir
+                  else None)
+        if args.source_dir:
+            futures += [pool.submit(run_poly_job, j) for j in fewshot_jobs(args, os.path.abspath(args.source_dir))]
         if args.what in ("accuracy", "all"):
             futures += [pool.submit(run_poly_job, j) for j in accuracy_jobs(args)]
         if source is not None:

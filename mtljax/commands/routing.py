@@ -111,7 +111,7 @@ def poly_routing_report(params, task_names, outdir: str, *, step: int = 0,
     for layer, w in matrices.items():
         path = os.path.join(outdir, layer.replace("/", "_") + ".png")
         heads = f", mean of {w.shape[1]} heads" if w.shape[1] > 1 else ""
-        plot_heatmap(w.mean(1), labels, f"{layer}: routing σ(Z) normalised (step {step}{heads})", path,
+        plot_heatmap(w.mean(1), labels, f"{layer}\nrouting σ(Z) normalised, step {step}{heads}", path,
                      xlabel="skill")
         log(f"{layer}: {path}")
     with open(os.path.join(outdir, "routing.json"), "w") as f:
