@@ -22,11 +22,19 @@ baseline without skills), 300 steps of batch 32 each. The routing heatmaps of ev
 written to ``<workdir>/routing`` (``mtljax routing``). Results are appended to ``DIR/results.jsonl``;
 ``report`` prints markdown tables, mean ± 95 % CI (Student t, n − 1 degrees of freedom) over seeds.
 
-Expected wall time on the 2-core CPU of this project (≈2.4 train steps/s for the 700-step runs when
-alone): ``accuracy`` 3 methods × 3 seeds × ≈6 min ≈ 55 min with ``--workers 1`` (the cores are shared);
-``fewshot`` one 700-step source run (≈5 min) + 3 methods × 2 shot counts × 3 seeds × 300 steps of batch
-32 (≈1.5 min each, with the 5,000-image test split) ≈ 30 min. A quick check
-(``--seeds 1 --steps 20 --few-shot-steps 10 --num-train 512``) takes ≈3 min.
+Expected wall time. Quick check (measured 2026-11-28 on this project's 2-core CPU with ~6 other jobs
+running; 1 seed):
+
+    python benchmarks/poly.py all --out /tmp/poly_quick --pretrain-dir runs/pretrain --seeds 1 --steps 20 \
+        --few-shot-steps 5 --num-train 512 --shots 32
+
+took ≈20 min (6-task runs 8–12 s/step under that load: every step runs one backbone pass per task;
+190–280 s per 20-step run, 120–170 s per 5-step few-shot run, mostly compilation and the 5,000-image
+test split). Full runs (700 steps, 50,000 images, 6 task passes of batch 128) are ≈4× the probe's
+per-step cost of 0.4 s: ≈20–30 min per run on this CPU when alone, so ``accuracy`` (9 runs) ≈3–4 h and
+``fewshot`` (a 4-task source run ≈15 min + 18 runs of 300 batch-32 steps ≈2 min each) ≈50 min; on an
+H100 (as ``benchmarks/adapt.py`` was measured) a few minutes per run. ``--methods`` runs a subset;
+``--source-dir`` reuses a trained source run.
 """
 
 from __future__ import annotations
@@ -92,7 +100,8 @@ def _record(out, result):
 def accuracy_jobs(args):
     return [dict(kind="accuracy", name=name, spec=spec, seed=s, init=args.pretrain_dir, steps=args.steps,
                  num_train=args.num_train, workdir=os.path.join(args.out, "accuracy", f"{i}-s{s}"))
-            for s in range(args.seeds) for i, (name, spec) in enumerate(METHODS.items())]
+            for s in range(args.seeds) for i, (name, spec) in enumerate(METHODS.items())
+            if not args.methods or name in args.methods]
 
 
 def source_job(args):
@@ -105,6 +114,8 @@ def fewshot_jobs(args, source_dir):
     for s in range(args.seeds):
         for shots in args.shots:
             for i, (name, spec) in enumerate(FEWSHOT.items()):
+                if args.methods and name not in args.methods:
+                    continue
                 lora = spec.endswith("adapt_lora.py")
                 changes = {"data.num_train": shots, "data.batch_size": 32}
                 if lora:  # the same few-shot schedule as configs/adapt_poly.py:mhr_z, from the plain backbone
@@ -168,8 +179,12 @@ def main(argv=None):
     ap.add_argument("--shots", type=int, nargs="+", default=[32, 128], help="few-shot data.num_train")
     ap.add_argument("--source-dir", default="", help="fewshot: an existing configs/adapt_poly.py:source run "
                                                      "(default: train one into DIR/fewshot/source)")
+    ap.add_argument("--methods", nargs="*", default=None, help=f"a subset of {list(METHODS) + list(FEWSHOT)}")
     args = ap.parse_args(argv)
     args.out = args.out_flag or args.out
+    unknown = set(args.methods or ()) - set(METHODS) - set(FEWSHOT)
+    if unknown:
+        ap.error(f"--methods: unknown {sorted(unknown)}; choose from {list(METHODS) + list(FEWSHOT)}")
     if not args.out:
         ap.error("give the output directory (--out DIR)")
     if args.what == "report":
