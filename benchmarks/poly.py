@@ -30,8 +30,9 @@ running; 1 seed):
 
 took ≈20 min (6-task runs 8–12 s/step under that load: every step runs one backbone pass per task;
 190–280 s per 20-step run, 120–170 s per 5-step few-shot run, mostly compilation and the 5,000-image
-test split). Full runs (700 steps, 50,000 images, 6 task passes of batch 128) are ≈4× the probe's
-per-step cost of 0.4 s: ≈20–30 min per run on this CPU when alone, so ``accuracy`` (9 runs) ≈3–4 h and
+test split). Estimate for full runs (not measured): 700 steps of 6 task passes of batch 128, about six
+times the pretraining step (one pass, 0.42 s/step alone, ``configs/pretrain.py``), ≈2.5 s/step, i.e.
+≈25–30 min per run on this CPU when alone, so ``accuracy`` (9 runs) ≈3–4 h and
 ``fewshot`` (a 4-task source run ≈15 min + 18 runs of 300 batch-32 steps ≈2 min each) ≈50 min; on an
 H100 (as ``benchmarks/adapt.py`` was measured) a few minutes per run. ``--methods`` runs a subset;
 ``--source-dir`` reuses a trained source run.
