@@ -22,6 +22,7 @@ from mtljax.optim.trainable import path_string
 from mtljax.tasks import Task
 from mtljax.parallel.mesh import make_mesh
 from mtljax.parallel.rules import batch_sharding, tree_shardings
+from mtljax.trainer.warm_start import _per_task_paths
 from param_trees import random_like, shapes
 
 TASKS = (Task("a", "multiclass", num_classes=3), Task("b", "regression"))
@@ -98,6 +99,9 @@ def test_only_routing_is_task_specific_and_inventory_size_is_independent_of_task
     assert len(poly) == 3 * len(TARGETS)
     for path in poly:
         assert (path in marked) == path.endswith("/poly_routing"), path
+    # warm starts match per-task slots by task name for the routing rows only; the skills load by path
+    flat = {path_string(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    assert sorted(_per_task_paths(flat, spec, T)) == sorted(p for p in poly if p.endswith("/poly_routing"))
     three = build_model(_cfg(), TASKS + (Task("c", "regression"),), (8, 8, 1))
     s2, s3 = (dict((path_string(p), x.shape) for p, x in jax.tree_util.tree_flatten_with_path(shapes(m, X))[0])
               for m in (model, three))
