@@ -152,6 +152,10 @@ def base_config() -> mlc.ConfigDict:
         routing="",
         top_k=2,  # routing=phatgoose: experts per token (the paper's 2)
     ))
+    # method "poly": Polytropon (heads=1) / MHR (heads>1), mtljax.models.peft.poly: K shared LoRA skills per target,
+    # per-task routing logits poly_routing [T, heads, skills] (MHR-z: trainable=("poly_routing", "^heads_"))
+    c.model.peft.poly = mlc.ConfigDict(dict(skills=8, heads=1, rank=4, alpha=8.0, targets=("query", "value"),
+                                            temperature=1.0))  # Gumbel-sigmoid temperature in training
     # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
     c.model.multi_lane = mlc.ConfigDict(dict(
         selectors=4,  # k learned selector tokens per lane and block summarising the patches

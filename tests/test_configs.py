@@ -39,6 +39,8 @@ def test_config_args():
     assert experts.data.name == "factors" and len(experts.data.tasks) == 8
     assert load_config(f"{root}/merge/experts.py:left").data.upscale == 2
     assert load_config(f"{root}/merge/experts.py:lora_left").model.peft.method == "lora"
+    mhr_z = load_config(f"{root}/adapt_poly.py:mhr_z")
+    assert mhr_z.model.peft.poly.heads == 4 and mhr_z.optim.trainable == ("poly_routing", "^heads_")
     with pytest.raises(ValueError, match="unknown argument"):
         load_config(f"{root}/merge/experts.py:lora_nope")
     with pytest.raises(ValueError, match="preset"):

@@ -12,6 +12,12 @@ MoE attention, TaskExpert's memorial MoE), collects the ``usage`` the layer sows
 
 It writes one heatmap per layer (``<outdir>/<layer>.png``, tasks × experts) and every matrix in
 ``<outdir>/routing.json``; ``outdir`` defaults to ``<workdir>/routing``.
+
+Polytropon / MHR runs (``config.model.peft.method`` with ``poly``) are read from the parameters, no data:
+every adapted projection's routing ``ŵ = σ(Z)`` normalised over skills
+(:func:`mtljax.models.peft.routing_matrices`), a heatmap per projection (tasks × skills, averaged over
+the MHR heads) and the full ``[T, heads, skills]`` matrices in ``routing.json``
+(:func:`poly_routing_report`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtljax.config import ConfigError
+from mtljax.models.peft import methods_of, routing_matrices
 
 
 def _collect(tree, path=()) -> dict:
@@ -65,7 +72,8 @@ def usage_matrices(model, params, inputs, batch_size: int = 256) -> tuple[list[s
     return labels, out
 
 
-def plot_heatmap(matrix: np.ndarray, labels: list[str], title: str, path: str, memory_column: bool = False) -> None:
+def plot_heatmap(matrix: np.ndarray, labels: list[str], title: str, path: str, memory_column: bool = False,
+                 xlabel: str = "expert") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +85,7 @@ def plot_heatmap(matrix: np.ndarray, labels: list[str], title: str, path: str, m
     ax.set_yticks(range(rows), labels)
     ticks = [str(e) for e in range(cols - 1)] + (["mem"] if memory_column else [str(cols - 1)])
     ax.set_xticks(range(cols), ticks)
-    ax.set_xlabel("expert")
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     if rows * cols <= 160:
         for r in range(rows):
@@ -90,6 +98,27 @@ def plot_heatmap(matrix: np.ndarray, labels: list[str], title: str, path: str, m
     plt.close(fig)
 
 
+def poly_routing_report(params, task_names, outdir: str, *, step: int = 0,
+                        log: Callable[[str], None] = print) -> dict:
+    """Polytropon / MHR routing of the parameters ``params`` (unboxed): a heatmap per adapted projection
+    (``<outdir>/<layer>.png``, tasks × skills, the mean over heads) and ``<outdir>/routing.json``
+    (``{"step", "rows", "layers": {layer: ŵ [T, heads, skills]}}``)."""
+    matrices = routing_matrices(params)
+    if not matrices:
+        raise ConfigError("the parameters hold no Polytropon / MHR routing (poly_routing)", "model.peft.method")
+    os.makedirs(outdir, exist_ok=True)
+    labels = list(task_names)
+    for layer, w in matrices.items():
+        path = os.path.join(outdir, layer.replace("/", "_") + ".png")
+        heads = f", mean of {w.shape[1]} heads" if w.shape[1] > 1 else ""
+        plot_heatmap(w.mean(1), labels, f"{layer}\nrouting σ(Z) normalised, step {step}{heads}", path,
+                     xlabel="skill")
+        log(f"{layer}: {path}")
+    with open(os.path.join(outdir, "routing.json"), "w") as f:
+        json.dump({"step": step, "rows": labels, "layers": {k: v.tolist() for k, v in matrices.items()}}, f, indent=1)
+    return {"step": step, "rows": labels, "layers": matrices}
+
+
 def routing_report(config, outdir: str | None = None, *, max_examples: int = 512,
                    log: Callable[[str], None] = print) -> dict:
     """Heatmaps and ``routing.json`` of the newest checkpoint of ``config.workdir``."""
@@ -98,6 +127,13 @@ def routing_report(config, outdir: str | None = None, *, max_examples: int = 512
     from mtljax.trainer.loop import restore_params
 
     m = config.model
+    if "peft" in m and "poly" in methods_of(m.peft.method):  # routing lies in the parameters: no data
+        exp = Experiment(config)
+        with jax.set_mesh(exp.mesh):
+            step, params, _ = restore_params(exp)
+            params = jax.device_get(params)
+        return poly_routing_report(params, [t.name for t in exp.tasks], outdir or
+                                   os.path.join(config.workdir, "routing"), step=step, log=log)
     if not (m.name in MOE_MODELS or m.name == "task_expert" or m.backbone == "moe_vit"):
         raise ConfigError(f"config.model.name={m.name!r} (backbone {m.backbone!r}) has no mixture-of-experts "
                           "layers to report on")

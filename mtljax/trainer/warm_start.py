@@ -12,8 +12,8 @@ before anything is written. The source checkpoint is opened read-only and never 
 parameters that are loaded are read (an orbax partial restore), placed straight onto the mesh.
 
 Per-task parameters (LoRA factors, adapters, prefixes, VPT prompts, task tokens, soft-injection
-embeddings and gates, MULTI-LANE lanes: the parameters the objective marks task-specific, heads
-excepted) carry a leading task axis ``[T, ...]`` in the order of the run's tasks. They are matched *by
+embeddings and gates, MULTI-LANE lanes, Polytropon / MHR routing logits — not their shared skills —:
+the parameters the objective marks task-specific, heads excepted) carry a leading task axis ``[T, ...]`` in the order of the run's tasks. They are matched *by
 task name*: slot ``i`` of this run (task ``tasks[i]``) takes the source run's slot of the same task
 when the source had that task, whatever its position there; the slots of tasks the source lacks are
 filled as ``config.init.task_init`` says (multitask prompt initialisation, Shen et al., MVLPT):

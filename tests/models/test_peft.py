@@ -207,6 +207,9 @@ def test_pooling_never_reads_prompt_tokens(pool):
     (dict(method="bitfit"), "config.model.peft.method: unknown method 'bitfit'"),
     (dict(method="lora+lora"), "config.model.peft.method: names a method twice"),
     (dict(method="lora", name="m3vit"), "config.model.peft.method: per-task modules plug into the ViT of"),
+    (dict(method="poly", poly=dict(heads=3)), "config.model.peft.poly.heads: 3 heads do not divide the 'query'"),
+    (dict(method="poly", poly=dict(skills=0)), "config.model.peft.poly.skills: must be a positive integer, got 0"),
+    (dict(method="poly", poly=dict(temperature=0.0)), "config.model.peft.poly.temperature: must be a number > 0"),
 ])
 def test_bad_settings_are_one_line_errors_naming_the_key(changes, message):
     cfg = _cfg()

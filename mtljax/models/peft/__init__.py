@@ -26,6 +26,11 @@ module             plug                        keys of ``config.model.peft``
 ``inject``         ``attention``               ``inject_logit_init`` (SITE: per-task, per-head
                                                embeddings mixed into the heads by gates σ(θ));
                                                :func:`init_from_mean`
+``poly``           ``attention`` / ``mlp``     ``poly.skills``, ``poly.heads``, ``poly.rank``, ``poly.alpha``,
+                                               ``poly.targets``, ``poly.temperature``: Polytropon / MHR,
+                                               per-task LoRA mixed from K shared skills by routing
+                                               logits ``poly_routing [T, h, K]`` (the only per-task
+                                               part); :func:`routing_matrices`, :func:`routing_uniform`
 ``attention``      ``attention``               the attention plug carrying LoRA, prefixes, injection
 ``select``         —                           the per-task gather by ``ctx.task_ids``
 ``checks``         —                           :func:`check_peft` (called by ``check_model``)
@@ -35,7 +40,8 @@ Every module is per task: its parameters have a leading task axis ``[T, ...]`` a
 reads its own task's slice (``ctx.task_ids``, one gather, no loop over tasks) — except task tokens,
 which every example carries for all tasks, and LoRA routed by PHATGOOSE (``routing='phatgoose'``), whose
 tokens each mix the top-k of all tasks' LoRA experts (:mod:`~mtljax.models.peft.phatgoose`; then the
-LoRA parameters are shared, not task-specific). The model runs one backbone pass per task by default
+LoRA parameters are shared, not task-specific), and Polytropon / MHR, whose skill inventory is shared by
+all tasks and whose only per-task parameters are the routing logits ``poly_routing [T, heads, skills]``. The model runs one backbone pass per task by default
 (``MultiTaskModel(task_passes=True)``, every task's head reads its own pass; not for task tokens alone
 or PHATGOOSE-routed LoRA alone, which need no task ids); a batch that carries ``task_ids``
 (heterogeneous mixtures: every example belongs to one task) runs once, each example with its own
@@ -45,7 +51,8 @@ Parameter paths: the base ViT's parameters keep exactly their paths and shapes (
 checkpoint loads into them); every per-task parameter lies under a scope whose name contains its
 kind — ``lora_<projection>`` (its ``a``, ``b`` and, with routing, ``gate``: train only the gates
 with ``config.optim.trainable = ("lora_\\w+/gate",)``), ``attn_adapter`` / ``mlp_adapter``,
-``prefix``, ``prompt``, ``prompt/task_tokens``, ``attn/inject`` — so :data:`SCOPES` (and the
+``prefix``, ``prompt``, ``prompt/task_tokens``, ``attn/inject``, ``poly_<projection>/poly_routing``
+(the skills ``poly_<projection>/skills_a``, ``skills_b`` are shared) — so :data:`SCOPES` (and the
 trainer's freezing patterns) find them, and the objective marks them task-specific like the heads (left out of Gramians; each
 task's slice gets its own task's gradient — for task tokens, other tasks' losses reach them too).
 """
@@ -77,6 +84,8 @@ from mtljax.models.peft.phatgoose import (
     standardise,
     top_k_weights,
 )
+from mtljax.models.peft.poly import ROUTING as POLY_ROUTING
+from mtljax.models.peft.poly import PolyDelta, PolySettings, routing_matrices, routing_uniform
 from mtljax.models.peft.prefix import Prefix
 from mtljax.models.peft.prompt import PromptTokens
 from mtljax.models.peft.task_tokens import TaskTokens, TaskTokenViT
@@ -84,7 +93,7 @@ from mtljax.models.plugs import BlockPlugs
 from mtljax.models.vit import ViT
 
 # every per-task parameter's path has a key containing one
-SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject")
+SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject", POLY_ROUTING)
 
 
 def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, pool: str, dropout: float = 0.0,
@@ -99,20 +108,23 @@ def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, p
     prefix = p.prefix_length if "prefix" in methods else 0
     prompt = p.prompt_length if "vpt" in methods else 0
     inject = "inject" in methods
+    poly = PolySettings.of(p.poly) if "poly" in methods else None
+    poly_attn = poly and any(t in ATTENTION_TARGETS for t in poly.targets)
+    poly_mlp = poly and any(t in MLP_TARGETS for t in poly.targets)
     routing, top_k = lora_routing(p)
     if routing == "phatgoose":
         with section("model.peft"):
             require(top_k <= num_tasks, "top_k", f"{top_k} is more than the {num_tasks} LoRA experts (one per task)")
     attention = mlp = adapter = shallow = deep = None
-    if attn_targets or prefix or inject:
+    if attn_targets or prefix or inject or poly_attn:
         attention = functools.partial(PeftAttention, num_heads, num_tasks, head_dim, attention_impl,
                                       lora_rank=p.rank, lora_alpha=float(p.alpha), lora_targets=attn_targets,
                                       prefix_length=prefix, inject=inject,
                                       inject_logit_init=float(p.inject_logit_init) if inject else -20.0,
-                                      lora_routing=routing, lora_top_k=top_k)
-    if mlp_targets:
+                                      lora_routing=routing, lora_top_k=top_k, poly=poly if poly_attn else None)
+    if mlp_targets or poly_mlp:
         mlp = functools.partial(LoraMlp, mlp_dim, num_tasks, p.rank, float(p.alpha), mlp_targets, dropout,
-                                routing, top_k)
+                                routing, top_k, poly=poly if poly_mlp else None)
     if "adapter" in methods:
         adapter = functools.partial(Adapter, num_tasks, p.adapter_dim)
     positions = tuple(p.adapter_positions) if adapter else ()
@@ -162,12 +174,12 @@ def needs_task_ids(p) -> bool:
     """Whether ``p = config.model.peft`` creates a module that reads each example's task (all but task
     tokens, and LoRA routed by PHATGOOSE: ``routing='phatgoose'``)."""
     m = methods_of(p.method)
-    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "adapter" in m or "inject" in m or ("prefix" in m and p.prefix_length > 0)
+    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "poly" in m or "adapter" in m or "inject" in m or ("prefix" in m and p.prefix_length > 0)
             or ("vpt" in m and p.prompt_length > 0))
 
 
 __all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "ROUTINGS", "SCOPES", "TARGETS", "Adapter",
-           "LoraDelta", "LoraMlp", "PeftAttention", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
+           "LoraDelta", "LoraMlp", "PeftAttention", "PolyDelta", "PolySettings", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
            "check_peft", "init_from_mean", "lora_routing", "merge", "methods_of", "needs_task_ids", "peft_plugs",
-           "peft_vit", "phatgoose_scores", "phatgoose_weights", "projection_dims", "stack_lora_experts", "standardise",
+           "peft_vit", "phatgoose_scores", "phatgoose_weights", "projection_dims", "routing_matrices", "routing_uniform", "stack_lora_experts", "standardise",
            "task_token_count", "top_k_weights"]

@@ -11,7 +11,8 @@ Without any of them it is exactly :class:`~mtljax.models.layers.SelfAttention`: 
 
 with ``Δ`` the LoRA update of a targeted projection (zero otherwise), ``P`` the ``L`` prefix
 positions (none for ``L = 0``) and ``inject_t`` each head's soft injection (the identity
-without it). ``[B, S, D] -> [B, S, D]``. With ``lora_routing='phatgoose'`` every ``Δ`` mixes all
+without it). ``[B, S, D] -> [B, S, D]``. With ``poly`` (Polytropon / MHR,
+:mod:`~mtljax.models.peft.poly`) the projections in ``poly.targets`` add their routed skill update too. With ``lora_routing='phatgoose'`` every ``Δ`` mixes all
 tasks' LoRA per token (:mod:`~mtljax.models.peft.phatgoose`) and needs no task ids.
 """
 
@@ -33,6 +34,8 @@ from mtljax.models.layers import (
 from mtljax.models.peft.inject import SCOPE as INJECT
 from mtljax.models.peft.inject import SoftInject
 from mtljax.models.peft.lora import PREFIX, LoraDelta
+from mtljax.models.peft.poly import PREFIX as POLY_PREFIX
+from mtljax.models.peft.poly import PolyDelta, PolySettings
 from mtljax.models.peft.prefix import Prefix
 from mtljax.models.peft.select import task_ids_of
 from mtljax.models.plugs import Context
@@ -56,6 +59,7 @@ class PeftAttention(nn.Module):
     inject_logit_init: float = -20.0
     lora_routing: str = ""
     lora_top_k: int = 2
+    poly: PolySettings | None = None  # Polytropon / MHR routed skills (mtljax.models.peft.poly) on poly.targets
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -65,7 +69,8 @@ class PeftAttention(nn.Module):
         head_dim = attention_head_dim(width, self.num_heads, self.head_dim)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         routed = self.lora_routing == "phatgoose"  # LoRA then routes every token itself: no task ids
-        per_task = (bool(self.lora_targets) and not routed) or self.prefix_length > 0 or self.inject
+        poly = self.poly.targets if self.poly else ()
+        per_task = (bool(self.lora_targets) and not routed) or self.prefix_length > 0 or self.inject or bool(poly)
         ids = task_ids_of(ctx, x.shape[0], "PeftAttention") if per_task else None
         heads = (self.num_heads, head_dim)
 
@@ -74,6 +79,9 @@ class PeftAttention(nn.Module):
             if name in self.lora_targets:
                 y = y + LoraDelta(self.num_tasks, self.lora_rank, self.lora_alpha, out_features, in_axes, out_axes,
                                   self.lora_routing, self.lora_top_k, name=PREFIX + name, **kw)(h, ids)
+            if name in poly:
+                y = y + PolyDelta(self.num_tasks, self.poly, out_features, in_axes, out_axes, name=POLY_PREFIX + name,
+                                  **kw)(h, ids, ctx.train)
             return y
 
         q, k, v = (project(n, heads_projection(*heads, name=n, **kw), x, ("embed",), ("heads", "kv"), heads)

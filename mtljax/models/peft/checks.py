@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
-from mtljax.config import positive_int, require
+from mtljax.config import positive_int, require, section
 from mtljax.models.peft.adapter import POSITIONS
 from mtljax.models.peft.lora import TARGETS
 from mtljax.models.peft.phatgoose import ROUTINGS
 
-METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject")
+METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject", "poly")
 
 
 def methods_of(method) -> tuple[str, ...]:
@@ -73,6 +73,10 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None, num_tasks: 
             positive_int(top_k, "top_k")
             require(num_tasks is None or top_k <= num_tasks, "top_k",
                     f"{top_k} is more than the {num_tasks} LoRA experts (one per task)")
+    if "poly" in methods:
+        require("poly" in p, "poly", "is missing: method 'poly' needs config.model.peft.poly (see mtljax.config)")
+        with section("poly"):
+            _check_poly(p.poly, dims)
     if "adapter" in methods:
         positive_int(p.adapter_dim, "adapter_dim")
         _names(p.adapter_positions, POSITIONS, "adapter_positions", "position")
@@ -89,3 +93,21 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None, num_tasks: 
         value = p.inject_logit_init
         require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                 "inject_logit_init", f"must be a finite number (the gate logit θ_0, α = σ(θ_0)), got {value!r}")
+
+
+def _check_poly(q, dims: dict) -> None:
+    """``q = config.model.peft.poly`` (Polytropon / MHR, :mod:`mtljax.models.peft.poly`)."""
+    positive_int(q.skills, "skills")
+    positive_int(q.heads, "heads")
+    positive_int(q.rank, "rank")
+    for key in ("alpha", "temperature"):
+        v = q[key]
+        require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0, key,
+                f"must be a number > 0, got {v!r}")
+    _names(q.targets, TARGETS, "targets", "target")
+    for t in q.targets:
+        d_in, d_out = projection_dims(t, dims["width"], dims["num_heads"], dims["mlp_dim"])
+        require(d_in % q.heads == 0 and d_out % q.heads == 0, "heads",
+                f"{q.heads} heads do not divide the {t!r} projection ({d_in} -> {d_out}); use a divisor of both")
+        require(q.rank <= min(d_in, d_out), "rank",
+                f"{q.rank} is larger than the {t!r} projection ({d_in} -> {d_out}); use at most {min(d_in, d_out)}")

@@ -42,6 +42,8 @@ import jax.numpy as jnp
 
 from mtljax.models.layers import Dtype, dense
 from mtljax.models.peft.phatgoose import GATE, ROUTINGS, gate_scale, phatgoose_weights
+from mtljax.models.peft.poly import PREFIX as POLY_PREFIX
+from mtljax.models.peft.poly import PolyDelta, PolySettings
 from mtljax.models.peft.select import per_example, task_ids_of
 from mtljax.models.plugs import Context
 
@@ -116,7 +118,8 @@ class LoraDelta(nn.Module):
 
 class LoraMlp(nn.Module):
     """The ViT's MLP (:class:`~mtljax.models.layers.MlpBlock`: ``fc1`` · GELU · dropout · ``fc2``, same
-    parameter paths) with per-task LoRA on the projections in ``targets`` (``fc1`` and/or ``fc2``)."""
+    parameter paths) with per-task LoRA on the projections in ``targets`` (``fc1`` and/or ``fc2``) and
+    Polytropon / MHR routed skills on ``poly.targets`` (:mod:`~mtljax.models.peft.poly`; ``None``: none)."""
 
     mlp_dim: int
     num_tasks: int
@@ -126,6 +129,7 @@ class LoraMlp(nn.Module):
     dropout: float = 0.0
     routing: str = ""
     top_k: int = 2
+    poly: PolySettings | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -133,13 +137,18 @@ class LoraMlp(nn.Module):
     def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
         width = x.shape[-1]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ids = None if self.routing == "phatgoose" else task_ids_of(ctx, x.shape[0], "LoraMlp")
+        routed = self.routing == "phatgoose" and self.poly is None
+        ids = None if routed else task_ids_of(ctx, x.shape[0], "LoraMlp")
+        poly = self.poly.targets if self.poly else ()
 
         def project(name, features, axes, h):
             y = dense(features, axes, name=name, **kw)(h)
             if name in self.targets:
                 y = y + LoraDelta(self.num_tasks, self.rank, self.alpha, (features,), axes[:1], axes[1:],
                                   self.routing, self.top_k, name=PREFIX + name, **kw)(h, ids)
+            if name in poly:
+                y = y + PolyDelta(self.num_tasks, self.poly, (features,), axes[:1], axes[1:], name=POLY_PREFIX + name,
+                                  **kw)(h, ids, ctx.train)
             return y
 
         h = nn.gelu(project("fc1", self.mlp_dim, ("embed", "mlp"), x))
