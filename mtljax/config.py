@@ -135,7 +135,7 @@ def base_config() -> mlc.ConfigDict:
     ))
     # parameter-efficient per-task modules on the ViT (model.name = hps, backbone = vit); see mtljax.models.peft
     c.model.peft = mlc.ConfigDict(dict(
-        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject, or several joined by "+" (e.g. "lora+vpt")
+        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject | scalearn, or several joined by "+" (e.g. "lora+vpt")
         method="",
         rank=4, alpha=8.0,  # LoRA: W x + (alpha / rank) B A x, B = 0 at init
         targets=("query", "value"),  # LoRA on these projections: query key value out (attention), fc1 fc2 (MLP)
@@ -151,6 +151,12 @@ def base_config() -> mlc.ConfigDict:
         # | phatgoose: every token mixes the top_k of all tasks' LoRA experts by its gates (no task ids, one pass)
         routing="",
         top_k=2,  # routing=phatgoose: experts per token (the paper's 2)
+    ))
+    # ScaLearn (method = scalearn): frozen source adapters scaled per target task; see mtljax.models.peft.scalearn
+    c.model.peft.scalearn = mlc.ConfigDict(dict(
+        source="",  # the source adapter run's directory (a run of configs/adapt_adapter.py)
+        source_tasks=(),  # which of its tasks' adapters, in this order (empty = all of them)
+        variant="scalearn",  # scalearn | uniform | scalearn++ | uniform++ (vector / scalar ω; ++: shared by all blocks)
     ))
     # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
     c.model.multi_lane = mlc.ConfigDict(dict(

@@ -9,8 +9,9 @@ from mtljax.config import positive_int, require
 from mtljax.models.peft.adapter import POSITIONS
 from mtljax.models.peft.lora import TARGETS
 from mtljax.models.peft.phatgoose import ROUTINGS
+from mtljax.models.peft.scalearn import VARIANTS
 
-METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject")
+METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject", "scalearn")
 
 
 def methods_of(method) -> tuple[str, ...]:
@@ -73,9 +74,11 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None, num_tasks: 
             positive_int(top_k, "top_k")
             require(num_tasks is None or top_k <= num_tasks, "top_k",
                     f"{top_k} is more than the {num_tasks} LoRA experts (one per task)")
-    if "adapter" in methods:
+    if "adapter" in methods or "scalearn" in methods:
         positive_int(p.adapter_dim, "adapter_dim")
         _names(p.adapter_positions, POSITIONS, "adapter_positions", "position")
+    if "scalearn" in methods:
+        _check_scalearn(p, methods)
     if "prefix" in methods:
         _length(p.prefix_length, "prefix_length")
     if "vpt" in methods:
@@ -89,3 +92,19 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None, num_tasks: 
         value = p.inject_logit_init
         require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                 "inject_logit_init", f"must be a finite number (the gate logit θ_0, α = σ(θ_0)), got {value!r}")
+
+
+def _check_scalearn(p, methods) -> None:
+    """``config.model.peft.scalearn`` (its keys named from ``config.model.peft``); the source run itself
+    is checked where it is read (:mod:`mtljax.trainer.scalearn_source`)."""
+    require("adapter" not in methods, "method", "'scalearn' and 'adapter' both fill the adapter plugs; use one of them")
+    require("task_tokens" not in methods, "method", "'scalearn' with 'task_tokens' is not supported")
+    require("scalearn" in p, "scalearn", "is missing: method 'scalearn' needs it (see mtljax.config.base_config)")
+    s = p.scalearn
+    require(s.variant in VARIANTS, "scalearn.variant", f"unknown variant {s.variant!r}; choose from {list(VARIANTS)}")
+    require(isinstance(s.source, str) and bool(s.source), "scalearn.source",
+            "is empty; name the source adapter run's directory (a run of configs/adapt_adapter.py)")
+    tasks = s.source_tasks
+    require(isinstance(tasks, (tuple, list)) and all(isinstance(t, str) and t for t in tasks), "scalearn.source_tasks",
+            f"must be a list of task names (empty: all of the source run's), got {tasks!r}")
+    require(len(set(tasks)) == len(tasks), "scalearn.source_tasks", f"names a task twice: {tuple(tasks)}")
