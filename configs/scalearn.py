@@ -4,7 +4,7 @@
 Run (from the repository root):
 
     mtljax train --config=configs/pretrain.py --workdir=runs/pretrain                # once: the backbone
-    mtljax train --config=configs/scalearn.py:source --workdir=runs/scalearn_source  # source adapters
+    mtljax train --config=configs/scalearn.py:source --workdir=runs/scalearn_source  # source adapters (the default)
     mtljax train --config=configs/scalearn.py:scalearn --workdir=runs/scalearn        # or :uniform,
                                                                                       # :scalearn++, :uniform++
 
@@ -33,7 +33,7 @@ ARGS = ("source",) + VARIANTS
 
 
 def get_config(arg=None):
-    arg = arg or "scalearn"
+    arg = arg or "source"  # the first step (the variants need its run)
     if arg not in ARGS:
         raise ValueError(f"configs/scalearn.py: unknown argument {arg!r}; use one of {', '.join(ARGS)}")
     here = os.path.dirname(__file__)

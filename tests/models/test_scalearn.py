@@ -228,3 +228,23 @@ def test_bad_settings_are_one_line_errors_naming_the_key(source_run, tmp_path, c
     with pytest.raises(ConfigError, match=words) as err:
         Experiment(c)
     assert str(err.value).startswith(f"config.{key}: ") and "\n" not in str(err.value)
+
+
+def test_configs_build_every_variant(source_run, tmp_path):
+    """configs/scalearn.py's variants, shrunk to the fixture's source run: only ω and the target head train."""
+    from mtljax.config import load_config
+    from mtljax.optim.trainable import count, split, trainable_mask
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "scalearn.py")
+    assert load_config(root).data.tasks == ("count", "texture", "orientation", "pos_x")  # the source run
+    small = _run_config(tmp_path, ("background",), "scalearn")
+    for variant, n in (("scalearn", 16 * 3 * 2), ("uniform", 3 * 2), ("scalearn++", 16 * 3 * 2), ("uniform++", 3 * 2)):
+        c = load_config(f"{root}:{variant}")
+        assert c.model.peft.scalearn.variant == variant and c.init.checkpoint == "runs/pretrain"
+        c.workdir, c.init.checkpoint, c.data, c.model.vit = str(tmp_path / variant), "", small.data, small.model.vit
+        c.model.peft.update(adapter_dim=M)
+        c.model.peft.scalearn.source = str(source_run[0])
+        exp = Experiment(c)
+        shapes = exp.param_shapes
+        head = count(shapes["heads_background"])
+        assert count(split(shapes, trainable_mask(shapes, tuple(c.optim.trainable)))[0]) == n + head, variant
