@@ -25,7 +25,7 @@ back)::
                    shared by all blocks
 =================  ===========================  =====================================================
 
-Initialisation ``ω ~ N(2/S, 10⁻³)`` (the reference's ``omega_init_type='avg'``, ``omega_init_scale=2``),
+Initialisation ``ω ~ N(2/S, 10⁻³)`` (the paper's; the reference draws ``N(omega_init_scale / S, 0.001)``),
 no normalisation of the scales (no softmax, no sum-to-one: the paper's ablations show they hurt).
 The source adapters are frozen: they are parameters of the model (``source_down_kernel [S, D, m]``,
 ``source_down_bias [S, m]``, ``source_up_kernel [S, m, D]``, ``source_up_bias [S, D]``) filled from the
