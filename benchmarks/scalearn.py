@@ -12,7 +12,7 @@ step), then for every seed trains on the target task ``background``:
 * ``linear probe``: ``configs/pretrain.py:probe`` on the target (only its head trains);
 * ``adapter``: ``configs/adapt_adapter.py`` on the target (its own adapters and head);
 * ``ScaLearn``, ``ScaLearnUniform``, ``ScaLearn++``, ``ScaLearnUniform++`` (``configs/scalearn.py:<variant>``)
-  over the frozen source adapters of 2 sources (count, texture) and of all 4.
+  and AdapterFusion (``:fusion``) over the frozen source adapters of 2 sources (count, texture) and of all 4.
 
 Every run is the repository's config through ``mtljax.train`` (``benchmarks/adapt.py``'s ``run_job``)
 with ``seed``, ``workdir``, ``init.checkpoint``, ``--steps`` (warm-up shortened to a quarter) and
@@ -21,13 +21,13 @@ with ``seed``, ``workdir``, ``init.checkpoint``, ``--steps`` (warm-up shortened 
 and the trained parameters per target task (its head included).
 
 Defaults: 200 steps of batch 32 on 8,000 training images (2,000 test images) per run — a reduced budget
-(the configs: 700 steps of 128 on 50,000), so that the 31 runs of 3 seeds fit a CPU.
+(the configs: 700 steps of 128 on 50,000), so that the 37 runs of 3 seeds fit a CPU.
 
 Measured on a 2-core CPU shared with four other jobs (2026-11-28): a quick check (``--seeds 1 --steps 20
 --num-train 2000 --batch-size 0``, batch 128) ran all 11 runs in 13 min (36–86 s each, mostly compilation
 and data; every accuracy at chance after 20 steps, as expected: a check of the pipeline, not a result);
 one ScaLearn (4 sources) run with the defaults but 60 steps took 64 s (2–3 steps/s). Expected with the
-defaults on that machine: about 2 min per run, about 65 min for ``--seeds 3`` with one worker (less
+defaults on that machine: about 2 min per run, about 75 min for ``--seeds 3`` with one worker (less
 alone on the machine; ``--workers 2`` where cores allow).
 """
 
@@ -48,7 +48,7 @@ from benchmarks.adapt_report import _mean_ci, _metric  # noqa: E402
 TARGET = ("background",)
 SOURCES = {2: ("count", "texture"), 4: ("count", "texture", "orientation", "pos_x")}
 VARIANTS = {"ScaLearn": "scalearn", "ScaLearnUniform": "uniform", "ScaLearn++": "scalearn++",
-            "ScaLearnUniform++": "uniform++"}
+            "ScaLearnUniform++": "uniform++", "AdapterFusion": "fusion"}
 BASELINES = {"linear probe": "configs/pretrain.py:probe", "adapter": "configs/adapt_adapter.py"}
 
 

@@ -6,7 +6,7 @@ Run (from the repository root):
     mtljax train --config=configs/pretrain.py --workdir=runs/pretrain                # once: the backbone
     mtljax train --config=configs/scalearn.py:source --workdir=runs/scalearn_source  # source adapters (the default)
     mtljax train --config=configs/scalearn.py:scalearn --workdir=runs/scalearn        # or :uniform,
-                                                                                      # :scalearn++, :uniform++
+                                                                                      # :scalearn++, :uniform++, :fusion
 
 ``:source`` is ``configs/adapt_adapter.py`` restricted to the source tasks ``SOURCE_TASKS`` (count,
 texture, orientation, pos_x: one bottleneck adapter per task after the attention and the MLP of every
@@ -17,7 +17,8 @@ adapters: only the scales ω and the target's head train (``config.optim.trainab
 e.g. ``--config.model.peft.scalearn.source_tasks='("count", "texture")'`` for two sources).
 
 Trained parameters per target task, S = 4 sources, width D = 64, 4 blocks × 2 positions, plus the head:
-ScaLearn S·D·8 = 2,048; Uniform S·8 = 32; ScaLearn++ S·D·2 = 512; Uniform++ S·2 = 8.
+ScaLearn S·D·8 = 2,048; Uniform S·8 = 32; ScaLearn++ S·D·2 = 512; Uniform++ S·2 = 8; ``:fusion``
+(AdapterFusion, Pfeiffer et al., 2021, for comparison) 3·D²·8 = 98,304.
 
 Result: not measured yet (``benchmarks/scalearn.py`` prepares the comparison).
 """
@@ -28,7 +29,7 @@ from mtljax.config import load_config
 
 SOURCE_TASKS = ("count", "texture", "orientation", "pos_x")
 TARGET_TASKS = ("background",)
-VARIANTS = ("scalearn", "uniform", "scalearn++", "uniform++")
+VARIANTS = ("scalearn", "uniform", "scalearn++", "uniform++", "fusion")  # fusion: AdapterFusion, for comparison
 ARGS = ("source",) + VARIANTS
 
 
@@ -47,5 +48,5 @@ def get_config(arg=None):
     c.data.tasks = TARGET_TASKS
     c.model.peft.method = "scalearn"
     c.model.peft.scalearn.update(source="runs/scalearn_source", source_tasks=(), variant=arg)
-    c.optim.trainable = ("scalearn_omega", "^heads_")
+    c.optim.trainable = ("scalearn_", "^heads_")  # ω (or AdapterFusion's weights); never the sources
     return c

@@ -117,11 +117,12 @@ def check(plan: SourcePlan, param_shapes, trainable=None) -> None:
         require(shape[1:] == want[1:], "model.peft.scalearn.source",
                 f"{src} has shape {shape} in the source run, the model needs {(len(plan.run_tasks), *want[1:])} "
                 "(its width or adapter dims differ)")
-    if trainable is not None:
-        marked = {path_string(p) for p, m in jax.tree_util.tree_flatten_with_path(trainable)[0] if m}
-        bad = sorted(set(stack_paths(param_shapes)) & marked)
+    marked = (set(flat) if trainable is None else
+              {path_string(p) for p, m in jax.tree_util.tree_flatten_with_path(trainable)[0] if m})
+    bad = sorted(set(stack_paths(param_shapes)) & marked)
+    if bad:
         require(not bad, "optim.trainable", f"would train the frozen source adapters ({(bad or [''])[0]}, ...); train "
-                                            "only 'scalearn_omega' and the heads: ('scalearn_omega', '^heads_')")
+                                            "only ω (or the fusion weights) and the heads: ('scalearn_', '^heads_')")
 
 
 def load(plan: SourcePlan, params, param_shardings):

@@ -28,7 +28,7 @@ TARGETS = (Task("a", "multiclass", num_classes=3), Task("b", "regression"))
 S, T, WIDTH, DEPTH, M, B = len(SOURCES), len(TARGETS), 16, 2, 4, 2
 X = jax.random.normal(jax.random.PRNGKey(0), (B, 8, 8, 1))
 VARIANT_COUNTS = {"scalearn": T * S * WIDTH * DEPTH * 2, "uniform": T * S * DEPTH * 2,
-                  "scalearn++": T * S * WIDTH * 2, "uniform++": T * S * 2}
+                  "scalearn++": T * S * WIDTH * 2, "uniform++": T * S * 2, "fusion": T * 3 * WIDTH ** 2 * DEPTH * 2}
 
 
 def _model_cfg(method, **scalearn):
@@ -95,15 +95,20 @@ def test_plug_is_residual_plus_scaled_source_deltas():
     assert omega.shape == (T, 4, WIDTH) and abs(omega.mean() - 0.5) < 1e-3 and omega.std() < 2e-3
 
 
-def _encoder(model):
-    return jax.jit(lambda p, ids: model.apply({"params": p}, X, task_ids=ids, method="encode")[0]["pooled"])
+_ENCODERS = {}
+
+
+def _encoder(model, key):
+    """The jitted pooled encoding of ``model`` (one compilation per ``key`` in this module)."""
+    if key not in _ENCODERS:
+        _ENCODERS[key] = jax.jit(lambda p, ids: model.apply({"params": p}, X, task_ids=ids, method="encode")[0]["pooled"])
+    return _ENCODERS[key]
 
 
 @pytest.mark.parametrize("variant", ["scalearn", "uniform++"])
 def test_one_hot_scales_are_the_model_with_that_sources_adapter(adapter_model, variant):
     model, params = adapter_model
-    base = _encoder(model)
-    sl, encode = None, None
+    base = _encoder(model, "adapter")
     for j in range(S):
         def one_hot(shape, j=j):
             w = np.zeros(shape, np.float32)
@@ -111,7 +116,7 @@ def test_one_hot_scales_are_the_model_with_that_sources_adapter(adapter_model, v
             return jnp.asarray(w)
 
         sl, sl_params = _scalearn(variant, params, one_hot)
-        encode = encode or _encoder(sl)
+        encode = _encoder(sl, variant)
         want = base(params, jnp.full((B,), j))
         got = encode(sl_params, jnp.asarray([0, T - 1]))  # every target task, the same one-hot scales
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -131,14 +136,29 @@ def test_shared_variants_equal_per_block_variants_with_equal_scales_and_trained_
             for i in range(DEPTH):
                 f1[f"backbone/block{i}/{scope}/scalearn_omega"] = omega
         ids = jnp.asarray([0, 1])
-        np.testing.assert_allclose(_encoder(m1)(_set(p1, f1), ids), _encoder(m2)(_set(p2, f2), ids),
+        np.testing.assert_allclose(_encoder(m1, per_block)(_set(p1, f1), ids), _encoder(m2, shared)(_set(p2, f2), ids),
                                    rtol=1e-5, atol=1e-5)
     for variant, n in VARIANT_COUNTS.items():
         model = build_model(_model_cfg("scalearn", variant=variant), TARGETS, (8, 8, 1))
         flat = _flat(shapes(model, X))
-        assert sum(int(np.prod(x.shape)) for p, x in flat.items() if "scalearn_omega" in p) == n, variant
+        assert sum(int(np.prod(x.shape)) for p, x in flat.items() if "scalearn_" in p) == n, variant
         stacks = [p for p in flat if p.rsplit("/", 1)[-1] == "source_down_kernel"]
         assert len(stacks) == 2 * DEPTH and all(flat[p].shape == (S, WIDTH, M) for p in stacks)
+
+
+def test_fusion_with_zero_queries_and_identity_values_averages_the_sources(adapter_model):
+    """AdapterFusion (variant 'fusion') with W_Q = 0 attends uniformly; with W_V = I (its initialisation)
+    it is ScaLearn with every ω = 1/S."""
+    _, params = adapter_model
+    m1, p1 = _scalearn("scalearn", params, lambda shape: jnp.full(shape, 1.0 / S))
+    m2, p2 = _scalearn("fusion", params)
+    f1, f2 = _flat(p1), _flat(p2)
+    f2.update({k: v for k, v in f1.items() if k in f2})
+    f2.update({k: jnp.broadcast_to(jnp.eye(WIDTH), v.shape) if k.endswith("value") else
+               (jnp.zeros_like(v) if k.endswith("query") else v) for k, v in f2.items() if "scalearn_fusion" in k})
+    ids = jnp.asarray([0, 1])
+    np.testing.assert_allclose(_encoder(m1, "scalearn")(p1, ids), _encoder(m2, "fusion")(_set(p2, f2), ids),
+                               rtol=1e-5, atol=1e-5)
 
 
 # ---- the source run and the loader ------------------------------------------------------------------
@@ -158,7 +178,8 @@ def _write_run(workdir, c):
     """A run directory as the trainer leaves it (config.json, ``checkpoints/2/state`` holding ``params``)
     with random parameters; nothing is compiled."""
     params = random_like(Experiment(c).param_shapes, seed=4)
-    ocp.StandardCheckpointer().save(os.path.join(workdir, "checkpoints", "2", "state"), {"params": params})
+    with ocp.StandardCheckpointer() as checkpointer:  # asynchronous: closing waits for the files
+        checkpointer.save(os.path.join(workdir, "checkpoints", "2", "state"), {"params": params})
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(c.to_json_best_effort())
     return jax.tree.map(np.asarray, params)
@@ -176,7 +197,7 @@ def source_run(tmp_path_factory):
 def _target(tmp_path, src, **scalearn):
     c = _run_config(tmp_path / "target", ("background",), "scalearn")
     c.model.peft.scalearn.update(dict(source=str(src), source_tasks=(), variant="scalearn") | scalearn)
-    c.optim.trainable = ("scalearn_omega", "^heads_")
+    c.optim.trainable = ("scalearn_", "^heads_")
     return c
 
 
@@ -209,6 +230,7 @@ def test_loader_fills_the_stacks_by_task_name_in_the_requested_order(source_run,
     ("method", "model.peft.method", "both fill the adapter plugs"),
     ("positions", "model.peft.adapter_positions", "has adapters at"),
     ("trainable", "optim.trainable", "frozen source adapters"),
+    ("all trainable", "optim.trainable", "frozen source adapters"),
 ])
 def test_bad_settings_are_one_line_errors_naming_the_key(source_run, tmp_path, change, key, words):
     source, _, plain = source_run
@@ -224,7 +246,7 @@ def test_bad_settings_are_one_line_errors_naming_the_key(source_run, tmp_path, c
         elif change == "positions":
             c.model.peft.adapter_positions = ("mlp",)
         else:
-            c.optim.trainable = ("adapter", "^heads_")
+            c.optim.trainable = ("adapter", "^heads_") if change == "trainable" else ()
     with pytest.raises(ConfigError, match=words) as err:
         Experiment(c)
     assert str(err.value).startswith(f"config.{key}: ") and "\n" not in str(err.value)
@@ -238,7 +260,8 @@ def test_configs_build_every_variant(source_run, tmp_path):
     root = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "scalearn.py")
     assert load_config(root).data.tasks == ("count", "texture", "orientation", "pos_x")  # the source run
     small = _run_config(tmp_path, ("background",), "scalearn")
-    for variant, n in (("scalearn", 16 * 3 * 2), ("uniform", 3 * 2), ("scalearn++", 16 * 3 * 2), ("uniform++", 3 * 2)):
+    for variant, n in (("scalearn", 16 * 3 * 2), ("uniform", 3 * 2), ("scalearn++", 16 * 3 * 2), ("uniform++", 3 * 2),
+                       ("fusion", 3 * 16 * 16 * 2)):
         c = load_config(f"{root}:{variant}")
         assert c.model.peft.scalearn.variant == variant and c.init.checkpoint == "runs/pretrain"
         c.workdir, c.init.checkpoint, c.data, c.model.vit = str(tmp_path / variant), "", small.data, small.model.vit

@@ -23,7 +23,16 @@ back)::
                    shared by all blocks
 ``uniform++``      one scalar per position,      ``S·P``
                    shared by all blocks
+``fusion``         AdapterFusion (below), for    ``3·D²·L·P``
+                   comparison
 =================  ===========================  =====================================================
+
+``fusion`` is AdapterFusion (Pfeiffer et al., 2021, "AdapterFusion: Non-Destructive Task Composition for
+Transfer Learning", sec. 3.2) over the same frozen source adapters: per token, an attention over the
+sources, ``h' = h + Σ_s softmax_s((h W_Q)·(a^s W_K)) · a^s W_V`` with ``W_Q, W_K ~ N(0, 0.02²)`` and
+``W_V = I`` at initialisation (adapter-transformers' ``BertFusion``: keys and values are the adapters'
+``up`` outputs, the residual added after; no temperature, no √D scaling). Left out: its
+``‖I − W_V‖²`` regulariser.
 
 Initialisation ``ω ~ N(2/S, 10⁻³)`` (the paper's; the reference draws ``N(omega_init_scale / S, 0.001)``),
 no normalisation of the scales (no softmax, no sum-to-one: the paper's ablations show they hurt).
@@ -62,8 +71,8 @@ from mtljax.models.peft.select import per_example, task_ids_of
 from mtljax.models.plugs import Context, Encoding
 from mtljax.models.vit import ViT
 
-VARIANTS = ("scalearn", "uniform", "scalearn++", "uniform++")
-SCOPE = "scalearn"  # ω's name contains it (train with config.optim.trainable = ("scalearn_omega", "^heads_"))
+VARIANTS = ("scalearn", "uniform", "scalearn++", "uniform++", "fusion")
+SCOPE = "scalearn"  # ω's name contains it (train with config.optim.trainable = ("scalearn_", "^heads_"))
 SOURCE_NAMES = ("source_down_kernel", "source_down_bias", "source_up_kernel", "source_up_bias")
 OMEGA_STD = 1e-3
 
@@ -107,6 +116,7 @@ class ScaLearn(nn.Module):
     dim: int
     uniform: bool = False
     shared: str | None = None
+    fusion: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -124,6 +134,9 @@ class ScaLearn(nn.Module):
                   source("source_down_bias", (None, None), (s, m)),
                   source("source_up_kernel", (None, None, "embed"), (s, m, d)),
                   source("source_up_bias", (None, "embed"), (s, d)))
+        deltas = source_deltas(h.astype(self.dtype), *stacks)  # [B, N, S, D]
+        if self.fusion:
+            return h + self._fuse(h.astype(self.dtype), deltas, ids).astype(h.dtype)
         if self.shared is None:
             omega = self.param("scalearn_omega", nn.with_logical_partitioning(omega_init(s), (None, None, None)),
                                omega_shape(self.num_tasks, s, d, self.uniform), self.param_dtype)
@@ -133,8 +146,24 @@ class ScaLearn(nn.Module):
                                  "ctx.shared['scalearn'] (is the ViT wrapped in SharedScalesViT?)")
             omega = ctx.shared[SCOPE][self.shared]
         w = per_example(omega, ids, self.dtype)  # [B, S, D or 1]
-        deltas = source_deltas(h.astype(self.dtype), *stacks)  # [B, N, S, D]
         return h + jnp.sum(deltas * w[:, None], axis=2).astype(h.dtype)
+
+    def _fuse(self, x, deltas, ids):
+        """AdapterFusion's attention over the sources (module docstring): ``[B, N, D]``."""
+        t, d = self.num_tasks, x.shape[-1]
+
+        def weight(name, init):
+            p = self.param(name, nn.with_logical_partitioning(init, (None, "embed", None)), (t, d, d), self.param_dtype)
+            return per_example(p, ids, self.dtype)  # [B, D, D]
+
+        def eye(key, shape, dtype=jnp.float32):
+            return jnp.broadcast_to(jnp.eye(shape[-1], dtype=dtype), shape)
+
+        q = jnp.einsum("bnd,bde->bne", x, weight("scalearn_fusion_query", nn.initializers.normal(0.02)))
+        k = jnp.einsum("bnsd,bde->bnse", deltas, weight("scalearn_fusion_key", nn.initializers.normal(0.02)))
+        v = jnp.einsum("bnsd,bde->bnse", deltas, weight("scalearn_fusion_value", eye))
+        attention = jax.nn.softmax(jnp.einsum("bne,bnse->bns", q, k), axis=-1)
+        return jnp.einsum("bns,bnse->bne", attention, v)
 
 
 class SharedScalesViT(nn.Module):
@@ -173,7 +202,8 @@ def scalearn_plugs(p, num_tasks: int) -> dict:
     """``{position: plug factory}`` of ``p = config.model.peft`` for ``num_tasks`` target tasks."""
     variant, s = p.scalearn.variant, num_sources(p)
     return {pos: functools.partial(ScaLearn, num_tasks, s, p.adapter_dim, is_uniform(variant),
-                                   pos if is_shared(variant) else None) for pos in p.adapter_positions}
+                                   pos if is_shared(variant) else None, variant == "fusion")
+            for pos in p.adapter_positions}
 
 
 def shared_scales(p, vit: ViT, num_tasks: int) -> nn.Module:
