@@ -26,7 +26,8 @@ Defaults: 200 steps of batch 32 on 8,000 training images (2,000 test images) per
 Measured on a 2-core CPU shared with four other jobs (2026-11-28): a quick check (``--seeds 1 --steps 20
 --num-train 2000 --batch-size 0``, batch 128) ran all 11 runs in 13 min (36–86 s each, mostly compilation
 and data; every accuracy at chance after 20 steps, as expected: a check of the pipeline, not a result);
-one ScaLearn (4 sources) run with the defaults but 60 steps took 64 s (2–3 steps/s). Expected with the
+one ScaLearn (4 sources) run with the defaults but 60 steps took 64 s (2–3 steps/s); AdapterFusion (added
+after that check) ran 10 steps on 1,000 images in 49 s. Expected with the
 defaults on that machine: about 2 min per run, about 75 min for ``--seeds 3`` with one worker (less
 alone on the machine; ``--workers 2`` where cores allow).
 """

@@ -59,6 +59,7 @@ def wanted(model_config) -> bool:
 
 def resolve(peft) -> SourcePlan:
     """The :class:`SourcePlan` of ``peft = config.model.peft`` (keys relative to it)."""
+    require("scalearn" in peft, "scalearn", "is missing: method 'scalearn' needs it (see mtljax.config.base_config)")
     s = peft.scalearn
     require(isinstance(s.source, str) and bool(s.source), "scalearn.source",
             "is empty; name the source adapter run's directory (a run of configs/adapt_adapter.py)")

@@ -169,8 +169,8 @@ def needs_task_ids(p) -> bool:
     """Whether ``p = config.model.peft`` creates a module that reads each example's task (all but task
     tokens, and LoRA routed by PHATGOOSE: ``routing='phatgoose'``)."""
     m = methods_of(p.method)
-    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "adapter" in m or "inject" in m or "scalearn" in m or ("prefix" in m and p.prefix_length > 0)
-            or ("vpt" in m and p.prompt_length > 0))
+    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "adapter" in m or "inject" in m or ("prefix" in m and p.prefix_length > 0)
+            or ("vpt" in m and p.prompt_length > 0) or "scalearn" in m)
 
 
 __all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "ROUTINGS", "SCOPES", "TARGETS", "Adapter",
