@@ -135,7 +135,7 @@ def base_config() -> mlc.ConfigDict:
     ))
     # parameter-efficient per-task modules on the ViT (model.name = hps, backbone = vit); see mtljax.models.peft
     c.model.peft = mlc.ConfigDict(dict(
-        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject, or several joined by "+" (e.g. "lora+vpt")
+        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject | scalearn, or several joined by "+" (e.g. "lora+vpt")
         method="",
         rank=4, alpha=8.0,  # LoRA: W x + (alpha / rank) B A x, B = 0 at init
         targets=("query", "value"),  # LoRA on these projections: query key value out (attention), fc1 fc2 (MLP)
@@ -156,6 +156,12 @@ def base_config() -> mlc.ConfigDict:
     # per-task routing logits poly_routing [T, heads, skills] (MHR-z: trainable=("poly_routing", "^heads_"))
     c.model.peft.poly = mlc.ConfigDict(dict(skills=8, heads=1, rank=4, alpha=8.0, targets=("query", "value"),
                                             temperature=1.0))  # Gumbel-sigmoid temperature in training
+    # ScaLearn (method = scalearn): frozen source adapters scaled per target task; see mtljax.models.peft.scalearn
+    c.model.peft.scalearn = mlc.ConfigDict(dict(
+        source="",  # the source adapter run's directory (a run of configs/adapt_adapter.py)
+        source_tasks=(),  # which of its tasks' adapters, in this order (empty = all of them)
+        variant="scalearn",  # scalearn | uniform | scalearn++ | uniform++ (vector / scalar ω; ++: shared by all blocks)
+    ))
     # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
     c.model.multi_lane = mlc.ConfigDict(dict(
         selectors=4,  # k learned selector tokens per lane and block summarising the patches

@@ -40,7 +40,7 @@ from mtljax.trainer import continual
 from mtljax.trainer import step as st
 from mtljax.trainer.optimizer import (build_objective, build_optimizer, check_autogram, task_freezer,
                                       training_level)
-from mtljax.trainer import warm_start
+from mtljax.trainer import scalearn_source, warm_start
 from mtljax.trainer.state import abstract_state, create_state, param_shapes
 
 TRAIN_KEYS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
@@ -70,7 +70,12 @@ class Experiment:
             require(isinstance(one, bool), "task_per_example", f"must be True or False, got {one!r}")
             require(not one or config.data.batch_size >= len(self.tasks), "task_per_example",
                     f"needs batch_size >= the {len(self.tasks)} tasks, got {config.data.batch_size}")
-        self.model = build_model(config.model, self.tasks, dataset.input_shape)
+        self.source_plan, model_config = None, config.model
+        if scalearn_source.wanted(config.model):  # ScaLearn: the source adapter run, read before the model
+            with section("model.peft"):
+                self.source_plan = scalearn_source.resolve(config.model.peft)
+            model_config = scalearn_source.model_config(config.model, self.source_plan)
+        self.model = build_model(model_config, self.tasks, dataset.input_shape)
         with section("optim"):
             o = config.optim
             self.method = get_method(o.method, **dict(o.method_kwargs))
@@ -108,6 +113,9 @@ class Experiment:
             with section("init"):
                 self.init_plan = warm_start.plan(init, self.param_shapes, tasks=[t.name for t in self.tasks],
                                                  specific=self.task_slots(self.param_shapes))
+        if self.source_plan is not None:
+            trainable = self.objective.trainable(self.param_shapes) if self.objective.trainable else None
+            scalearn_source.check(self.source_plan, self.param_shapes, trainable)
         check_workdir(config.workdir)
 
     @functools.cached_property
@@ -136,12 +144,18 @@ class Experiment:
 
     def warm_start(self, state, shardings, log=print):
         """``state`` with the parameters of ``config.init`` loaded (:mod:`~mtljax.trainer.warm_start`)
-        and a fresh optimizer state for them; ``state`` itself when there is no ``config.init``."""
-        if self.init_plan is None:
+        and a fresh optimizer state for them, and ScaLearn's source adapters
+        (:mod:`~mtljax.trainer.scalearn_source`); ``state`` itself when there is neither."""
+        if self.init_plan is None and self.source_plan is None:
             return state
-        params = warm_start.load(self.init_plan, state.params, shardings.params)
+        params = state.params
+        if self.init_plan is not None:
+            params = warm_start.load(self.init_plan, params, shardings.params)
+            log(self.init_plan.summary())
+        if self.source_plan is not None:
+            params = scalearn_source.load(self.source_plan, params, shardings.params)
+            log(self.source_plan.summary())
         init_opt = jax.jit(lambda p: self.tx.init(self.objective.split(p)[0]), out_shardings=shardings.opt_state)
-        log(self.init_plan.summary())
         return state.replace(params=params, opt_state=init_opt(params))
 
     def abstract_state(self):

@@ -63,9 +63,9 @@ def fit(config, *, baselines: dict | None = None, experiment: Experiment | None 
         if start is not None:
             state = restored
             log(f"resumed from step {start} in {ckpt.directory}")
-        elif exp.init_plan is not None:  # a fresh run from another run's parameters (config.init)
+        elif exp.init_plan is not None or exp.source_plan is not None:  # from other runs' parameters (config.init)
             state = exp.warm_start(state, shardings, log)
-            if jax.process_index() == 0:
+            if exp.init_plan is not None and jax.process_index() == 0:
                 with open(os.path.join(workdir, "init.json"), "w") as f:
                     json.dump(exp.init_plan.as_dict(), f, indent=1)
         start = int(start or 0)

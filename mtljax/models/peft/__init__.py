@@ -23,6 +23,9 @@ module             plug                        keys of ``config.model.peft``
                    deep: blocks' ``prompt``
 ``task_tokens``    the ViT's ``prompt`` +      ``task_tokens`` (tokens per task; all tasks' tokens in
                    :class:`TaskTokenViT`       one pass, each head reads its own)
+``scalearn``       ``attention_adapter`` /     ``scalearn.source`` / ``source_tasks`` / ``variant``
+                   ``mlp_adapter`` (``++``:    (ScaLearn: frozen source-task adapters scaled per
+                   :class:`SharedScalesViT`)   target task; ``adapter_dim``/``_positions`` the source's)
 ``inject``         ``attention``               ``inject_logit_init`` (SITE: per-task, per-head
                                                embeddings mixed into the heads by gates σ(θ));
                                                :func:`init_from_mean`
@@ -88,12 +91,14 @@ from mtljax.models.peft.poly import ROUTING as POLY_ROUTING
 from mtljax.models.peft.poly import PolyDelta, PolySettings, routing_matrices, routing_uniform
 from mtljax.models.peft.prefix import Prefix
 from mtljax.models.peft.prompt import PromptTokens
+from mtljax.models.peft.scalearn import VARIANTS as SCALEARN_VARIANTS
+from mtljax.models.peft.scalearn import ScaLearn, SharedScalesViT, scalearn_plugs, shared_scales
 from mtljax.models.peft.task_tokens import TaskTokens, TaskTokenViT
 from mtljax.models.plugs import BlockPlugs
 from mtljax.models.vit import ViT
 
 # every per-task parameter's path has a key containing one
-SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject", POLY_ROUTING)
+SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject", POLY_ROUTING, "scalearn")
 
 
 def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, pool: str, dropout: float = 0.0,
@@ -128,17 +133,19 @@ def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, p
     if "adapter" in methods:
         adapter = functools.partial(Adapter, num_tasks, p.adapter_dim)
     positions = tuple(p.adapter_positions) if adapter else ()
+    adapters = {pos: adapter for pos in positions}
+    if "scalearn" in methods:  # frozen source adapters scaled per target task (the adapter plugs)
+        adapters = scalearn_plugs(p, num_tasks)
     if prompt:
         start = 1 if pool == "cls" else 0
         shallow = functools.partial(PromptTokens, num_tasks, prompt, start)
         deep = functools.partial(PromptTokens, num_tasks, prompt, start, replace=True) if p.deep else None
     if task_token_count(p):  # check_peft refuses it together with vpt (both are the ViT's prompt plug)
         shallow = functools.partial(TaskTokens, num_tasks, p.task_tokens, 1 if pool == "cls" else 0)
-    if not (attention or mlp or adapter or shallow):
+    if not (attention or mlp or adapters or shallow):
         return {}
     blocks = tuple(BlockPlugs(attention=attention, mlp=mlp,
-                              attention_adapter=adapter if "attention" in positions else None,
-                              mlp_adapter=adapter if "mlp" in positions else None,
+                              attention_adapter=adapters.get("attention"), mlp_adapter=adapters.get("mlp"),
                               prompt=deep if i > 0 else None) for i in range(depth))
     return dict(blocks=blocks, prompt=shallow)
 
@@ -155,7 +162,7 @@ def peft_vit(p, task_names, **vit) -> tuple[nn.Module, bool]:
     plugs = peft_plugs(p, len(task_names), depth=vit["depth"], num_heads=vit["num_heads"], mlp_dim=vit["mlp_dim"],
                        pool=vit["pool"], dropout=vit.get("dropout", 0.0), attention_impl=vit.get("attention_impl"),
                        head_dim=vit.get("head_dim"))
-    backbone = ViT(**vit, **plugs)
+    backbone = shared_scales(p, ViT(**vit, **plugs), len(task_names))
     n = task_token_count(p)
     if n:
         backbone = TaskTokenViT(backbone, tuple(task_names), n)
@@ -174,12 +181,13 @@ def needs_task_ids(p) -> bool:
     """Whether ``p = config.model.peft`` creates a module that reads each example's task (all but task
     tokens, and LoRA routed by PHATGOOSE: ``routing='phatgoose'``)."""
     m = methods_of(p.method)
-    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "poly" in m or "adapter" in m or "inject" in m or ("prefix" in m and p.prefix_length > 0)
-            or ("vpt" in m and p.prompt_length > 0))
+    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "poly" in m or "adapter" in m or "inject" in m
+            or ("prefix" in m and p.prefix_length > 0) or ("vpt" in m and p.prompt_length > 0) or "scalearn" in m)
 
 
-__all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "ROUTINGS", "SCOPES", "TARGETS", "Adapter",
-           "LoraDelta", "LoraMlp", "PeftAttention", "PolyDelta", "PolySettings", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
+__all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "ROUTINGS", "SCALEARN_VARIANTS", "SCOPES",
+           "TARGETS", "Adapter", "LoraDelta", "LoraMlp", "PeftAttention", "PolyDelta", "PolySettings", "Prefix",
+           "PromptTokens", "ScaLearn", "SharedScalesViT", "SoftInject", "TaskTokenViT", "TaskTokens",
            "check_peft", "init_from_mean", "lora_routing", "merge", "methods_of", "needs_task_ids", "peft_plugs",
            "peft_vit", "phatgoose_scores", "phatgoose_weights", "projection_dims", "routing_matrices", "routing_uniform", "stack_lora_experts", "standardise",
            "task_token_count", "top_k_weights"]

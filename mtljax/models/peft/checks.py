@@ -9,8 +9,9 @@ from mtljax.config import positive_int, require, section
 from mtljax.models.peft.adapter import POSITIONS
 from mtljax.models.peft.lora import TARGETS
 from mtljax.models.peft.phatgoose import ROUTINGS
+from mtljax.models.peft.scalearn import VARIANTS
 
-METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject", "poly")
+METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject", "poly", "scalearn")
 
 
 def methods_of(method) -> tuple[str, ...]:
@@ -77,9 +78,11 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None, num_tasks: 
         require("poly" in p, "poly", "is missing: method 'poly' needs config.model.peft.poly (see mtljax.config)")
         with section("poly"):
             _check_poly(p.poly, dims)
-    if "adapter" in methods:
+    if "adapter" in methods or "scalearn" in methods:
         positive_int(p.adapter_dim, "adapter_dim")
         _names(p.adapter_positions, POSITIONS, "adapter_positions", "position")
+    if "scalearn" in methods:
+        _check_scalearn(p, methods)
     if "prefix" in methods:
         _length(p.prefix_length, "prefix_length")
     if "vpt" in methods:
@@ -111,3 +114,19 @@ def _check_poly(q, dims: dict) -> None:
                 f"{q.heads} heads do not divide the {t!r} projection ({d_in} -> {d_out}); use a divisor of both")
         require(q.rank <= min(d_in, d_out), "rank",
                 f"{q.rank} is larger than the {t!r} projection ({d_in} -> {d_out}); use at most {min(d_in, d_out)}")
+
+
+def _check_scalearn(p, methods) -> None:
+    """``config.model.peft.scalearn`` (its keys named from ``config.model.peft``); the source run itself
+    is checked where it is read (:mod:`mtljax.trainer.scalearn_source`)."""
+    require("adapter" not in methods, "method", "'scalearn' and 'adapter' both fill the adapter plugs; use one of them")
+    require("task_tokens" not in methods, "method", "'scalearn' with 'task_tokens' is not supported")
+    require("scalearn" in p, "scalearn", "is missing: method 'scalearn' needs it (see mtljax.config.base_config)")
+    s = p.scalearn
+    require(s.variant in VARIANTS, "scalearn.variant", f"unknown variant {s.variant!r}; choose from {list(VARIANTS)}")
+    require(isinstance(s.source, str) and bool(s.source), "scalearn.source",
+            "is empty; name the source adapter run's directory (a run of configs/adapt_adapter.py)")
+    tasks = s.source_tasks
+    require(isinstance(tasks, (tuple, list)) and all(isinstance(t, str) and t for t in tasks), "scalearn.source_tasks",
+            f"must be a list of task names (empty: all of the source run's), got {tasks!r}")
+    require(len(set(tasks)) == len(tasks), "scalearn.source_tasks", f"names a task twice: {tuple(tasks)}")
