@@ -135,7 +135,7 @@ def base_config() -> mlc.ConfigDict:
     ))
     # parameter-efficient per-task modules on the ViT (model.name = hps, backbone = vit); see mtljax.models.peft
     c.model.peft = mlc.ConfigDict(dict(
-        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject, or several joined by "+" (e.g. "lora+vpt")
+        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject | hyperformer, or several joined by "+"
         method="",
         rank=4, alpha=8.0,  # LoRA: W x + (alpha / rank) B A x, B = 0 at init
         targets=("query", "value"),  # LoRA on these projections: query key value out (attention), fc1 fc2 (MLP)
@@ -151,6 +151,16 @@ def base_config() -> mlc.ConfigDict:
         # | phatgoose: every token mixes the top_k of all tasks' LoRA experts by its gates (no task ids, one pass)
         routing="",
         top_k=2,  # routing=phatgoose: experts per token (the paper's 2)
+    ))
+    # HyperFormer++ (method "hyperformer", mtljax.models.peft.hyper): one shared hypernetwork generates every
+    # block's adapters from [task embedding; layer embedding; position embedding] (hyperformer++.json defaults)
+    c.model.peft.hyper = mlc.ConfigDict(dict(
+        task_dim=64,  # task (and layer-id, position) embedding size E; the only per-task parameters: T·E
+        hidden_dim=128,  # task projector MLP hidden width
+        projected_dim=64,  # ι: the projector's output (after its LayerNorm), input of the weight generators
+        reduction_factor=32,  # adapter bottleneck m = max(1, ViT width // reduction_factor)
+        positions=("attention", "mlp"),  # adapters after the attention and/or the MLP of every block
+        layer_norm=True,  # conditional LayerNorm on the adapter's output (γ, β generated from ι)
     ))
     # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
     c.model.multi_lane = mlc.ConfigDict(dict(

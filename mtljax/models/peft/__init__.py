@@ -23,6 +23,9 @@ module             plug                        keys of ``config.model.peft``
                    deep: blocks' ``prompt``
 ``task_tokens``    the ViT's ``prompt`` +      ``task_tokens`` (tokens per task; all tasks' tokens in
                    :class:`TaskTokenViT`       one pass, each head reads its own)
+``hyperformer``    ``attention_adapter`` /     ``hyper.*`` (HyperFormer++: one shared hypernetwork
+                   ``mlp_adapter`` +           generates every block's adapters from task, layer and
+                   :class:`HyperViT`           position embeddings; only ``task_embed [T, E]`` per task)
 ``inject``         ``attention``               ``inject_logit_init`` (SITE: per-task, per-head
                                                embeddings mixed into the heads by gates σ(θ));
                                                :func:`init_from_mean`
@@ -45,7 +48,8 @@ Parameter paths: the base ViT's parameters keep exactly their paths and shapes (
 checkpoint loads into them); every per-task parameter lies under a scope whose name contains its
 kind — ``lora_<projection>`` (its ``a``, ``b`` and, with routing, ``gate``: train only the gates
 with ``config.optim.trainable = ("lora_\\w+/gate",)``), ``attn_adapter`` / ``mlp_adapter``,
-``prefix``, ``prompt``, ``prompt/task_tokens``, ``attn/inject`` — so :data:`SCOPES` (and the
+``prefix``, ``prompt``, ``prompt/task_tokens``, ``attn/inject``, ``task_embed`` (HyperFormer++'s task
+embeddings; its shared ``hypernet/...`` is not task-specific) — so :data:`SCOPES` (and the
 trainer's freezing patterns) find them, and the objective marks them task-specific like the heads (left out of Gramians; each
 task's slice gets its own task's gradient — for task tokens, other tasks' losses reach them too).
 """
@@ -60,6 +64,7 @@ from mtljax.config import require, section
 from mtljax.models.peft.adapter import POSITIONS, Adapter
 from mtljax.models.peft.attention import PeftAttention
 from mtljax.models.peft.checks import METHODS, check_peft, methods_of, projection_dims
+from mtljax.models.peft.hyper import HyperAdapter, HyperNet, HyperViT, adapter_width
 from mtljax.models.peft.inject import SoftInject, init_from_mean
 from mtljax.models.peft.lora import (
     ATTENTION_TARGETS,
@@ -84,7 +89,7 @@ from mtljax.models.plugs import BlockPlugs
 from mtljax.models.vit import ViT
 
 # every per-task parameter's path has a key containing one
-SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject")
+SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject", "task_embed")
 
 
 def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, pool: str, dropout: float = 0.0,
@@ -116,17 +121,24 @@ def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, p
     if "adapter" in methods:
         adapter = functools.partial(Adapter, num_tasks, p.adapter_dim)
     positions = tuple(p.adapter_positions) if adapter else ()
+    hyper = tuple(p.hyper.positions) if "hyperformer" in methods else ()  # HyperFormer++: generated adapters
+
+    def adapter_at(i, position):
+        if hyper:
+            return (functools.partial(HyperAdapter, i, position, hyper, bool(p.hyper.layer_norm))
+                    if position in hyper else None)
+        return adapter if position in positions else None
     if prompt:
         start = 1 if pool == "cls" else 0
         shallow = functools.partial(PromptTokens, num_tasks, prompt, start)
         deep = functools.partial(PromptTokens, num_tasks, prompt, start, replace=True) if p.deep else None
     if task_token_count(p):  # check_peft refuses it together with vpt (both are the ViT's prompt plug)
         shallow = functools.partial(TaskTokens, num_tasks, p.task_tokens, 1 if pool == "cls" else 0)
-    if not (attention or mlp or adapter or shallow):
+    if not (attention or mlp or adapter or shallow or hyper):
         return {}
     blocks = tuple(BlockPlugs(attention=attention, mlp=mlp,
-                              attention_adapter=adapter if "attention" in positions else None,
-                              mlp_adapter=adapter if "mlp" in positions else None,
+                              attention_adapter=adapter_at(i, "attention"),
+                              mlp_adapter=adapter_at(i, "mlp"),
                               prompt=deep if i > 0 else None) for i in range(depth))
     return dict(blocks=blocks, prompt=shallow)
 
@@ -147,6 +159,10 @@ def peft_vit(p, task_names, **vit) -> tuple[nn.Module, bool]:
     n = task_token_count(p)
     if n:
         backbone = TaskTokenViT(backbone, tuple(task_names), n)
+    if "hyperformer" in methods_of(p.method):
+        h = p.hyper
+        backbone = HyperViT(backbone, len(task_names), adapter_width(vit["width"], h.reduction_factor),
+                            tuple(h.positions), h.task_dim, h.hidden_dim, h.projected_dim, bool(h.layer_norm))
     return backbone, needs_task_ids(p)
 
 
@@ -162,12 +178,13 @@ def needs_task_ids(p) -> bool:
     """Whether ``p = config.model.peft`` creates a module that reads each example's task (all but task
     tokens, and LoRA routed by PHATGOOSE: ``routing='phatgoose'``)."""
     m = methods_of(p.method)
-    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "adapter" in m or "inject" in m or ("prefix" in m and p.prefix_length > 0)
+    return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "adapter" in m or "inject" in m or "hyperformer" in m
+            or ("prefix" in m and p.prefix_length > 0)
             or ("vpt" in m and p.prompt_length > 0))
 
 
 __all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "ROUTINGS", "SCOPES", "TARGETS", "Adapter",
-           "LoraDelta", "LoraMlp", "PeftAttention", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
-           "check_peft", "init_from_mean", "lora_routing", "merge", "methods_of", "needs_task_ids", "peft_plugs",
+           "HyperAdapter", "HyperNet", "HyperViT", "LoraDelta", "LoraMlp", "PeftAttention", "Prefix", "PromptTokens", "SoftInject", "TaskTokenViT", "TaskTokens",
+           "adapter_width", "check_peft", "init_from_mean", "lora_routing", "merge", "methods_of", "needs_task_ids", "peft_plugs",
            "peft_vit", "phatgoose_scores", "phatgoose_weights", "projection_dims", "stack_lora_experts", "standardise",
            "task_token_count", "top_k_weights"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
-from mtljax.config import positive_int, require
+from mtljax.config import positive_int, require, section
 from mtljax.models.peft.adapter import POSITIONS
 from mtljax.models.peft.lora import TARGETS
 from mtljax.models.peft.phatgoose import ROUTINGS
 
-METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject")
+METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject", "hyperformer")
 
 
 def methods_of(method) -> tuple[str, ...]:
@@ -85,7 +85,24 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None, num_tasks: 
         _length(p.task_tokens, "task_tokens")
         require("vpt" not in methods, "method",
                 "'task_tokens' and 'vpt' both insert tokens through the ViT's prompt plug; use one of them")
+    if "hyperformer" in methods:
+        check_hyper(p)
     if "inject" in methods:
         value = p.inject_logit_init
         require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
                 "inject_logit_init", f"must be a finite number (the gate logit θ_0, α = σ(θ_0)), got {value!r}")
+
+
+def check_hyper(p) -> None:
+    """``config.model.peft.hyper`` (HyperFormer++, :mod:`~mtljax.models.peft.hyper`; a reduction factor
+    above the ViT width gives a bottleneck of 1)."""
+    require(not {"adapter", "task_tokens"} & set(methods_of(p.method)), "method",
+            f"'hyperformer' generates the adapters itself: it cannot be combined with 'adapter' or 'task_tokens' "
+            f"(both replace the plugs or the ViT it wraps), got {p.method!r}")
+    require("hyper" in p, "hyper", "missing: 'hyperformer' reads config.model.peft.hyper (see mtljax.config)")
+    with section("hyper"):
+        h = p.hyper
+        for key in ("task_dim", "hidden_dim", "projected_dim", "reduction_factor"):
+            positive_int(h[key], key)
+        _names(h.positions, POSITIONS, "positions", "position")
+        require(isinstance(h.layer_norm, bool), "layer_norm", f"must be True or False, got {h.layer_norm!r}")
