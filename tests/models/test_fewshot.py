@@ -32,7 +32,7 @@ def test_support_encoder_invariances_and_adapters_depend_only_on_the_support_set
 
     # a new task's adapters: the same from its support set alone or alongside another task's
     weights = jax.jit(lambda z: FM3.hyper_vit.apply({"params": params["backbone"]}, z, method="weights"))
-    alone, together = weights(a[None]), weights(jnp.stack([r, a]))
+    alone, together = weights(jnp.stack([a, a])), weights(jnp.stack([r, a]))  # one compiled shape
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x[0], y[1], rtol=1e-6, atol=1e-6), alone, together)
 
     # 0 steps: no gradient, an order-invariant head; k steps lower the support loss
