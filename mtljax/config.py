@@ -135,7 +135,8 @@ def base_config() -> mlc.ConfigDict:
     ))
     # parameter-efficient per-task modules on the ViT (model.name = hps, backbone = vit); see mtljax.models.peft
     c.model.peft = mlc.ConfigDict(dict(
-        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject | scalearn, or several joined by "+" (e.g. "lora+vpt")
+        # "" (none) | lora | adapter | prefix | vpt | task_tokens | inject | poly | scalearn | hyperformer, or several
+        # joined by "+" (e.g. "lora+vpt")
         method="",
         rank=4, alpha=8.0,  # LoRA: W x + (alpha / rank) B A x, B = 0 at init
         targets=("query", "value"),  # LoRA on these projections: query key value out (attention), fc1 fc2 (MLP)
@@ -161,6 +162,16 @@ def base_config() -> mlc.ConfigDict:
         source="",  # the source adapter run's directory (a run of configs/adapt_adapter.py)
         source_tasks=(),  # which of its tasks' adapters, in this order (empty = all of them)
         variant="scalearn",  # scalearn | uniform | scalearn++ | uniform++ (vector / scalar ω; ++: shared by all blocks)
+    ))
+    # HyperFormer++ (method "hyperformer", mtljax.models.peft.hyper): one shared hypernetwork generates every
+    # block's adapters from [task embedding; layer embedding; position embedding] (hyperformer++.json defaults)
+    c.model.peft.hyper = mlc.ConfigDict(dict(
+        task_dim=64,  # task (and layer-id, position) embedding size E; the only per-task parameters: T·E
+        hidden_dim=128,  # task projector MLP hidden width
+        projected_dim=64,  # ι: the projector's output (after its LayerNorm), input of the weight generators
+        reduction_factor=32,  # adapter bottleneck m = max(1, ViT width // reduction_factor)
+        positions=("attention", "mlp"),  # adapters after the attention and/or the MLP of every block
+        layer_norm=True,  # conditional LayerNorm on the adapter's output (γ, β generated from ι)
     ))
     # MULTI-LANE (model.name = multi_lane): a frozen ViT, one lane per task; see mtljax.models.lanes
     c.model.multi_lane = mlc.ConfigDict(dict(

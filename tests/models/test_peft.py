@@ -205,6 +205,11 @@ def test_pooling_never_reads_prompt_tokens(pool):
     (dict(method="adapter", adapter_dim=0), "config.model.peft.adapter_dim: must be a positive integer"),
     (dict(method="adapter", adapter_positions=("ffn",)), "config.model.peft.adapter_positions: unknown position"),
     (dict(method="bitfit"), "config.model.peft.method: unknown method 'bitfit'"),
+    (dict(method="hyperformer", hyper=dict(task_dim=0)), "config.model.peft.hyper.task_dim: must be a positive integer"),
+    (dict(method="hyperformer", hyper=dict(hidden_dim=-1)), "config.model.peft.hyper.hidden_dim: must be a positive"),
+    (dict(method="hyperformer", hyper=dict(reduction_factor=0)), "config.model.peft.hyper.reduction_factor: must be"),
+    (dict(method="hyperformer", hyper=dict(positions=("ffn",))), "config.model.peft.hyper.positions: unknown position"),
+    (dict(method="hyperformer+adapter"), "config.model.peft.method: 'hyperformer' generates the adapters itself"),
     (dict(method="lora+lora"), "config.model.peft.method: names a method twice"),
     (dict(method="lora", name="m3vit"), "config.model.peft.method: per-task modules plug into the ViT of"),
     (dict(method="poly", poly=dict(heads=3)), "config.model.peft.poly.heads: 3 heads do not divide the 'query'"),
@@ -216,6 +221,7 @@ def test_bad_settings_are_one_line_errors_naming_the_key(changes, message):
     name = changes.pop("name", None)
     if name:
         cfg.name = name
+    cfg.peft.hyper.update(changes.pop("hyper", {}))
     cfg.peft.update(changes)
     with pytest.raises(ConfigError) as err:
         build_model(cfg, TASKS, (8, 8, 1))

@@ -26,6 +26,9 @@ module             plug                        keys of ``config.model.peft``
 ``scalearn``       ``attention_adapter`` /     ``scalearn.source`` / ``source_tasks`` / ``variant``
                    ``mlp_adapter`` (``++``:    (ScaLearn: frozen source-task adapters scaled per
                    :class:`SharedScalesViT`)   target task; ``adapter_dim``/``_positions`` the source's)
+``hyperformer``    ``attention_adapter`` /     ``hyper.*`` (HyperFormer++: one shared hypernetwork
+                   ``mlp_adapter`` +           generates every block's adapters from task, layer and
+                   :class:`HyperViT`           position embeddings; only ``task_embed [T, E]`` per task)
 ``inject``         ``attention``               ``inject_logit_init`` (SITE: per-task, per-head
                                                embeddings mixed into the heads by gates σ(θ));
                                                :func:`init_from_mean`
@@ -55,7 +58,8 @@ checkpoint loads into them); every per-task parameter lies under a scope whose n
 kind — ``lora_<projection>`` (its ``a``, ``b`` and, with routing, ``gate``: train only the gates
 with ``config.optim.trainable = ("lora_\\w+/gate",)``), ``attn_adapter`` / ``mlp_adapter``,
 ``prefix``, ``prompt``, ``prompt/task_tokens``, ``attn/inject``, ``poly_<projection>/poly_routing``
-(the skills ``poly_<projection>/skills_a``, ``skills_b`` are shared) — so :data:`SCOPES` (and the
+(the skills ``poly_<projection>/skills_a``, ``skills_b`` are shared), ``task_embed`` (HyperFormer++'s task
+embeddings; its shared ``hypernet/...`` is not task-specific) — so :data:`SCOPES` (and the
 trainer's freezing patterns) find them, and the objective marks them task-specific like the heads (left out of Gramians; each
 task's slice gets its own task's gradient — for task tokens, other tasks' losses reach them too).
 """
@@ -70,6 +74,7 @@ from mtljax.config import require, section
 from mtljax.models.peft.adapter import POSITIONS, Adapter
 from mtljax.models.peft.attention import PeftAttention
 from mtljax.models.peft.checks import METHODS, check_peft, methods_of, projection_dims
+from mtljax.models.peft.hyper import HyperAdapter, HyperNet, HyperViT, adapter_width
 from mtljax.models.peft.inject import SoftInject, init_from_mean
 from mtljax.models.peft.lora import (
     ATTENTION_TARGETS,
@@ -98,7 +103,7 @@ from mtljax.models.plugs import BlockPlugs
 from mtljax.models.vit import ViT
 
 # every per-task parameter's path has a key containing one
-SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject", POLY_ROUTING, "scalearn")
+SCOPES = ("lora", "adapter", "prefix", "prompt", "task_token", "inject", POLY_ROUTING, "scalearn", "task_embed")
 
 
 def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, pool: str, dropout: float = 0.0,
@@ -136,16 +141,23 @@ def peft_plugs(p, num_tasks: int, *, depth: int, num_heads: int, mlp_dim: int, p
     adapters = {pos: adapter for pos in positions}
     if "scalearn" in methods:  # frozen source adapters scaled per target task (the adapter plugs)
         adapters = scalearn_plugs(p, num_tasks)
+    hyper = tuple(p.hyper.positions) if "hyperformer" in methods else ()  # HyperFormer++: generated adapters
+
+    def adapter_at(i, position):
+        if hyper:
+            return (functools.partial(HyperAdapter, i, position, hyper, bool(p.hyper.layer_norm))
+                    if position in hyper else None)
+        return adapters.get(position)
     if prompt:
         start = 1 if pool == "cls" else 0
         shallow = functools.partial(PromptTokens, num_tasks, prompt, start)
         deep = functools.partial(PromptTokens, num_tasks, prompt, start, replace=True) if p.deep else None
     if task_token_count(p):  # check_peft refuses it together with vpt (both are the ViT's prompt plug)
         shallow = functools.partial(TaskTokens, num_tasks, p.task_tokens, 1 if pool == "cls" else 0)
-    if not (attention or mlp or adapters or shallow):
+    if not (attention or mlp or adapters or shallow or hyper):
         return {}
     blocks = tuple(BlockPlugs(attention=attention, mlp=mlp,
-                              attention_adapter=adapters.get("attention"), mlp_adapter=adapters.get("mlp"),
+                              attention_adapter=adapter_at(i, "attention"), mlp_adapter=adapter_at(i, "mlp"),
                               prompt=deep if i > 0 else None) for i in range(depth))
     return dict(blocks=blocks, prompt=shallow)
 
@@ -166,6 +178,10 @@ def peft_vit(p, task_names, **vit) -> tuple[nn.Module, bool]:
     n = task_token_count(p)
     if n:
         backbone = TaskTokenViT(backbone, tuple(task_names), n)
+    if "hyperformer" in methods_of(p.method):
+        h = p.hyper
+        backbone = HyperViT(backbone, len(task_names), adapter_width(vit["width"], h.reduction_factor),
+                            tuple(h.positions), h.task_dim, h.hidden_dim, h.projected_dim, bool(h.layer_norm))
     return backbone, needs_task_ids(p)
 
 
@@ -182,12 +198,14 @@ def needs_task_ids(p) -> bool:
     tokens, and LoRA routed by PHATGOOSE: ``routing='phatgoose'``)."""
     m = methods_of(p.method)
     return (("lora" in m and lora_routing(p)[0] != "phatgoose") or "poly" in m or "adapter" in m or "inject" in m
-            or ("prefix" in m and p.prefix_length > 0) or ("vpt" in m and p.prompt_length > 0) or "scalearn" in m)
+            or "hyperformer" in m or ("prefix" in m and p.prefix_length > 0) or ("vpt" in m and p.prompt_length > 0)
+            or "scalearn" in m)
 
 
 __all__ = ["ATTENTION_TARGETS", "METHODS", "MLP_TARGETS", "POSITIONS", "ROUTINGS", "SCALEARN_VARIANTS", "SCOPES",
-           "TARGETS", "Adapter", "LoraDelta", "LoraMlp", "PeftAttention", "PolyDelta", "PolySettings", "Prefix",
-           "PromptTokens", "ScaLearn", "SharedScalesViT", "SoftInject", "TaskTokenViT", "TaskTokens",
+           "TARGETS", "Adapter", "HyperAdapter", "HyperNet", "HyperViT", "LoraDelta", "LoraMlp", "PeftAttention",
+           "PolyDelta", "PolySettings", "Prefix", "PromptTokens", "ScaLearn", "SharedScalesViT", "SoftInject",
+           "TaskTokenViT", "TaskTokens", "adapter_width",
            "check_peft", "init_from_mean", "lora_routing", "merge", "methods_of", "needs_task_ids", "peft_plugs",
            "peft_vit", "phatgoose_scores", "phatgoose_weights", "projection_dims", "routing_matrices", "routing_uniform", "stack_lora_experts", "standardise",
            "task_token_count", "top_k_weights"]

@@ -11,7 +11,7 @@ from mtljax.models.peft.lora import TARGETS
 from mtljax.models.peft.phatgoose import ROUTINGS
 from mtljax.models.peft.scalearn import VARIANTS
 
-METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject", "poly", "scalearn")
+METHODS = ("lora", "adapter", "prefix", "vpt", "task_tokens", "inject", "poly", "scalearn", "hyperformer")
 
 
 def methods_of(method) -> tuple[str, ...]:
@@ -92,6 +92,8 @@ def check_peft(p, model_name: str, backbone: str, dims: dict | None, num_tasks: 
         _length(p.task_tokens, "task_tokens")
         require("vpt" not in methods, "method",
                 "'task_tokens' and 'vpt' both insert tokens through the ViT's prompt plug; use one of them")
+    if "hyperformer" in methods:
+        check_hyper(p)
     if "inject" in methods:
         value = p.inject_logit_init
         require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
@@ -130,3 +132,19 @@ def _check_scalearn(p, methods) -> None:
     require(isinstance(tasks, (tuple, list)) and all(isinstance(t, str) and t for t in tasks), "scalearn.source_tasks",
             f"must be a list of task names (empty: all of the source run's), got {tasks!r}")
     require(len(set(tasks)) == len(tasks), "scalearn.source_tasks", f"names a task twice: {tuple(tasks)}")
+
+
+def check_hyper(p) -> None:
+    """``config.model.peft.hyper`` (HyperFormer++, :mod:`~mtljax.models.peft.hyper`; a reduction factor
+    above the ViT width gives a bottleneck of 1)."""
+    require(not {"adapter", "scalearn", "task_tokens"} & set(methods_of(p.method)), "method",
+            f"'hyperformer' generates the adapters itself: it cannot be combined with 'adapter', 'scalearn' or "
+            f"'task_tokens' "
+            f"(both replace the plugs or the ViT it wraps), got {p.method!r}")
+    require("hyper" in p, "hyper", "missing: 'hyperformer' reads config.model.peft.hyper (see mtljax.config)")
+    with section("hyper"):
+        h = p.hyper
+        for key in ("task_dim", "hidden_dim", "projected_dim", "reduction_factor"):
+            positive_int(h[key], key)
+        _names(h.positions, POSITIONS, "positions", "position")
+        require(isinstance(h.layer_norm, bool), "layer_norm", f"must be True or False, got {h.layer_norm!r}")
