@@ -19,16 +19,55 @@ The factors tasks label the same images, so every batch trains all six tasks and
 sample; for tasks from different datasets, ``config.data.name = "mixture"`` with
 ``config.data.sampling = "temperature"`` and ``config.data.temperature = 10`` (``mtljax.data.mixture``)
 gives the paper's sampling.
+
+``:lowres`` is that setting (:func:`low_resource`): the six downstream tasks as six single-task
+datasets, ``count`` and ``background`` with 500 training images, the others with 8,000, sampled with
+temperature 10; reduction factor 8 (bottleneck 8). ``:lowres_adapter`` trains per-task bottleneck
+adapters of the same size on the same data, ``:lowres_probe`` only the heads (``benchmarks/hyperformer.py``
+compares the three).
 """
 
 import os
 
 from mtljax.config import load_config
+from mtljax.data.factors import DOWNSTREAM_TASKS
+
+ARGS = ("", "lowres", "lowres_adapter", "lowres_probe")
+LOW_RESOURCE = {"count": 500, "background": 500}  # training images of the two low-resource tasks
+HIGH_RESOURCE = 8_000  # ... and of every other downstream task
+LOWRES_REDUCTION = 8  # width 64 // 8: bottleneck 8, for HyperFormer++ and the per-task adapters alike
+
+
+def low_resource(c):
+    """``c`` trained on the six downstream tasks as six single-task datasets (a mixture, one factors
+    component per task) of which ``count`` and ``background`` have only 500 training images, sampled
+    with temperature 10 (the paper's): each batch carries every example's task, so the per-task modules
+    run once per batch."""
+    d = c.data
+    common = dict(name="factors", image_size=d.image_size, max_objects=d.max_objects, pixel_noise=d.pixel_noise,
+                  seed=d.seed, num_test=2_000, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size)
+    d.components = [dict(common, tasks=(t,), num_train=LOW_RESOURCE.get(t, HIGH_RESOURCE)) for t in DOWNSTREAM_TASKS]
+    d.name, d.sampling, d.temperature, d.cap = "mixture", "temperature", 10.0, 0
+    d.tasks = ()
+    return c
 
 
 def get_config(arg=None):
+    arg = arg or ""
+    if arg not in ARGS:
+        raise ValueError(f"configs/adapt_hyperformer.py: unknown argument {arg!r}; use one of {', '.join(ARGS[1:])}")
     c = load_config(os.path.join(os.path.dirname(__file__), "pretrain.py:probe"))
-    c.workdir = "runs/adapt_hyperformer"
+    c.workdir = f"runs/adapt_hyperformer{'_' + arg if arg else ''}"
     c.model.peft.method = "hyperformer"
     c.optim.trainable = ("hypernet", "task_embed", "^heads_")
+    if arg.startswith("lowres"):
+        low_resource(c)
+        c.model.peft.hyper.reduction_factor = LOWRES_REDUCTION
+        c.model.peft.adapter_dim = c.model.vit.width // LOWRES_REDUCTION
+    if arg == "lowres_adapter":  # per-task bottleneck adapters of the same size (configs/adapt_adapter.py)
+        c.model.peft.method = "adapter"
+        c.optim.trainable = ("adapter", "^heads_")
+    if arg == "lowres_probe":
+        c.model.peft.method = ""
+        c.optim.trainable = ("^heads_",)
     return c

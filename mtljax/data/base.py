@@ -82,12 +82,19 @@ class Dataset:
 
 
 def filter_tasks(batch: Batch, tasks: Sequence[Task]) -> Batch:
+    """The batch restricted to ``tasks``, in their order. A batch whose examples each belong to one task
+    (``task_ids``, indices into its own ``targets``' order: mixtures of single-task components) keeps
+    them, renumbered into ``tasks``' order (an example of a dropped task gets 0; its masks are all 0)."""
     names = [t.name for t in tasks]
-    return {
+    out = {
         "inputs": batch["inputs"],
         "targets": {n: batch["targets"][n] for n in names},
         "masks": {n: np.asarray(batch["masks"][n], np.float32) for n in names},
     }
+    if "task_ids" in batch:
+        renumber = np.array([names.index(n) if n in names else 0 for n in batch["targets"]], np.int32)
+        out["task_ids"] = renumber[np.asarray(batch["task_ids"])]
+    return out
 
 
 def host_slice(global_batch: int, process_index: int, process_count: int) -> slice:
@@ -140,6 +147,8 @@ def one_task_per_example(batch: Batch, rows: slice, num_tasks: int) -> Batch:
     task; each task's loss averages over its ``B/T`` examples. Positions are random draws of the
     shuffled stream, so every example trains every task over the epochs (``config.data.task_per_example``).
     """
+    if "task_ids" in batch:  # the examples already have one task each (a mixture of single-task components)
+        return batch
     ids = (np.arange(rows.start, rows.stop) % num_tasks).astype(np.int32)
     masks = {name: m * (ids == i).reshape((-1,) + (1,) * (np.ndim(m) - 1)).astype(m.dtype)
              for i, (name, m) in enumerate(batch["masks"].items())}

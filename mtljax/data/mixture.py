@@ -13,6 +13,12 @@ and mask 0, while the component's own masks are kept as they are (partial labels
 * ``temperature``: ``r_k ∝ N_k^(1/τ)`` (``τ = 1`` is proportional, ``τ → ∞`` tends to uniform);
 * ``uniform``: ``r_k = 1/K``.
 
+**One task per component** (T5's and HyperFormer's setting: every dataset is one task): every batch
+then also carries ``task_ids [B]``, each example's own task, so a model with per-task modules (adapters,
+LoRA, hypernetwork adapters) runs the batch once, each example through its own task's modules, instead
+of once per task (:class:`~mtljax.models.hps.MultiTaskModel`); ``config.data.task_per_example`` keeps
+these ids.
+
 **Design.** Every split of the mixture is one :class:`ConcatSource`: the components' examples laid
 end to end, component ``k`` occupying global positions ``[offset_k, offset_k + N_k)``. Its
 ``get_batch(positions)`` splits the positions by component, reads each component's examples in one
@@ -85,11 +91,15 @@ class ConcatSource:
     """Sources laid end to end; batches carry the union of tasks, foreign tasks masked out.
 
     ``specs`` maps every task to ``(k, target shape, target dtype, mask shape)`` (shapes per example);
-    it says which component labels the task and how to zero-fill it for the others.
+    it says which component labels the task and how to zero-fill it for the others. ``task_ids``: every
+    component has exactly one task, so batches also carry ``task_ids [B]`` — the index of each
+    example's own task in ``specs``' order (see :func:`combine`).
     """
 
-    def __init__(self, sources: Sequence, specs: dict[str, tuple], input_shape: tuple[int, ...]):
+    def __init__(self, sources: Sequence, specs: dict[str, tuple], input_shape: tuple[int, ...],
+                 task_ids: bool = False):
         self.sources = list(sources)
+        self.task_ids = task_ids
         self.sizes = np.array([len(s) for s in self.sources], np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.specs = specs
@@ -122,7 +132,14 @@ class ConcatSource:
                 if owner == k:
                     targets[t][rows] = part["targets"][t]
                     masks[t][rows] = part["masks"][t]
-        return {"inputs": inputs, "targets": targets, "masks": masks}
+        batch = {"inputs": inputs, "targets": targets, "masks": masks}
+        if self.task_ids:  # component k's one task, as an index into the mixture's tasks
+            own = np.zeros(len(self.sources), np.int32)
+            for i, (owner, *_rest) in enumerate(self.specs.values()):
+                if owner >= 0:
+                    own[owner] = i
+            batch["task_ids"] = own[comp]
+        return batch
 
 
 def _component_config(sub, parent) -> mlc.ConfigDict:
@@ -166,14 +183,16 @@ def combine(datasets: Sequence[Dataset], sampling: str = "proportional", cap: fl
     sizes = [len(d.splits["train"]) for d in datasets]
     rates = mixing_rates(sizes, sampling, cap, temperature)
     split_names = dict.fromkeys(s for d in datasets for s in d.splits)  # ordered union
+    single = all(len(d.tasks) == 1 for d in datasets)  # every example belongs to one task: batches say which
     splits = {}
     for split in split_names:
         have = [k for k, d in enumerate(datasets) if split in d.splits]
         sub = {t: (have.index(k), *rest) for t, (k, *rest) in specs.items() if k in have}
         # Tasks of components without this split still appear (all masked) so batches stay uniform.
         sub.update({t: (-1, *rest) for t, (k, *rest) in specs.items() if k not in have})
-        splits[split] = ConcatSource([datasets[k].splits[split] for k in have], sub, input_shape)
+        splits[split] = ConcatSource([datasets[k].splits[split] for k in have], sub, input_shape, task_ids=single)
     info = {
+        "task_ids": single,
         "train_indices": functools.partial(mixed_indices, sizes, rates),  # called with the run's seed
         "mixing_rates": rates,
         "components": names,

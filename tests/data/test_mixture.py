@@ -164,3 +164,18 @@ def test_build_errors_name_the_components():
         build_dataset(cfg())
     with pytest.raises(ValueError, match=r"components\[0\]: missing 'name'"):
         build_dataset(cfg({"num_train": 3}))
+
+
+def test_single_task_components_carry_their_task_ids():
+    """Every component one task: each example's ``task_ids`` entry is its component's task, in the run's
+    task order after ``filter_tasks`` (here reordered), and ``task_per_example`` keeps them."""
+    mix = combine([_component("b", 300, ["b1"], 10_000), _component("c", 300, ["c1"], 20_000)])
+    assert mix.info["task_ids"] and not _three().info["task_ids"]
+    tasks = (mix.tasks[1], mix.tasks[0])  # c1 first
+    for per_example in (False, True):
+        batch = next(iter(train_dataset(mix.splits["train"], tasks, 64, seed=3, indices=mix.info["train_indices"],
+                                        task_per_example=per_example)))
+        origin = _origin(batch["inputs"])  # 1: component b, 2: component c
+        np.testing.assert_array_equal(batch["task_ids"], np.where(origin == 2, 0, 1))
+        np.testing.assert_array_equal(batch["masks"]["c1"], (origin == 2).astype(np.float32))
+    assert "task_ids" not in next(iter(train_dataset(_three().splits["train"], _three().tasks, 16, seed=0)))
