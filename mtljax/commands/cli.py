@@ -191,6 +191,11 @@ def _one_line(e: BaseException, args: list[str] = ()) -> str:
         except (ValueError, SyntaxError):
             break
     lines = [" ".join(line.split()) for line in str(text).splitlines() if line.strip()]
+    if lines and lines[0].endswith("Error whilst parsing config file:") and len(lines) > 1:
+        # a config file's get_config raised: its own message (the traceback's last line), not the traceback
+        flag = lines[0].partition(": Error whilst")[0].removeprefix("flag ")
+        last = lines[-1]
+        return f"{flag}: {last.partition(': ')[2] or last}"
     if isinstance(e, (KeyError, AttributeError)) and lines:
         bare = lines[0].strip("'\"")
         flag = next((a.partition("=")[0] for a in args if a.startswith("--config.")

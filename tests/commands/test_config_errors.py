@@ -170,6 +170,8 @@ CLI_CASES = [
      "error: config.optim.method_kwargs.cc: cagrad has no hyperparameter 'cc'; its hyperparameters are ['c', "),
     (["train", "--config.optim.task_weights.middle=2", *SMALL],
      "error: config.optim.task_weights.middle: no such task; tasks are ['left', 'right']"),
+    (["train", "--config=configs/adapt_poly.py:mhz"],  # a config file's own error, not its traceback
+     "error: --config=configs/adapt_poly.py:mhz: configs/adapt_poly.py: unknown argument 'mhz'; use one of poly, "),
     (["train", "--config.optim.method_kwargs.a.b=1"],
      "error: config.optim.method_kwargs.a.b: the keys of config.optim.method_kwargs are single names"),
 ]
