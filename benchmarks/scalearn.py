@@ -6,30 +6,29 @@
 
 From the pretrained backbone (``--pretrain-dir``: a ``configs/pretrain.py`` run, read only), ``run`` trains
 the source adapter run once (``configs/scalearn.py:source``: one bottleneck adapter per source task —
-count, texture, orientation, pos_x — with ``config.data.task_per_example=True``, one backbone pass per
-step), then for every seed trains on the target task ``background``:
+count, texture, orientation, pos_x — ``--source-steps`` 400 of batch ``--source-batch-size`` 128 with
+``config.data.task_per_example=True``: one backbone pass per step, each source task a quarter of the
+batch), then for every seed trains on the target task ``background``:
 
 * ``linear probe``: ``configs/pretrain.py:probe`` on the target (only its head trains);
 * ``adapter``: ``configs/adapt_adapter.py`` on the target (its own adapters and head);
-* ``ScaLearn``, ``ScaLearnUniform``, ``ScaLearn++``, ``ScaLearnUniform++`` (``configs/scalearn.py:<variant>``)
-  and AdapterFusion (``:fusion``) over the frozen source adapters of 2 sources (count, texture) and of all 4.
+* ``--variants`` of ``configs/scalearn.py:<variant>`` — ``scalearn``, ``uniform``, ``scalearn++``,
+  ``uniform++`` by default, ``fusion`` (AdapterFusion) on request — over the frozen source adapters of
+  ``--sources`` 4 (all) or 2 (count, texture) source tasks.
 
 Every run is the repository's config through ``mtljax.train`` (``benchmarks/adapt.py``'s ``run_job``)
 with ``seed``, ``workdir``, ``init.checkpoint``, ``--steps`` (warm-up shortened to a quarter) and
 ``--num-train`` (test split: a quarter of it) changed. Results are appended to ``DIR/results.jsonl``;
 ``report`` prints a markdown table: the target's test accuracy, mean ± 95 % CI over seeds (Student's t),
-and the trained parameters per target task (its head included).
+and the trained parameters per target task (its head included). An existing source run in
+``DIR/source`` is reused.
 
-Defaults: 200 steps of batch 32 on 8,000 training images (2,000 test images) per run — a reduced budget
-(the configs: 700 steps of 128 on 50,000), so that the 37 runs of 3 seeds fit a CPU.
-
-Measured on a 2-core CPU shared with four other jobs (2026-11-28): a quick check (``--seeds 1 --steps 20
---num-train 2000 --batch-size 0``, batch 128) ran all 11 runs in 13 min (36–86 s each, mostly compilation
-and data; every accuracy at chance after 20 steps, as expected: a check of the pipeline, not a result);
-one ScaLearn (4 sources) run with the defaults but 60 steps took 64 s (2–3 steps/s); AdapterFusion (added
-after that check) ran 10 steps on 1,000 images in 49 s. Expected with the
-defaults on that machine: about 2 min per run, about 75 min for ``--seeds 3`` with one worker (less
-alone on the machine; ``--workers 2`` where cores allow).
+Defaults: target runs of 200 steps of batch 32 on 8,000 training images (2,000 test images) — a
+reduced budget (the configs: 700 steps of 128 on 50,000) so that 3 seeds fit a 2-core CPU: 6 target
+runs per seed, about a minute each on that machine alone (compilation included). The factors are
+independent by construction, so the source tasks carry nothing the target needs beyond a better
+representation of the image: this measures what scaling unrelated sources buys against an adapter of
+the target's own.
 """
 
 from __future__ import annotations
@@ -62,8 +61,12 @@ def _changes(args, **changes) -> dict:
 
 
 def source_job(args) -> dict:
+    """The source adapters: their own budget (``--source-steps`` of ``--source-batch-size``, one task per
+    example: each source task sees a quarter of every batch), so that they carry what their tasks learned."""
+    common = dict(_common(args), steps=args.source_steps)
     return dict(kind="source", name="source adapters", spec="configs/scalearn.py:source",
-                workdir=os.path.join(args.out, "source"), changes=_changes(args, **{"data.task_per_example": True}), **_common(args))
+                workdir=os.path.join(args.out, "source"),
+                changes={"data.batch_size": args.source_batch_size, "data.task_per_example": True}, **common)
 
 
 def target_jobs(args, source: str) -> list[dict]:
@@ -74,7 +77,11 @@ def target_jobs(args, source: str) -> list[dict]:
                              workdir=os.path.join(args.out, "target", f"{name.replace(' ', '_')}-s{s}"),
                              **_common(args)))
         for n, tasks in SOURCES.items():
+            if n not in args.sources:
+                continue
             for name, variant in VARIANTS.items():
+                if variant not in args.variants:
+                    continue
                 jobs.append(dict(kind="target", name=f"{name} ({n} sources)", spec=f"configs/scalearn.py:{variant}",
                                  seed=s, changes=_changes(args, **{"data.tasks": TARGET, "model.peft.scalearn.source": source,
                                                                    "model.peft.scalearn.source_tasks": tasks}),
@@ -131,6 +138,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200, help="every run's steps (0: the configs' 700)")
     ap.add_argument("--batch-size", type=int, default=32, help="every run's batch (0: the configs' 128)")
     ap.add_argument("--num-train", type=int, default=8000, help="training images (0: the configs' 50,000)")
+    ap.add_argument("--source-steps", type=int, default=400, help="the source adapter run's steps")
+    ap.add_argument("--source-batch-size", type=int, default=128, help="the source adapter run's batch")
+    ap.add_argument("--sources", type=int, nargs="+", default=[4], choices=sorted(SOURCES),
+                    help="source-task counts to compare (2: count, texture; 4: + orientation, pos_x)")
+    ap.add_argument("--variants", nargs="+", default=["scalearn", "uniform", "scalearn++", "uniform++"],
+                    choices=list(VARIANTS.values()), help="ScaLearn variants (fusion: AdapterFusion)")
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
     args.out = args.out_flag or args.out
