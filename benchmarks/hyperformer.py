@@ -7,10 +7,11 @@ From the frozen pretrained factors ViT (``--pretrain-dir``: a ``configs/pretrain
 the six downstream tasks as six single-task datasets sampled with temperature 10, ``count`` and
 ``background`` with only 500 training images, the other four with 8,000
 (``configs/adapt_hyperformer.py:lowres``, :func:`configs.adapt_hyperformer.low_resource`). Methods, the
-same data, schedule and optimizer (``configs/pretrain.py:probe``'s AdamW 3e-3, cosine), bottleneck 8:
+same data and schedule (``configs/pretrain.py:probe``'s AdamW, cosine), bottleneck 8:
 
 * ``HyperFormer++`` (``:lowres``): one shared hypernetwork generates every block's adapters from task,
-  layer and position embeddings; trained: the hypernetwork, the task embeddings, the heads;
+  layer and position embeddings; trained: the hypernetwork, the task embeddings, the heads, at the
+  paper's learning rate 3e-4 (the others: 3e-3);
 * ``adapters`` (``:lowres_adapter``): per-task bottleneck adapters (Houlsby placement, after attention
   and MLP); trained: the adapters and heads;
 * ``linear probe`` (``:lowres_probe``): only the heads.
@@ -95,8 +96,14 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     cache = os.path.join(args.out, "jax-cache")
     _setup_worker(cache)
+    done = set()
+    path = os.path.join(args.out, "results.jsonl")
+    if os.path.exists(path):  # a rerun skips the runs already recorded
+        with open(path) as f:
+            done = {(r["name"], r["seed"]) for r in map(json.loads, filter(str.strip, f))}
+    todo = [j for j in jobs(args) if (j["name"], j["seed"]) not in done]
     with _pool(args.workers, cache) as pool:
-        for result in pool.map(run_poly_job, jobs(args)):
+        for result in pool.map(run_poly_job, todo):
             _record(args.out, result)
 
 

@@ -13,6 +13,8 @@ The paper's ``hyperformer++.json`` settings: task embeddings of 64, a 128-wide t
 ``configs/adapt_adapter.py``'s 16), a conditional LayerNorm on each adapter's output. Trained: the
 hypernetwork (shared by all tasks), the six task embeddings and the heads; the ViT stays frozen and
 the run starts exactly at the linear probe's model (the LayerNorm's γ, β generators start at zero).
+Learning rate 3e-4, the paper's (the per-task adapter configs use 3e-3, which makes the generated
+adapters swing too far each step: see ``get_config``).
 
 Task sampling: the paper samples tasks with temperature 10 because its tasks are separate datasets.
 The factors tasks label the same images, so every batch trains all six tasks and there is nothing to
@@ -60,10 +62,16 @@ def get_config(arg=None):
     c.workdir = f"runs/adapt_hyperformer{'_' + arg if arg else ''}"
     c.model.peft.method = "hyperformer"
     c.optim.trainable = ("hypernet", "task_embed", "^heads_")
+    # the paper's 3e-4: Adam moves every generator entry by about the rate each step, and a generated weight
+    # sums E' = 64 of them (ι is LayerNorm-ed), so the adapters move ~64x faster than their generator; at the
+    # adapters' 3e-3 the generated adapters swing so much that not even the heads learn (measured: at chance)
+    c.optim.learning_rate = 3e-4
     if arg.startswith("lowres"):
         low_resource(c)
         c.model.peft.hyper.reduction_factor = LOWRES_REDUCTION
         c.model.peft.adapter_dim = c.model.vit.width // LOWRES_REDUCTION
+    if arg in ("lowres_adapter", "lowres_probe"):
+        c.optim.learning_rate = 3e-3  # configs/pretrain.py:probe's, as configs/adapt_adapter.py
     if arg == "lowres_adapter":  # per-task bottleneck adapters of the same size (configs/adapt_adapter.py)
         c.model.peft.method = "adapter"
         c.optim.trainable = ("adapter", "^heads_")
