@@ -1,8 +1,8 @@
 """HyperFormer++ (mtljax.models.peft.hyper) by its defining properties: the generator against a numpy
 reference of the paper's formulas, identity at initialisation, only the task embeddings per task (the
 parameter count moves by E per task and per block), equal embeddings give bit-identical adapters, one
-mixed-task pass equals each task's own pass, frozen tasks freeze their embedding row, and a train step
-on a data × model mesh of 8 devices equals the one-device step."""
+mixed-task pass equals each task's own pass, frozen tasks freeze their embedding row. The train step on a
+data × model mesh of 8 devices equals the one-device step: tests/parallel/test_sharded_step.py."""
 
 import chex
 import flax.linen as nn
@@ -17,7 +17,6 @@ from mtljax.models.peft import SCOPES, HyperNet
 from mtljax.models.peft.hyper import SCOPE
 from mtljax.optim.trainable import count, freeze_tasks
 from mtljax.tasks import Task
-from mtljax.trainer.experiment import Experiment
 from param_trees import keys as _keys, shapes as _shapes, strip
 
 TASKS = (Task("a", "multiclass", num_classes=3), Task("b", "regression"))
@@ -117,29 +116,3 @@ def test_paths_counts_marks_identity_equal_embeddings_and_mixed_ids():
     upd, _ = tx.update(grads, tx.init(params))
     np.testing.assert_array_equal(upd["backbone"][SCOPE], np.array([[0.0] * E, [1.0] * E]))
     assert all(np.all(np.asarray(x) == 1) for x in jax.tree.leaves(upd["backbone"]["hypernet"]))
-
-
-def _run(mesh_shape, devices, steps=2):
-    c = base_config()
-    c.data.num_train, c.data.num_test, c.data.batch_size = 64, 16, 16
-    c.model.vit.update(width=16, depth=1, num_heads=2, mlp_dim=16)
-    c.model.peft.method = "hyperformer"
-    c.model.peft.hyper.update(task_dim=E, hidden_dim=10, projected_dim=7, reduction_factor=4)
-    c.mesh.shape = mesh_shape
-    exp = Experiment(c, devices=devices)
-    with jax.set_mesh(exp.mesh):
-        state, shardings = exp.init_state()
-        step, batches = exp.jit_train_step(shardings), exp.train_batches()
-        losses = []
-        for _ in range(steps):
-            state, m = step(state, next(batches))
-            losses.append(np.asarray(m["task_losses"]))
-        return jax.device_get(state.params), np.stack(losses), state
-
-
-def test_sharded_train_step_equals_single_device():
-    ref_params, ref_losses, _ = _run({"data": 1}, jax.devices()[:1])
-    params, losses, state = _run({"data": 4, "model": 2}, jax.devices())
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, ref_params)
-    assert len(state.params["backbone"]["hypernet"]["gen_up_kernel"].sharding.device_set) == 8

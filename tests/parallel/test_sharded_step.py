@@ -1,4 +1,5 @@
-"""A train step sharded over 8 simulated devices equals the same step on one device."""
+"""A train step sharded over 8 simulated devices equals the same step on one device (HPS, M³ViT, the slim
+model, HyperFormer++ adapters)."""
 
 import functools
 
@@ -21,6 +22,10 @@ def _config(model="hps"):
         c.model.name = "m3vit"
         c.model.vit.update(width=16, num_heads=2, mlp_dim=32)
         c.model.moe.update(num_experts=8, top_k=2, every=1)
+    if model == "hyper":  # HyperFormer++: one shared hypernetwork generates every block's adapters
+        c.model.vit.update(width=16, depth=1, num_heads=2, mlp_dim=16)
+        c.model.peft.method = "hyperformer"
+        c.model.peft.hyper.update(task_dim=6, hidden_dim=10, projected_dim=7, reduction_factor=4)
     if model == "slim":  # slimmable encoder + decoders, sandwich of 4 configurations and CI-KD
         c.model.name = "slim"
         c.model.vit.update(width=16, depth=1, num_heads=4, mlp_dim=32)
@@ -49,7 +54,8 @@ def _run(mesh_shape, devices, steps=3, model="hps"):
 
 @pytest.mark.parametrize("model, mesh_shape", [("hps", {"data": 2, "expert": 2, "model": 2}),
                                                ("m3vit", {"data": 2, "expert": 4}),
-                                               ("slim", {"data": 4, "model": 2})])
+                                               ("slim", {"data": 4, "model": 2}),
+                                               ("hyper", {"data": 4, "model": 2})])
 def test_sharded_step_equals_single_device(model, mesh_shape):
     ref_params, ref_losses = _reference(model)
     params, losses, state, mesh = _run(mesh_shape, jax.devices(), model=model)
@@ -62,6 +68,8 @@ def test_sharded_step_equals_single_device(model, mesh_shape):
         assert tuple(mlp["wi"].sharding.spec)[0] == "expert"
     elif model == "slim":  # slimmable MLP kernels split over `model` too
         assert "model" in tuple(mlp["fc1"]["kernel"].sharding.spec)
+    elif model == "hyper":  # the hypernetwork's generator is spread over the mesh
+        assert len(state.params["backbone"]["hypernet"]["gen_up_kernel"].sharding.device_set) == 8
     else:
         assert tuple(mlp["fc1"]["kernel"].sharding.spec) == (None, "model" if "model" in mesh_shape else None)
 
