@@ -216,6 +216,7 @@ def main(argv=None):
     ap.add_argument("--out", dest="out_flag", default="")
     ap.add_argument("--pretrain-dir", default="", help="a configs/pretrain.py run (read only)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="skip the seeds below it (already in DIR)")
     ap.add_argument("--order", nargs="+", default=list(ORDER), help="the downstream tasks, one per stage (>= 2)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--steps", type=int, default=100, help="train steps per stage")
@@ -233,7 +234,7 @@ def main(argv=None):
         ap.error("--order: give at least two distinct tasks")
     os.makedirs(args.out, exist_ok=True)
     _setup_worker(os.path.join(args.out, "jax-cache"))
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         for method in args.methods:
             _stages(args, method, seed)
     print(report(args.out))
