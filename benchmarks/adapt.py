@@ -84,6 +84,15 @@ def _setup_worker(cache_dir):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def open_output(args) -> str:
+    """Make the output directory ``args.out`` and keep this process's compilations in its ``jax-cache``
+    (returned, for the worker pool's processes)."""
+    os.makedirs(args.out, exist_ok=True)
+    cache = os.path.join(args.out, "jax-cache")
+    _setup_worker(cache)
+    return cache
+
+
 def run_job(job: dict) -> dict:
     """One training run (in a worker process): the final per-task test metrics and the trained count."""
     import jax
@@ -103,6 +112,27 @@ def run_job(job: dict) -> dict:
     summary = fit(c, experiment=exp, log=lines.append)  # mtljax.train, with the experiment built above
     return dict(job, metrics=summary["metrics"], trained=trained, backbone=backbone, tasks=[t.name for t in exp.tasks],
                 wall_s=round(time.perf_counter() - t0, 1), init_report=[x for x in lines if x.startswith("init from")])
+
+
+def benchmark_parser(doc: str, actions, pretrain_default: str = "runs/pretrain") -> argparse.ArgumentParser:
+    """The command line the adaptation benchmarks share: ``ACTION DIR`` (or ``--out DIR``),
+    ``--pretrain-dir`` and ``--seeds``; each script adds its own options."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("what", choices=actions)
+    ap.add_argument("out", nargs="?", default="", metavar="DIR", help="the output directory (results.jsonl, runs)")
+    ap.add_argument("--out", dest="out_flag", default="", metavar="DIR", help="the same, as an option")
+    ap.add_argument("--pretrain-dir", default=pretrain_default, help="a configs/pretrain.py run directory (read only)")
+    ap.add_argument("--seeds", type=int, default=3)
+    return ap
+
+
+def parse_benchmark_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``ap``'s arguments with ``out`` taken from ``DIR`` or ``--out`` (an error when neither is given)."""
+    args = ap.parse_args(argv)
+    args.out = args.out_flag or args.out
+    if not args.out:
+        ap.error("give the output directory (--out DIR)")
+    return args
 
 
 def _pool(workers, cache_dir):
@@ -239,11 +269,7 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("accuracy", "mvlpt", "incremental", "timing", "all", "report"))
-    ap.add_argument("out", nargs="?", default="")
-    ap.add_argument("--out", dest="out_flag", default="")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = benchmark_parser(__doc__, ("accuracy", "mvlpt", "incremental", "timing", "all", "report"), pretrain_default="")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=0, help="override every adaptation run's steps (0: the config's)")
     ap.add_argument("--pretrain-steps", type=int, default=0, help="0: configs/pretrain.py's")
@@ -251,7 +277,6 @@ def main(argv=None):
     ap.add_argument("--num-train", type=int, default=0, help="override the training set size (0: the config's)")
     ap.add_argument("--shots", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--order", nargs="*", default=None, help="incremental: the order the tasks arrive in")
-    ap.add_argument("--pretrain-dir", default="")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-round", type=int, default=10, help="timing: timed calls per round")
     ap.add_argument("--methods", nargs="*", default=None, help=f"a subset of {list(METHODS)}")
@@ -260,21 +285,16 @@ def main(argv=None):
     ap.add_argument("--tag", default="", help="accuracy: appended to the method names (e.g. ', lr 0.03')")
     ap.add_argument("--task-per-example", action="store_true",
                     help="accuracy: also the methods whose modules read the task with config.data.task_per_example")
-    args = ap.parse_args(argv)
-    args.out = args.out_flag or args.out
+    args = parse_benchmark_args(ap, argv)
     unknown = {m.removesuffix(", one task per example") for m in args.methods or ()} - set(METHODS)
     if unknown:
         ap.error(f"--methods: unknown {sorted(unknown)}; choose from {list(METHODS)}")
-    if not args.out:
-        ap.error("give the output directory (--out DIR)")
     if args.what == "report":
         from benchmarks.adapt_report import report
 
         print(report(args.out, METHODS))
         return
-    os.makedirs(args.out, exist_ok=True)
-    cache = os.path.join(args.out, "jax-cache")
-    _setup_worker(cache)
+    cache = open_output(args)
     if args.what == "timing":
         from benchmarks.adapt_timing import timing
 

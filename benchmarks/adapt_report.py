@@ -5,23 +5,23 @@ of freedom)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 
-from scipy import stats
+from mtljax.stats import mean_ci
 
 
 def _metric(task_metrics: dict) -> tuple[str, float]:
     return ("acc", task_metrics["accuracy"]) if "accuracy" in task_metrics else ("MSE", task_metrics["mse"])
 
 
-def _mean_ci(values: list[float]) -> str:
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.3f}"
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.3f} ± {half:.3f}"
+def _mean_ci(values) -> str:
+    """``mean ± half-width`` of the 95 % Student-t interval over seeds; the mean alone for one; ``-`` for none."""
+    values = list(values)
+    if not values:
+        return "-"
+    s = mean_ci(values)
+    return f"{s.mean:.3f}" if s.ci_high is None else f"{s.mean:.3f} ± {(s.ci_high - s.ci_low) / 2:.3f}"
 
 
 def _grouped(rows, key):

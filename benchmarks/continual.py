@@ -47,7 +47,6 @@ initialisation and the data order, not the backbone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -56,7 +55,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.adapt import _config, _setup_worker, _test_logits  # noqa: E402
+from benchmarks.adapt import (  # noqa: E402
+    _config, _test_logits, benchmark_parser, open_output, parse_benchmark_args,
+)
+from benchmarks.adapt_report import _mean_ci, _metric  # noqa: E402
 
 ORDER = ("count", "texture", "background", "pos_x")
 METHODS = {  # name: (config spec, config changes for every stage)
@@ -132,26 +134,6 @@ def _stages(args, method: str, seed: int):
 
 
 # ---- report -----------------------------------------------------------------------------------------
-def _metric(task_metrics: dict) -> tuple[str, float]:
-    return ("acc", task_metrics["accuracy"]) if "accuracy" in task_metrics else ("MSE", task_metrics["mse"])
-
-
-def _mean_ci(values) -> str:
-    import math
-    import statistics
-
-    from scipy import stats
-
-    values = list(values)
-    if not values:
-        return "-"
-    m = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{m:.3f}"
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return f"{m:.3f} ± {half:.3f}"
-
-
 def forgetting(stages: list[dict]) -> dict[str, float]:
     """Per old task of one method and seed (``stages``: its rows in stage order), the forgetting at the
     last stage (module docstring; positive = worse)."""
@@ -210,21 +192,13 @@ def report(out: str) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("run", "report"))
-    ap.add_argument("out", nargs="?", default="")
-    ap.add_argument("--out", dest="out_flag", default="")
-    ap.add_argument("--pretrain-dir", default="", help="a configs/pretrain.py run (read only)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = benchmark_parser(__doc__, ("run", "report"), pretrain_default="")
     ap.add_argument("--first-seed", type=int, default=0, help="skip the seeds below it (already in DIR)")
     ap.add_argument("--order", nargs="+", default=list(ORDER), help="the downstream tasks, one per stage (>= 2)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--steps", type=int, default=100, help="train steps per stage")
     ap.add_argument("--num-train", type=int, default=10_000, help="training images (test: a quarter)")
-    args = ap.parse_args(argv)
-    args.out = args.out_flag or args.out
-    if not args.out:
-        ap.error("give the output directory (--out DIR)")
+    args = parse_benchmark_args(ap, argv)
     if args.what == "report":
         print(report(args.out))
         return
@@ -232,8 +206,7 @@ def main(argv=None):
         ap.error("--pretrain-dir: give a configs/pretrain.py run directory")
     if len(args.order) < 2 or len(set(args.order)) < len(args.order):
         ap.error("--order: give at least two distinct tasks")
-    os.makedirs(args.out, exist_ok=True)
-    _setup_worker(os.path.join(args.out, "jax-cache"))
+    open_output(args)
     for seed in range(args.first_seed, args.seeds):
         for method in args.methods:
             _stages(args, method, seed)

@@ -27,7 +27,6 @@ head) — mean ± 95 % CI over seeds (Student t, n − 1 degrees of freedom).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -36,9 +35,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.adapt import _pool, _setup_worker  # noqa: E402
+from benchmarks.adapt import _pool, _record, benchmark_parser, open_output, parse_benchmark_args  # noqa: E402
 from benchmarks.adapt_report import _mean_ci, _metric  # noqa: E402
-from benchmarks.poly import _record, run_poly_job  # noqa: E402
+from benchmarks.poly import run_poly_job  # noqa: E402
 
 METHODS = {"HyperFormer++": "configs/adapt_hyperformer.py:lowres",
            "adapters": "configs/adapt_hyperformer.py:lowres_adapter",
@@ -76,26 +75,16 @@ def report(out: str) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("run", "report"))
-    ap.add_argument("out", nargs="?", default="")
-    ap.add_argument("--out", dest="out_flag", default="")
-    ap.add_argument("--pretrain-dir", default="runs/pretrain", help="a configs/pretrain.py run (read only)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = benchmark_parser(__doc__, ("run", "report"))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
-    args = ap.parse_args(argv)
-    args.out = args.out_flag or args.out
-    if not args.out:
-        ap.error("give the output directory (--out DIR)")
+    args = parse_benchmark_args(ap, argv)
     if args.what == "report":
         print(report(args.out))
         return
     args.pretrain_dir = os.path.abspath(args.pretrain_dir)
-    os.makedirs(args.out, exist_ok=True)
-    cache = os.path.join(args.out, "jax-cache")
-    _setup_worker(cache)
+    cache = open_output(args)
     done = set()
     path = os.path.join(args.out, "results.jsonl")
     if os.path.exists(path):  # a rerun skips the runs already recorded

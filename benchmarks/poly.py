@@ -40,7 +40,6 @@ H100 (as ``benchmarks/adapt.py`` was measured) a few minutes per run. ``--method
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import json
 import os
@@ -50,7 +49,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.adapt import _config, _pool, _setup_worker  # noqa: E402
+from benchmarks.adapt import (  # noqa: E402
+    _config, _pool, _record, benchmark_parser, open_output, parse_benchmark_args,
+)
 from benchmarks.adapt_report import _mean_ci, _metric  # noqa: E402
 
 METHODS = {"LoRA": "configs/adapt_lora.py", "Polytropon": "configs/adapt_poly.py:poly",
@@ -89,13 +90,6 @@ def run_poly_job(job: dict) -> dict:
     return dict(job, metrics=summary["metrics"], trained=trained, task_only=task_only, backbone=backbone,
                 tasks=[t.name for t in exp.tasks], routing=routing, wall_s=round(time.perf_counter() - t0, 1),
                 init_report=[x for x in lines if x.startswith("init from")])
-
-
-def _record(out, result):
-    with open(os.path.join(out, "results.jsonl"), "a") as f:
-        f.write(json.dumps(result) + "\n")
-    m = {t: {k: round(v, 4) for k, v in d.items() if k in ("accuracy", "mse")} for t, d in result["metrics"].items()}
-    print(f"[{result['kind']}] {result['name']} seed {result.get('seed', 0)} ({result['wall_s']} s): {m}", flush=True)
 
 
 def accuracy_jobs(args):
@@ -170,12 +164,7 @@ def report(out: str) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("accuracy", "fewshot", "all", "report"))
-    ap.add_argument("out", nargs="?", default="")
-    ap.add_argument("--out", dest="out_flag", default="")
-    ap.add_argument("--pretrain-dir", default="runs/pretrain", help="a configs/pretrain.py run (read only)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = benchmark_parser(__doc__, ("accuracy", "fewshot", "all", "report"))
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--steps", type=int, default=0, help="accuracy and source runs' steps (0: the config's)")
     ap.add_argument("--few-shot-steps", type=int, default=0, help="0: configs/adapt_poly.py's (300)")
@@ -184,20 +173,15 @@ def main(argv=None):
     ap.add_argument("--source-dir", default="", help="fewshot: an existing configs/adapt_poly.py:source run "
                                                      "(default: train one into DIR/fewshot/source)")
     ap.add_argument("--methods", nargs="*", default=None, help=f"a subset of {list(METHODS) + list(FEWSHOT)}")
-    args = ap.parse_args(argv)
-    args.out = args.out_flag or args.out
+    args = parse_benchmark_args(ap, argv)
     unknown = set(args.methods or ()) - set(METHODS) - set(FEWSHOT)
     if unknown:
         ap.error(f"--methods: unknown {sorted(unknown)}; choose from {list(METHODS) + list(FEWSHOT)}")
-    if not args.out:
-        ap.error("give the output directory (--out DIR)")
     if args.what == "report":
         print(report(args.out))
         return
     args.pretrain_dir = os.path.abspath(args.pretrain_dir)
-    os.makedirs(args.out, exist_ok=True)
-    cache = os.path.join(args.out, "jax-cache")
-    _setup_worker(cache)
+    cache = open_output(args)
     with _pool(args.workers, cache) as pool:
         futures = []
         source = (pool.submit(run_poly_job, source_job(args)) if args.what in ("fewshot", "all") and not args.source_dir

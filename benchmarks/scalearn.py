@@ -33,7 +33,6 @@ the target's own.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import json
 import os
@@ -42,7 +41,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.adapt import _pool, _record, _setup_worker, run_job  # noqa: E402
+from benchmarks.adapt import (  # noqa: E402
+    _pool, _record, benchmark_parser, open_output, parse_benchmark_args, run_job,
+)
 from benchmarks.adapt_report import _mean_ci, _metric  # noqa: E402
 
 TARGET = ("background",)
@@ -90,8 +91,7 @@ def target_jobs(args, source: str) -> list[dict]:
 
 
 def run(args) -> None:
-    cache = os.path.join(args.out, "jax-cache")
-    _setup_worker(cache)
+    cache = open_output(args)
     with _pool(args.workers, cache) as pool:
         job = source_job(args)
         if not os.path.exists(os.path.join(job["workdir"], "final_metrics.json")):
@@ -129,12 +129,7 @@ def report(out: str) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("run", "report"))
-    ap.add_argument("out", nargs="?", default="")
-    ap.add_argument("--out", dest="out_flag", default="")
-    ap.add_argument("--pretrain-dir", default="runs/pretrain", help="a configs/pretrain.py run directory (read only)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap = benchmark_parser(__doc__, ("run", "report"))
     ap.add_argument("--steps", type=int, default=200, help="every run's steps (0: the configs' 700)")
     ap.add_argument("--batch-size", type=int, default=32, help="every run's batch (0: the configs' 128)")
     ap.add_argument("--num-train", type=int, default=8000, help="training images (0: the configs' 50,000)")
@@ -145,16 +140,12 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", default=["scalearn", "uniform", "scalearn++", "uniform++"],
                     choices=list(VARIANTS.values()), help="ScaLearn variants (fusion: AdapterFusion)")
     ap.add_argument("--workers", type=int, default=1)
-    args = ap.parse_args(argv)
-    args.out = args.out_flag or args.out
-    if not args.out:
-        ap.error("give the output directory (--out DIR)")
+    args = parse_benchmark_args(ap, argv)
     if args.what == "report":
         print(report(args.out))
         return
     if not os.path.isdir(os.path.join(args.pretrain_dir, "checkpoints")):
         ap.error(f"--pretrain-dir {args.pretrain_dir!r} holds no checkpoints (train configs/pretrain.py first)")
-    os.makedirs(args.out, exist_ok=True)
     run(args)
 
 
