@@ -42,7 +42,7 @@ def _run(config):
         step, batches = exp.jit_train_step(shardings), exp.train_batches()
         first = next(batches)
         # the goldens were recorded with XLA:CPU's fusion emitters, which tests/conftest.py turns off for
-        # compile speed; their exp/log round differently in the last bit, which Adam amplifies for
+        # compile speed; the older emitters round differently in the last bits, which Adam amplifies for
         # near-zero gradients, so this step is compiled as recorded
         step = step.lower(state, first).compile(compiler_options={"xla_cpu_use_fusion_emitters": True})
         batches = itertools.chain([first], batches)
