@@ -36,6 +36,17 @@ listed with their group and name stack.
   python benchmarks/profile_step.py vit --case S:32x32x3:p4 --steps 3  # ViT-S, 64 tokens
   python benchmarks/profile_step.py mtl --method upgrad --level param --tasks 10
   python benchmarks/profile_step.py vit --cpu-devices 2               # data parallel over 2 CPU devices (vit)
+  python benchmarks/profile_step.py vit --case Ti:32x32x3:p4 --steps 3 --peer   # and PyTorch's step, side by side
+
+``--peer`` (vit, needs ``.venv-bench``'s torch) also profiles the PyTorch eager step of
+``benchmarks/torch_vit_step.py`` on the same case and batch (torch's default threads, random
+parameters: the arithmetic is the same as mtljax's, as ``train_step.py`` checks) with
+``torch.profiler`` and puts its ops' self times in the same groups: ``mm``/``addmm``/``bmm`` →
+matmuls; the fused ``scaled_dot_product_*`` kernels → attention; ``copy_``/``cat``/``clone``/
+``contiguous`` → copies; everything run inside ``Optimizer.step`` → optimizer; ``zero_grad`` and the
+autograd engine's own bookkeeping → other; the rest of the ``aten`` ops → normalisation and
+elementwise. A torch op's self time is wall time (its OpenMP threads work inside it), so the two
+columns compare like with like where XLA runs one op at a time, as it mostly does here.
 
 ``--json FILE`` writes the groups and the top ops.
 """
@@ -225,6 +236,91 @@ def vit_step(args):
     return title, (c.compiled, c.run)
 
 
+_TORCH_MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
+_TORCH_COPY = {"aten::copy_", "aten::cat", "aten::clone", "aten::contiguous", "aten::_to_copy", "aten::stack"}
+
+
+def torch_group(name: str, ancestors: list[str]) -> str:
+    """The group of one torch profiler op, by its name and the names of the ops it runs inside."""
+    if any(a.startswith("Optimizer.step") for a in ancestors) or name.startswith("Optimizer.step"):
+        return "optimizer"
+    if name.startswith("Optimizer.zero_grad") or any(a.startswith("Optimizer.zero_grad") for a in ancestors):
+        return "guard and other"
+    if "scaled_dot_product" in name or "flash_attention" in name or any(
+            "scaled_dot_product" in a or "flash_attention" in a for a in ancestors):
+        return "attention"
+    if name in _TORCH_MATMUL:
+        return "matmuls"
+    if name in _TORCH_COPY:
+        return "copies and transposes"
+    if name.startswith("aten::"):
+        return "normalisation and elementwise"
+    return "guard and other"
+
+
+def torch_breakdown(case_spec: str, batch: int, *, steps: int, warmup: int, top: int) -> dict:
+    """Self time per group of PyTorch's eager step on the same case (``torch.profiler``)."""
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import torch_vit_step as torch_vit
+    from vit_case import Case, numpy_batch
+
+    case = Case.parse(case_spec)
+    classes = [10, 10, 19]
+    torch.manual_seed(0)
+    model = torch_vit.build(case.dims(), case.shape, case.patch, classes)
+    x, ys = numpy_batch(case, batch, classes)
+    step = torch_vit.make_step(model, x, ys)
+    for _ in range(warmup):
+        step()
+    walls = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        walls.append(time.perf_counter() - t0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        profiled_s = (time.perf_counter() - t0) / steps
+    groups, by_op = collections.Counter(), collections.Counter()
+    for ev in prof.events():
+        ancestors, parent = [], ev.cpu_parent
+        while parent is not None:
+            ancestors.append(parent.name)
+            parent = parent.cpu_parent
+        g = torch_group(ev.name, ancestors)
+        ms = ev.self_cpu_time_total / 1e3 / steps
+        groups[g] += ms
+        by_op[(ev.name, g)] += ms
+    total = sum(groups.values())
+    ops = [{"op": n, "group": g, "ms": ms, "opcode": "", "fused": [], "op_name": ""}
+           for (n, g), ms in by_op.most_common(top)]
+    return {"wall_ms": 1e3 * statistics.median(walls), "profiled_wall_ms": 1e3 * profiled_s, "op_ms": total,
+            "groups": {g: {"ms": groups.get(g, 0.0), "share": groups.get(g, 0.0) / total if total else 0.0}
+                       for g in GROUPS},
+            "num_ops": len(by_op), "top": ops, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "finite": bool(np.isfinite(float(step())))}
+
+
+def side_by_side(res: dict, peer: dict) -> str:
+    lines = ["### mtljax (XLA) and PyTorch eager, same case, by group", "",
+             f"step wall time: mtljax {res['wall_ms']:.1f} ms, torch {peer['wall_ms']:.1f} ms "
+             f"({peer['threads']} threads, torch {peer['torch']}); mtljax ÷ torch speed "
+             f"{peer['wall_ms'] / res['wall_ms']:.2f}", "",
+             "| group | mtljax ms / step | torch ms / step | mtljax − torch |", "|---|---:|---:|---:|"]
+    for g in GROUPS:
+        a, b = res["groups"][g]["ms"], peer["groups"][g]["ms"]
+        if a or b:
+            lines.append(f"| {g} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+    lines.append(f"| all ops | {res['op_ms']:.1f} | {peer['op_ms']:.1f} | {res['op_ms'] - peer['op_ms']:+.1f} |")
+    lines += ["", "| torch op | group | ms / step |", "|---|---|---:|"]
+    lines += [f"| {o['op']} | {o['group']} | {o['ms']:.2f} |" for o in peer["top"]]
+    return "\n".join(lines)
+
+
 def mtl_step(args):
     """The step of ``benchmarks/mtl_step.py`` (its MLP 3 x 512, batch 256) with one method at one level."""
     from mtl_step import jax_contenders
@@ -258,9 +354,17 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", default="")
+    ap.add_argument("--peer", action="store_true", help="vit: also profile PyTorch's eager step (same groups)")
     args = ap.parse_args(argv)
     if args.cpu_devices < 1:
         ap.error("--cpu-devices must be >= 1")
+    if args.peer and args.model != "vit":
+        ap.error("--peer: only the vit step has a PyTorch peer here (mtl: benchmarks/mtl_step.py times TorchJD)")
+    if args.peer:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            ap.error("--peer needs torch: run with .venv-bench/bin/python (benchmarks/requirements.txt)")
     if args.cpu_devices > 1:  # before JAX initialises its backend
         import jax
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
@@ -268,9 +372,14 @@ def main(argv=None):
     res = breakdown(compiled, run, steps=args.steps, warmup=args.warmup, top=args.top)
     print(f"command: python benchmarks/profile_step.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(report(title, res))
+    peer = None
+    if args.peer:
+        peer = torch_breakdown(args.case, args.batch or 64, steps=args.steps, warmup=args.warmup, top=args.top)
+        print()
+        print(side_by_side(res, peer))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"title": title, "args": vars(args), **res}, f, indent=1)
+            json.dump({"title": title, "args": vars(args), **res, "peer": peer}, f, indent=1)
 
 
 if __name__ == "__main__":
