@@ -170,10 +170,8 @@ def trace_events(logdir: str, module_prefix: str) -> list[dict]:
             and str(e["args"].get("hlo_module", "")).startswith(module_prefix)]
 
 
-def breakdown(compiled, run, *, steps: int, warmup: int, top: int) -> dict:
-    import jax
-
-    hlo = parse_hlo(compiled.as_text())
+def unprofiled_walls(run, steps: int, warmup: int) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``run`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         run()
     walls = []
@@ -181,6 +179,18 @@ def breakdown(compiled, run, *, steps: int, warmup: int, top: int) -> dict:
         t0 = time.perf_counter()
         run()
         walls.append(time.perf_counter() - t0)
+    return walls
+
+
+def group_shares(groups: dict, total: float) -> dict:
+    return {g: {"ms": groups.get(g, 0.0), "share": groups.get(g, 0.0) / total if total else 0.0} for g in GROUPS}
+
+
+def breakdown(compiled, run, *, steps: int, warmup: int, top: int) -> dict:
+    import jax
+
+    hlo = parse_hlo(compiled.as_text())
+    walls = unprofiled_walls(run, steps, warmup)
     logdir = tempfile.mkdtemp(prefix="mtljax-profile-")
     try:
         jax.profiler.start_trace(logdir, create_perfetto_trace=True)
@@ -205,9 +215,7 @@ def breakdown(compiled, run, *, steps: int, warmup: int, top: int) -> dict:
     total = sum(groups.values())
     ops.sort(key=lambda o: -o["ms"])
     return {"wall_ms": 1e3 * statistics.median(walls), "profiled_wall_ms": 1e3 * profiled_s, "op_ms": total,
-            "groups": {g: {"ms": groups.get(g, 0.0), "share": groups.get(g, 0.0) / total if total else 0.0}
-                       for g in GROUPS},
-            "num_ops": len(times), "top": ops[:top]}
+            "groups": group_shares(groups, total), "num_ops": len(times), "top": ops[:top]}
 
 
 def report(title: str, res: dict) -> str:
@@ -273,13 +281,7 @@ def torch_breakdown(case_spec: str, batch: int, *, steps: int, warmup: int, top:
     model = torch_vit.build(case.dims(), case.shape, case.patch, classes)
     x, ys = numpy_batch(case, batch, classes)
     step = torch_vit.make_step(model, x, ys)
-    for _ in range(warmup):
-        step()
-    walls = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        walls.append(time.perf_counter() - t0)
+    walls = unprofiled_walls(step, steps, warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -299,9 +301,7 @@ def torch_breakdown(case_spec: str, batch: int, *, steps: int, warmup: int, top:
     ops = [{"op": n, "group": g, "ms": ms, "opcode": "", "fused": [], "op_name": ""}
            for (n, g), ms in by_op.most_common(top)]
     return {"wall_ms": 1e3 * statistics.median(walls), "profiled_wall_ms": 1e3 * profiled_s, "op_ms": total,
-            "groups": {g: {"ms": groups.get(g, 0.0), "share": groups.get(g, 0.0) / total if total else 0.0}
-                       for g in GROUPS},
-            "num_ops": len(by_op), "top": ops, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "groups": group_shares(groups, total), "num_ops": len(by_op), "top": ops, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "finite": bool(np.isfinite(float(step())))}
 
 
