@@ -41,7 +41,8 @@ listed with their group and name stack.
 ``--peer`` (vit, needs ``.venv-bench``'s torch) also profiles the PyTorch eager step of
 ``benchmarks/torch_vit_step.py`` on the same case and batch (torch's default threads, random
 parameters: the arithmetic is the same as mtljax's, as ``train_step.py`` checks) with
-``torch.profiler`` and puts its ops' self times in the same groups: ``mm``/``addmm``/``bmm`` →
+``torch.profiler`` (``--dtype bfloat16``: under ``torch.autocast``) and puts its ops' self times in the
+same groups: ``mm``/``addmm``/``bmm`` →
 matmuls; the fused ``scaled_dot_product_*`` kernels → attention; ``copy_``/``cat``/``clone``/
 ``contiguous`` → copies; everything run inside ``Optimizer.step`` → optimizer; ``zero_grad`` and the
 autograd engine's own bookkeeping → other; the rest of the ``aten`` ops → normalisation and
@@ -266,9 +267,9 @@ def torch_group(name: str, ancestors: list[str]) -> str:
     return "guard and other"
 
 
-def torch_breakdown(case_spec: str, batch: int, *, steps: int, warmup: int, top: int) -> dict:
-    """Self time per group of PyTorch's eager step on the same case (``torch.profiler``)."""
-    import numpy as np
+def torch_breakdown(case_spec: str, batch: int, *, bf16: bool, steps: int, warmup: int, top: int) -> dict:
+    """Self time per group of PyTorch's eager step on the same case (``torch.profiler``); ``bf16``:
+    under ``torch.autocast('cpu', bfloat16)``, the counterpart of ``--dtype bfloat16``."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -280,7 +281,7 @@ def torch_breakdown(case_spec: str, batch: int, *, steps: int, warmup: int, top:
     torch.manual_seed(0)
     model = torch_vit.build(case.dims(), case.shape, case.patch, classes)
     x, ys = numpy_batch(case, batch, classes)
-    step = torch_vit.make_step(model, x, ys)
+    step = torch_vit.make_step(model, x, ys, bf16=bf16)
     walls = unprofiled_walls(step, steps, warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
@@ -301,8 +302,8 @@ def torch_breakdown(case_spec: str, batch: int, *, steps: int, warmup: int, top:
     ops = [{"op": n, "group": g, "ms": ms, "opcode": "", "fused": [], "op_name": ""}
            for (n, g), ms in by_op.most_common(top)]
     return {"wall_ms": 1e3 * statistics.median(walls), "profiled_wall_ms": 1e3 * profiled_s, "op_ms": total,
-            "groups": group_shares(groups, total), "num_ops": len(by_op), "top": ops, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "finite": bool(np.isfinite(float(step())))}
+            "groups": group_shares(groups, total), "num_ops": len(by_op), "top": ops,
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def side_by_side(res: dict, peer: dict) -> str:
@@ -360,6 +361,8 @@ def main(argv=None):
         ap.error("--cpu-devices must be >= 1")
     if args.peer and args.model != "vit":
         ap.error("--peer: only the vit step has a PyTorch peer here (mtl: benchmarks/mtl_step.py times TorchJD)")
+    if args.peer and args.dtype == "float16":
+        ap.error("--peer: the PyTorch peer runs float32 or bfloat16 (autocast), not float16")
     if args.peer:
         try:
             import torch  # noqa: F401
@@ -374,7 +377,8 @@ def main(argv=None):
     print(report(title, res))
     peer = None
     if args.peer:
-        peer = torch_breakdown(args.case, args.batch or 64, steps=args.steps, warmup=args.warmup, top=args.top)
+        peer = torch_breakdown(args.case, args.batch or 64, bf16=args.dtype == "bfloat16", steps=args.steps,
+                               warmup=args.warmup, top=args.top)
         print()
         print(side_by_side(res, peer))
     if args.json:
