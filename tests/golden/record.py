@@ -1,14 +1,18 @@
 """Record the golden parameters of ``cases.py`` with the train step of commit fd90ec3 (before the
-spine redesign). Run from the repository root with the old package first on the path:
+spine redesign). The configs must come from that commit too (today's configs take keys the old package
+lacks), so run it inside a worktree of fd90ec3, with today's ``cases.py`` and this file copied in:
 
-    git worktree add /tmp/old fd90ec3
-    PYTHONPATH=/tmp/old python tests/golden/record.py
+    git worktree add /tmp/old fd90ec3 && mkdir -p /tmp/old/tests/golden
+    cp tests/golden/cases.py tests/golden/record.py /tmp/old/tests/golden/
+    (cd /tmp/old && PYTHONPATH=/tmp/old python tests/golden/record.py OUT.npz)
 
-Writes ``tests/golden/steps5.npz``: for every case the final parameters (flattened by path,
-``<case>/final/<path>``), a fingerprint of the initial ones (``<case>/init/<path>`` = [sum, sum of
-squares] per leaf, to tell an initialisation change from an update change) and the per-step task
-losses (``<case>/losses``). This script uses the *old* trainer internals (``Experiment``, ``_make_step``);
-it is kept to document how the goldens were made, not to be run against the new code.
+``OUT.npz`` is ``tests/golden/steps5.npz`` on an AVX2 CPU, ``steps5_avx512.npz`` on an AVX-512 one
+(``tests/trainer/test_golden.py`` picks the file of the machine's CPU class). It holds, for every case,
+the final parameters (flattened by path, ``<case>/final/<path>``), a fingerprint of the initial ones
+(``<case>/init/<path>`` = [sum, sum of squares] per leaf, to tell an initialisation change from an update
+change) and the per-step task losses (``<case>/losses``). This script uses the *old* trainer internals
+(``Experiment``, ``_make_step``); it is kept to document how the goldens were made, not to be run against
+the new code.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def main():
         out.update(flatten(final, f"{name}/final"))
         out[f"{name}/losses"] = losses
         print(f"{name}: losses {losses[0].round(4)} -> {losses[-1].round(4)}")
-    path = pathlib.Path(__file__).parent / "steps5.npz"
+    path = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).parent / "steps5.npz")
     np.savez_compressed(path, **out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
