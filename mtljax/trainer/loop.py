@@ -117,8 +117,11 @@ def _check_workdir_config(config, workdir: str):
     if jax.process_index() == 0:
         try:
             os.makedirs(workdir, exist_ok=True)
-            with open(path, "w") as f:
+            # a whole file or none: the other processes of a multi-process run read it at the same time,
+            # and a kill mid-write must not leave a truncated config.json that a resume cannot parse
+            with open(path + ".tmp", "w") as f:
                 json.dump(current, f, indent=1)
+            os.replace(path + ".tmp", path)
         except OSError as e:
             raise ConfigError(f"{config.workdir!r} cannot be written ({e.strerror or e}: {e.filename or workdir})",
                               "workdir") from None
