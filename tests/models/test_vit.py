@@ -7,10 +7,11 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import print_saved_residuals
 import numpy as np
 import pytest
 
-from mtljax.models.layers import SelfAttention, attend
+from mtljax.models.layers import SelfAttention, attend, gelu
 from mtljax.models.plugs import BlockPlugs, Context, merge_aux
 from mtljax.models.vit import ViT
 
@@ -112,6 +113,23 @@ def test_merge_aux_sums_losses_and_averages_metrics():
     b = {"losses": {"x": 2.0, "y": 1.0}, "metrics": {}}
     c = {"losses": {}, "metrics": {"m": 4.0}}
     assert merge_aux(a, None, b, c) == {"losses": {"x": 3.0, "y": 1.0}, "metrics": {"m": 3.0}}
+
+
+def test_gelu_keeps_only_its_input_and_equals_flax_gelu_bit_for_bit(capsys):
+    x = np.linspace(-6, 6, 97, dtype=np.float64)
+    u = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)  # the tanh form, in float64
+    ref = 0.5 * x * (1 + np.tanh(u))
+    dref = 0.5 * (1 + np.tanh(u)) + 0.5 * x * (1 - np.tanh(u) ** 2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2)
+    grad = jax.jit(jax.vmap(jax.grad(gelu)))
+    xs = jnp.asarray(x, jnp.float32)
+    np.testing.assert_allclose(gelu(xs), ref, atol=1e-6)
+    np.testing.assert_allclose(grad(xs), dref, atol=2e-5)  # float32 cancellation in 1 + tanh near x = -6
+    for dtype in (jnp.float32, jnp.bfloat16):  # same ops as flax's: identical values and gradients
+        xd = xs.astype(dtype)
+        np.testing.assert_array_equal(jax.jit(gelu)(xd), jax.jit(nn.gelu)(xd))
+        np.testing.assert_array_equal(grad(xd), jax.jit(jax.vmap(jax.grad(nn.gelu)))(xd))
+    print_saved_residuals(gelu, xs)  # the backward keeps x only and recomputes the rest
+    assert capsys.readouterr().out.strip().splitlines() == ["f32[97] from the argument x"]
 
 
 @pytest.mark.parametrize("impl", [None, "xla"])

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from mtljax.models.layers import gelu
 from mtljax.models.moe.routing import top_k
 
 
@@ -46,7 +47,7 @@ def run_experts(slots: jax.Array, wi: jax.Array, bi: jax.Array, wo: jax.Array, b
     """Experts on their slots: ``slots [E, ..., D] -> [E, ..., D]`` (leading expert axis)."""
     shape = slots.shape
     x = slots.reshape(shape[0], -1, shape[-1])  # one [rows, D] x [D, H] matmul per expert
-    h = nn.gelu(jnp.einsum("erd,edh->erh", x, wi.astype(dtype)) + bi.astype(dtype)[:, None, :])
+    h = gelu(jnp.einsum("erd,edh->erh", x, wi.astype(dtype)) + bi.astype(dtype)[:, None, :])
     out = jnp.einsum("erh,ehd->erd", h, wo.astype(dtype))
     if model_axis is not None:
         out = jax.lax.psum(out, model_axis)
@@ -355,7 +356,7 @@ def ragged_moe(x, top_idx, top_val, wi, bi, wo, bo, *, dtype):
     sizes = jnp.bincount(flat, length=e).astype(jnp.int32)
     xs = x[token].astype(dtype)
     h = jax.lax.ragged_dot(xs, wi.astype(dtype), sizes) + bi.astype(dtype)[expert]
-    out = jax.lax.ragged_dot(nn.gelu(h), wo.astype(dtype), sizes) + bo.astype(dtype)[expert]
+    out = jax.lax.ragged_dot(gelu(h), wo.astype(dtype), sizes) + bo.astype(dtype)[expert]
     weight = top_val.reshape(-1)[order].astype(dtype)
     return jnp.zeros((n, x.shape[-1]), dtype).at[token].add(out * weight[:, None])
 

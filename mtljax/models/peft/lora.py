@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models.layers import Dtype, dense
+from mtljax.models.layers import Dtype, dense, gelu
 from mtljax.models.peft.phatgoose import GATE, ROUTINGS, gate_scale, phatgoose_weights
 from mtljax.models.peft.poly import PREFIX as POLY_PREFIX
 from mtljax.models.peft.poly import PolyDelta, PolySettings
@@ -151,7 +151,7 @@ class LoraMlp(nn.Module):
                                   **kw)(h, ids, ctx.train)
             return y
 
-        h = nn.gelu(project("fc1", self.mlp_dim, ("embed", "mlp"), x))
+        h = gelu(project("fc1", self.mlp_dim, ("embed", "mlp"), x))
         h = nn.with_logical_constraint(h, ("act_batch", "act_len", "mlp"))
         h = nn.Dropout(self.dropout, deterministic=not ctx.train)(h)
         return project("fc2", width, ("mlp", "embed"), h)

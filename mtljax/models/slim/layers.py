@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtljax.models.layers import attend, default_init
+from mtljax.models.layers import attend, default_init, gelu
 from mtljax.models.plugs import Context
 
 Dtype = Any
@@ -260,7 +260,7 @@ class SlimMlp(_Slim):
     def __call__(self, x: jax.Array, ctx: Context = Context()) -> jax.Array:
         kw = dict(widths=self.widths, dtype=self.dtype, param_dtype=self.param_dtype)
         h = SlimDense(features=self.hidden, in_features=self.embed, axes=("embed", "mlp"), name="fc1", **kw)(x, ctx)
-        h = nn.with_logical_constraint(nn.gelu(h), ("act_batch", "act_len", "mlp"))
+        h = nn.with_logical_constraint(gelu(h), ("act_batch", "act_len", "mlp"))
         h = nn.Dropout(self.dropout, deterministic=not ctx.train)(h)
         return SlimDense(features=self.embed, in_features=self.hidden, slim_out=False, axes=("mlp", "embed"),
                          name="fc2", **kw)(h, ctx)
