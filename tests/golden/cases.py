@@ -1,6 +1,6 @@
 """Golden cases of the train step: configs (as data) whose parameters after 5 steps were recorded with
 the step *before* the spine redesign (commit fd90ec3), by ``record.py`` in this folder (its docstring
-says how), once per CPU class: ``steps5.npz`` (AVX2) and ``steps5_avx512.npz`` (AVX-512).
+says how), once per kind of CPU: ``steps5.npz`` (AMD, AVX2) and ``steps5_avx512.npz`` (AMD, AVX-512).
 
 Every case is ``(config file or None, config arg, overrides)`` applied on top of ``COMMON``; both the
 recorder (old code) and ``tests/train/test_golden.py`` (new code) build their configs from this table,

@@ -6,8 +6,9 @@ lacks), so run it inside a worktree of fd90ec3, with today's ``cases.py`` and th
     cp tests/golden/cases.py tests/golden/record.py /tmp/old/tests/golden/
     (cd /tmp/old && PYTHONPATH=/tmp/old python tests/golden/record.py OUT.npz)
 
-``OUT.npz`` is ``tests/golden/steps5.npz`` on an AVX2 CPU, ``steps5_avx512.npz`` on an AVX-512 one
-(``tests/trainer/test_golden.py`` picks the file of the machine's CPU class). It holds, for every case,
+``OUT.npz`` is one file per kind of CPU (``steps5.npz``: AMD AVX2, ``steps5_avx512.npz``: AMD AVX-512);
+``GOLDENS`` in ``tests/trainer/test_golden.py`` maps the CPU kind to its file (add a line for a new
+kind; on a kind it does not list, the test skips). It holds, for every case,
 the final parameters (flattened by path, ``<case>/final/<path>``), a fingerprint of the initial ones
 (``<case>/init/<path>`` = [sum, sum of squares] per leaf, to tell an initialisation change from an update
 change) and the per-step task losses (``<case>/losses``). This script uses the *old* trainer internals

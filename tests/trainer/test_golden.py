@@ -21,31 +21,33 @@ from cases import CASES, STEPS, _set, build_config  # noqa: E402
 from mtljax.trainer.experiment import Experiment  # noqa: E402
 
 OLD_RULES = {"flat_pcgrad": {"optim.sam_balls": "joint"}, "nash_mtl": {"optim.head_grads": "task"}}
-# The same recording, made on each class of x86 CPU the project runs on: XLA:CPU and numpy's LAPACK pick
-# their kernels by instruction set, and AVX-512 kernels round differently from AVX2 ones (Adam then
-# amplifies the last bits of near-zero gradients, and MultiTab's task vectors come from an eigenbasis
-# of a matrix with a repeated eigenvalue, which LAPACK returns differently)
-GOLDENS = {"avx2": "steps5.npz",  # AMD EPYC, AVX2 (the original recording)
-           "avx512": "steps5_avx512.npz"}  # AMD EPYC (Zen 4), AVX-512, recorded 2026-11-28
+# The same recording, made on each kind of CPU the project has run on: XLA:CPU compiles for the host CPU
+# and numpy's LAPACK picks its kernels by it, so other CPUs round differently in the last bits (Adam then
+# amplifies them for near-zero gradients, and MultiTab's task vectors come from an eigenbasis of a
+# matrix with a repeated eigenvalue, which LAPACK returns differently)
+GOLDENS = {("AuthenticAMD", "avx2"): "steps5.npz",  # AMD EPYC (Zen 3), the original recording
+           ("AuthenticAMD", "avx512"): "steps5_avx512.npz"}  # AMD EPYC (Zen 4), recorded 2026-11-28
 
 
-def cpu_class() -> str | None:
-    """``'avx512'`` or ``'avx2'`` from the Linux CPU flags; ``None`` elsewhere (no goldens recorded)."""
+def cpu_kind() -> tuple[str, str] | None:
+    """``(vendor, 'avx512' | 'avx2' | 'other')`` from the Linux CPU info; ``None`` where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
     except OSError:
         return None
-    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else None
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = info.get("flags", "").split()
+    return info.get("vendor_id", "?"), "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
 
 
 @pytest.fixture(scope="module")
 def golden():
-    cls = cpu_class()
-    if cls is None:
-        pytest.skip("goldens are recorded for x86 CPUs with AVX2 or AVX-512 only (tests/golden/record.py "
-                    "records them for another CPU)")
-    return np.load(pathlib.Path(__file__).parents[1] / "golden" / GOLDENS[cls])
+    kind = cpu_kind()
+    if kind not in GOLDENS:
+        pytest.skip(f"no goldens recorded on this kind of CPU {kind} (only {sorted(GOLDENS)}); "
+                    "tests/golden/record.py records them")
+    return np.load(pathlib.Path(__file__).parents[1] / "golden" / GOLDENS[kind])
 
 
 def _flat(tree):
