@@ -29,6 +29,7 @@ the one line instead of a C++ stack dump (JAX's own log lines before it cannot b
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import functools
@@ -146,6 +147,7 @@ def initialize(dist) -> bool:
     global _heartbeat_timeout
     _heartbeat_timeout = int(dist.heartbeat_timeout)
     Watchdog(_heartbeat_timeout).start()
+    atexit.register(_stop_watchdog)  # runs before JAX's own exit handler (registered at import) shuts down
     return True
 
 
@@ -180,6 +182,16 @@ def _service_error(status=None) -> None:
 
 _abort_handler = None  # kept alive: the C signal handler calls it
 _poll_now = threading.Event()  # asks the watchdog to poll at once
+_stopping = threading.Event()  # the process is exiting normally: the watchdog polls no more
+
+
+def _stop_watchdog() -> None:
+    """At a normal exit, before JAX shuts the coordination service (process 0) and its client down: tell
+    the watchdog that a failed poll from now on is the shutdown, not a lost peer (else a finished run could
+    end with "the coordinator is unreachable" and exit status 1). It does not wait for a poll in flight:
+    a poll can wait for the other processes' polls, which may have stopped already (waiting for it here
+    kept process 0 from JAX's shutdown barrier until that timed out)."""
+    _stopping.set()
 
 
 def _catch_abort() -> None:
@@ -239,10 +251,16 @@ class Watchdog(threading.Thread):
         while True:
             _poll_now.wait(self.interval)
             _poll_now.clear()
+            if _stopping.is_set():
+                return
             try:
                 live = client.get_live_nodes(everyone)
             except Exception as e:  # the coordinator (process 0) is unreachable
+                if _stopping.is_set():
+                    return
                 lost_peer(f"process 0 of {self.count} (the coordinator) is unreachable ({_first_line(e)})")
+            if _stopping.is_set():
+                return
             gone = [i for i in everyone if i not in live]
             if gone:
                 lost_peer(f"process {', '.join(map(str, gone))} of {self.count} stopped (no heartbeat for "
