@@ -49,7 +49,7 @@ def gelu(x: jax.Array) -> jax.Array:
     Same values and same gradients as ``nn.gelu``, bit for bit (the backward replays the same ops), but
     the forward pass is one fused elementwise loop instead of two, and writes no ``tanh`` residual of
     the ``[tokens, mlp]`` hidden activation: the backward reads the pre-activation it needs anyway.
-    On XLA:CPU this made the ViT-Ti train step at 64 tokens 1.06–1.12× faster (BENCHMARKS.md, issue
+    On XLA:CPU this made the ViT-Ti train step at 64 tokens 1.05–1.12× faster (BENCHMARKS.md, issue
     15); the transformer MLPs (dense, slim, LoRA, MoE experts) use it.
     """
     return nn.gelu(x)
