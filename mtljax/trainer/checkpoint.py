@@ -82,14 +82,19 @@ def _files(step_dir: str) -> list[str]:
     return [p for p in out if p != MANIFEST and not p.startswith(MANIFEST + ".")]
 
 
+def write_json(path: str, obj, **dump_kwargs):
+    """``json.dump`` to ``path`` whole or not at all (a temporary file moved into place): a reader never
+    sees half a file, and a kill mid-write leaves the previous one."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, **dump_kwargs)
+    os.replace(path + ".tmp", path)
+
+
 def write_manifest(step_dir: str):
     """``<step_dir>/checksums.json``: ``{"crc32": {relative path: [size, crc32]}}`` of every file."""
     files = {rel: [os.path.getsize(os.path.join(step_dir, rel)), _crc32(os.path.join(step_dir, rel))]
              for rel in _files(step_dir)}
-    tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"crc32": files}, f)
-    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+    write_json(os.path.join(step_dir, MANIFEST), {"crc32": files})
 
 
 def verify_manifest(step_dir: str) -> str | None:

@@ -23,7 +23,7 @@ import tqdm
 
 from mtljax import metrics as mt
 from mtljax.config import ConfigError
-from mtljax.trainer.checkpoint import Checkpointer
+from mtljax.trainer.checkpoint import Checkpointer, write_json
 from mtljax.trainer.experiment import Experiment
 from mtljax.trainer.logging import MetricWriter
 from mtljax.trainer.preemption import Notice, Preempted
@@ -117,11 +117,7 @@ def _check_workdir_config(config, workdir: str):
     if jax.process_index() == 0:
         try:
             os.makedirs(workdir, exist_ok=True)
-            # a whole file or none: the other processes of a multi-process run read it at the same time,
-            # and a kill mid-write must not leave a truncated config.json that a resume cannot parse
-            with open(path + ".tmp", "w") as f:
-                json.dump(current, f, indent=1)
-            os.replace(path + ".tmp", path)
+            write_json(path, current, indent=1)  # whole: the other processes read it at the same time
         except OSError as e:
             raise ConfigError(f"{config.workdir!r} cannot be written ({e.strerror or e}: {e.filename or workdir})",
                               "workdir") from None
