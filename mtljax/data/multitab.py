@@ -2,9 +2,13 @@
 
 Following Sinodinos et al. (2025, "MultiTab"): inputs ``x ~ N(0, I_D)``. Task vectors ``w_t`` (rows of
 ``W``, ``T × D``) have unit norm and pairwise cosine ``ρ``: with ``P`` the ``T × T`` matrix with ones on
-the diagonal and ``ρ`` elsewhere, ``P = Q Λ Qᵀ`` and ``U`` ``T`` orthonormal rows in ``R^D``,
-``W = Q √Λ U`` gives ``W Wᵀ = P``. ``P`` is positive semi-definite only for ``ρ ≥ −1/(T−1)`` and ``U``
-needs ``T ≤ D``; both are checked. Targets: ``y_t = Σ_{k=1..d_t} (w_t·x)^k + N(0, σ_t²)`` where ``d_t``
+the diagonal and ``ρ`` elsewhere, ``S`` its symmetric square root and ``U`` ``T`` orthonormal rows in
+``R^D``, ``W = S U`` gives ``W Wᵀ = P``. ``P`` is positive semi-definite only for ``ρ ≥ −1/(T−1)`` and
+``U`` needs ``T ≤ D``; both are checked. ``S`` is taken in closed form, not from an eigendecomposition:
+``P``'s eigenvalue ``1 − ρ`` is repeated ``T − 1`` times, so an eigensolver may return any basis of that
+eigenspace, and LAPACK's kernels for different CPUs do (AVX2 and AVX-512 gave different task vectors
+for the same seed until 2026-11-28). Any root gives the same distribution of the data, since ``x`` is
+isotropic; the symmetric one makes the sample itself the same on every machine. Targets: ``y_t = Σ_{k=1..d_t} (w_t·x)^k + N(0, σ_t²)`` where ``d_t``
 is task ``t``'s complexity (polynomial degree). The test split draws fresh ``x`` (the reference code
 copies its training set into its test set; we do not).
 """
@@ -27,10 +31,19 @@ def task_vectors(num_tasks: int, num_features: int, rho: float, rng: np.random.G
                           "pairwise cosine", "rho")
     if rho > 1:
         raise ConfigError(f"must be <= 1, got {rho}", "rho")
-    p = np.full((num_tasks, num_tasks), rho) + (1.0 - rho) * np.eye(num_tasks)
-    lam, q = np.linalg.eigh(p)
     u, _ = np.linalg.qr(rng.standard_normal((num_features, num_tasks)))  # D × T, orthonormal columns
-    return q @ np.diag(np.sqrt(np.maximum(lam, 0.0))) @ u.T
+    return symmetric_root(num_tasks, rho) @ u.T
+
+
+def symmetric_root(num_tasks: int, rho: float) -> np.ndarray:
+    """The symmetric square root of ``P = (1 − ρ) I + ρ 11ᵀ`` (``T × T``), in closed form.
+
+    ``P`` has the eigenvalue ``b² = 1 + (T − 1) ρ`` on ``1`` and ``a² = 1 − ρ`` on its orthogonal
+    complement, so ``S = a I + ((b − a) / T) 11ᵀ``: ``S² = a² I + ((b² − a²) / T) 11ᵀ = P``.
+    """
+    a = np.sqrt(max(1.0 - rho, 0.0))
+    b = np.sqrt(max(1.0 + (num_tasks - 1) * rho, 0.0))
+    return a * np.eye(num_tasks) + (b - a) / num_tasks * np.ones((num_tasks, num_tasks))
 
 
 def targets(x: np.ndarray, w: np.ndarray, degrees, noise, rng: np.random.Generator) -> np.ndarray:

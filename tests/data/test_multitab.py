@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mtljax.data import build_dataset
-from mtljax.data.multitab import task_vectors
+from mtljax.data.multitab import symmetric_root, task_vectors
 
 
 def _cfg(**kw):
@@ -21,6 +21,26 @@ def test_task_vectors_gram(T, D, rho):
     assert w.shape == (T, D)
     expected = np.full((T, T), rho) + (1 - rho) * np.eye(T)
     np.testing.assert_allclose(w @ w.T, expected, atol=1e-10)
+
+
+def test_task_vectors_do_not_depend_on_an_eigenbasis():
+    """P = (1-ρ)I + ρ11ᵀ has a (T-1)-fold eigenvalue, so an eigensolver's basis (and with it W = Q√ΛU)
+    depended on the CPU's LAPACK kernels; W = S U with S the symmetric root is the same sample on every
+    machine. Reference: Q√ΛQᵀ, which is the same for every eigenbasis Q."""
+
+    def root(p):
+        lam, q = np.linalg.eigh(p)
+        return q @ np.diag(np.sqrt(np.maximum(lam, 0))) @ q.T
+
+    for T, rho in [(7, 0.4), (7, -0.15), (3, -0.5), (4, 0.0), (2, 1.0), (5, 0.9)]:
+        p = np.full((T, T), rho) + (1 - rho) * np.eye(T)
+        s = symmetric_root(T, rho)
+        np.testing.assert_allclose(s, s.T, atol=0)
+        np.testing.assert_allclose(s, root(p), atol=1e-7)
+    u, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((32, 7)))
+    np.testing.assert_allclose(task_vectors(7, 32, -0.15, np.random.default_rng(3)),
+                               root(np.full((7, 7), -0.15) + 1.15 * np.eye(7)) @ u.T,
+                               atol=1e-7)
 
 
 def test_invalid_correlation_and_sizes():
