@@ -13,7 +13,10 @@ parameters that train (``None``: all; the others are frozen: never differentiate
 state, see :mod:`mtljax.optim.trainable`). Optionally, when all
 tasks read one shared representation, the split ``encode(params, batch, *, rng) -> (rep, aux)`` /
 ``decode(params, rep, batch) -> (losses [T], outputs)`` (the representation level of gradient
-methods, Rep-MTL), and ``rep_keys``: for each task the entry of ``rep`` its decoder reads.
+methods, Rep-MTL), and ``rep_keys``: for each task the entry of ``rep`` its decoder reads. Where every
+task's decoder reads only ``rep`` and its own parameters, ``decode_task(params, rep, batch, t) -> loss``
+gives task ``t``'s loss alone (the representation-level Gramian then costs ``T`` head backward passes,
+not ``T²``; :class:`~mtljax.optim.task_grads.LossFunction`).
 
 :func:`objective` gives a model's objective; a model family with its own training rule registers one
 (``@objective.register(MyModel)``: the slimmable model's sandwich of configurations). Training terms
@@ -57,6 +60,7 @@ class Objective:
     rep_keys: tuple[str, ...] = ()
     specific: Callable[[Any], Any] = heads_mask
     trainable: Callable[[Any], Any] | None = None
+    decode_task: Callable[..., jax.Array] | None = None
 
     def split(self, params) -> tuple[Any, Any]:
         """``(trainable, frozen)`` parameters (:func:`mtljax.optim.trainable.split`; ``frozen`` is
@@ -105,7 +109,13 @@ class Objective:
             l, outputs = self.decode(self.join(params, frozen), rep, batch)
             return weigh(l), {"outputs": outputs, "task_losses": l}
 
-        return LossFunction(losses, encode, decode)
+        decode_task = None
+        if self.decode_task is not None:
+            def decode_task(params, rep, t):
+                loss = self.decode_task(self.join(params, frozen), rep, batch, t)
+                return loss if scale is None else scale[t].astype(loss.dtype) * loss
+
+        return LossFunction(losses, encode, decode, decode_task)
 
 
 @functools.singledispatch
@@ -146,8 +156,13 @@ def objective(model, tasks: Sequence[Task]) -> Objective:
         outputs = model.apply({"params": params}, rep, method=model.decode)
         return task_losses(tasks, outputs, batch), outputs
 
+    def decode_task(params, rep, batch, t):
+        task = tasks[t]
+        out = model.apply({"params": params}, rep, method=model.decode, task=task.name)[task.name]
+        return task.loss(out, batch["targets"][task.name], batch["masks"][task.name])
+
     keys = tuple("tokens" if t.is_dense else "pooled" for t in tasks)
-    return Objective(tasks, forward, encode, decode, keys, specific)
+    return Objective(tasks, forward, encode, decode, keys, specific, decode_task=decode_task)
 
 
 def stacked_objective(model, tasks: Sequence[Task]) -> Objective:

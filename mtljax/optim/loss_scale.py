@@ -127,7 +127,12 @@ def scale_loss_function(fn: LossFunction, scale) -> LossFunction:
         def decode(params, rep):
             return _wrap_out(fn.decode(_down(params, scale), _down(rep, scale)), scale, 1)
 
-    return LossFunction(losses, encode, decode)
+    decode_task = None
+    if fn.decode_task is not None:
+        def decode_task(params, rep, t):
+            return _up(fn.decode_task(_down(params, scale), _down(rep, scale), t), scale)
+
+    return LossFunction(losses, encode, decode, decode_task)
 
 
 __all__ = ["LossScale", "LossScaleState", "parse_loss_scale", "scale_loss_function"]

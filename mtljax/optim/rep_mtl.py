@@ -327,7 +327,8 @@ def with_rep_mtl(objective, **kwargs):
         reg, metrics = rep_mtl_regularizer(S, **kwargs)
         return losses, outputs, {"losses": {**aux["losses"], "rep_mtl": reg}, "metrics": {**aux["metrics"], **metrics}}
 
-    return dataclasses.replace(objective, forward=forward, encode=None, decode=None, rep_keys=())
+    return dataclasses.replace(objective, forward=forward, encode=None, decode=None, decode_task=None,
+                               rep_keys=())
 
 
 def _check_kwargs(kwargs) -> None:

@@ -21,7 +21,8 @@ for is computed, and what is asked twice is computed once. Build it with :func:`
   (:mod:`mtljax.optim.autogram`, after TorchJD's autogram): per dense layer, from its inputs and the
   per-task gradients of its outputs, without forming the per-task kernel gradients; the update needs
   no further pullback. Same values as ``"param"`` up to float rounding.
-* ``"rep"`` — ``J`` w.r.t. the shared representation ``Z`` (MGDA-UB, Sener & Koltun 2018); the
+* ``"rep"`` — ``J`` w.r.t. the shared representation ``Z`` (MGDA-UB, Sener & Koltun 2018), each task's
+  row from its own head where the decoder says its tasks are independent (``decode_task``); the
   update flows back through the encoder with cotangent ``J_Zᵀ w``. The decoder must read only
   task-specific parameters (heads); the representation level of the shared parameters is exact by the
   chain rule, only the Gramian differs.
@@ -194,12 +195,21 @@ class LossFunction(NamedTuple):
     ``losses(params) -> (losses [T], extra, aux)``: ``extra`` is the scalar sum of auxiliary terms
     added with weight 1 (``None`` when there are none: it then costs nothing), ``aux`` a dict to
     return (outputs, metrics). For level ``"rep"`` also ``encode(params) -> (rep, extra, aux)`` and
-    ``decode(params, rep) -> (losses [T], aux)``; the two ``aux`` dicts are merged.
+    ``decode(params, rep) -> (losses [T], aux)``; the two ``aux`` dicts are merged. Optionally
+    ``decode_task(params, rep, t) -> losses[t]`` (``t`` a Python int): task ``t``'s loss alone, for
+    decoders whose tasks are independent given ``rep`` (one head each). The representation-level
+    Gramian then takes each task's gradient from its own head, ``T`` head backward passes, where the
+    pullback of ``decode`` with the ``T`` unit cotangents runs every head for every task (``T²``
+    backward passes, each writing a ``rep``-sized gradient). On ``benchmarks/mtl_step.py``'s MLP (batch
+    256, width 512) the UPGrad step at level ``"rep"`` ran 2.3× faster at ``T = 10`` (27.3 → 11.8 ms,
+    temporaries 38.8 → 18.7 MiB) and 1.05× at ``T = 3``. Level ``"param"`` does not use it: there the
+    encoder's ``T`` backward passes dominate, and the same split measured 0.99× (``T = 3``) and 1.02×.
     """
 
     losses: Callable[[Any], tuple]
     encode: Callable[[Any], tuple] | None = None
     decode: Callable[[Any, Any], tuple] | None = None
+    decode_task: Callable[[Any, Any, int], jax.Array] | None = None
 
 
 def task_gradients(fn: LossFunction | Callable, params, *, level: str = "param", specific=None,
@@ -293,8 +303,14 @@ def _rep_level(fn, params, part, chunk_size, key):
         (g_s,) = vjp_enc((d_rep, jnp.ones_like(extra_value)))
         return g_s, g_h
 
+    num = losses.shape[0]
+
     def gram():
-        return gramian_from_vjp(vjp_dec, losses.shape[0], chunk_size=chunk_size, dtype=losses.dtype)
+        if fn.decode_task is None or (chunk_size is not None and chunk_size < num):
+            return gramian_from_vjp(vjp_dec, num, chunk_size=chunk_size, dtype=losses.dtype)
+        heads = part.merge(shared, specific)
+        rows = [jax.grad(lambda z, t=t: fn.decode_task(heads, z, t))(rep) for t in range(num)]
+        return gramian_of(jax.tree.map(lambda *r: jnp.stack(r), *rows))
 
     tg = TaskGradients(losses, part, key=key, pullback=pullback, gramian=gram, has_extra=has_extra[0])
     return tg, {**aux, **dec_aux}

@@ -94,9 +94,10 @@ def test_param_levels_give_jacobian_gramian_and_weighted_update(setup, level, ch
     np.testing.assert_allclose(metrics["task_weights"], W)
 
 
-def test_rep_level_update_equals_weighted_gradient(setup):
+@pytest.mark.parametrize("chunk", [None, 1])  # each task's gradient from its own head / the decoder's pullback
+def test_rep_level_update_equals_weighted_gradient(setup, chunk):
     model, tasks, batch = setup
-    params, grads, gram, _ = _one_step(setup, "rep", warmup=1)
+    params, grads, gram, _ = _one_step(setup, "rep", chunk_size=chunk, warmup=1)
     _, ref_grads = _reference(setup, params)
     # the update is exact (chain rule); only the Gramian differs: it is taken w.r.t. the representation
     _close(grads, ref_grads, rtol=1e-4, atol=1e-6)
