@@ -8,9 +8,11 @@ the diagonal and ``ρ`` elsewhere, ``S`` its symmetric square root and ``U`` ``T
 ``P``'s eigenvalue ``1 − ρ`` is repeated ``T − 1`` times, so an eigensolver may return any basis of that
 eigenspace, and LAPACK's kernels for different CPUs do (AVX2 and AVX-512 gave different task vectors
 for the same seed until 2026-11-28). Any root gives the same distribution of the data, since ``x`` is
-isotropic; the symmetric one makes the sample itself the same on every machine. Targets: ``y_t = Σ_{k=1..d_t} (w_t·x)^k + N(0, σ_t²)`` where ``d_t``
-is task ``t``'s complexity (polynomial degree). The test split draws fresh ``x`` (the reference code
-copies its training set into its test set; we do not).
+isotropic; the symmetric one makes the sample itself the same on every machine.
+
+Targets: ``y_t = Σ_{k=1..d_t} (w_t·x)^k + N(0, σ_t²)`` where ``d_t`` is task ``t``'s complexity
+(polynomial degree). The test split draws fresh ``x`` (the reference code copies its training set into
+its test set; we do not).
 """
 
 from __future__ import annotations
