@@ -157,9 +157,8 @@ def objective(model, tasks: Sequence[Task]) -> Objective:
         return task_losses(tasks, outputs, batch), outputs
 
     def decode_task(params, rep, batch, t):
-        task = tasks[t]
-        out = model.apply({"params": params}, rep, method=model.decode, task=task.name)[task.name]
-        return task.loss(out, batch["targets"][task.name], batch["masks"][task.name])
+        outputs = model.apply({"params": params}, rep, method=model.decode, task=tasks[t].name)
+        return task_losses(tasks[t:t + 1], outputs, batch)[0]
 
     keys = tuple("tokens" if t.is_dense else "pooled" for t in tasks)
     return Objective(tasks, forward, encode, decode, keys, specific, decode_task=decode_task)
