@@ -33,7 +33,7 @@ from mtljax.optim import get_method
 from mtljax.optim.jacobian import sharded_gramian
 from mtljax.optim.loss_scale import parse_loss_scale
 from mtljax.optim.task_grads import Partition
-from mtljax.parallel import distributed
+from mtljax.parallel import distributed, host
 from mtljax.parallel.mesh import make_mesh, resolve_shape
 from mtljax.parallel.rules import batch_sharding, batch_shards, rules_from_config
 from mtljax.trainer import continual
@@ -51,6 +51,7 @@ class Experiment:
 
     def __init__(self, config, *, devices=None):
         if config.get("dist") is not None:
+            host.configure(config.dist.get("host_allocator", "auto"))  # before JAX starts its threads
             distributed.initialize(config.dist)
         config = continual.resolve(config)  # "+task" entries of config.data.tasks: a copy with the full list
         self.config = config

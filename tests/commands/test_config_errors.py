@@ -37,6 +37,7 @@ CASES = [
     ("train.checkpoint_every", 0, "config.train.checkpoint_every"),
     ("mesh.shape", {"data": 3, "model": 2}, "config.mesh.shape"),
     ("mesh.shape", {"data": -1, "model": 3}, "config.mesh.shape"),
+    ("dist.host_allocator", "retian", "config.dist.host_allocator"),
 ]
 
 
