@@ -107,11 +107,32 @@ def fmt_ratio(r) -> str:
     return f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})"
 
 
+def add_host_allocator_flag(parser) -> None:
+    """``--host-allocator``: what ``config.dist.host_allocator`` does for ``mtljax train`` on the CPU
+    (``mtljax.parallel.host``), for the whole benchmark process (the PyTorch peer's allocations too)."""
+    parser.add_argument("--host-allocator", default="retain", choices=("retain", "system"),
+                        help="retain: keep freed host memory for the next step, as `mtljax train` does on "
+                             "the CPU (default); system: glibc's defaults (a fresh mmap per step buffer)")
+
+
+def apply_host_allocator(choice: str) -> bool:
+    """Apply ``--host-allocator``; call before JAX starts (its thread pools keep their malloc arena)."""
+    from mtljax.parallel.host import configure
+
+    _HOST["allocator"] = choice
+    _HOST["retained"] = configure(choice)
+    return _HOST["retained"]
+
+
+_HOST: dict = {}
+
+
 def environment(packages=("jaxlib", "flax", "optax")) -> dict:
     """Date, versions, CPU model and SIMD flags, XLA flags and load average, for a results file."""
     env = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
            "python": platform.python_version(), "jax": jax.__version__, "jax_backend": jax.default_backend(),
-           "cores": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+           "cores": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "host_allocator": _HOST.get("allocator", "system"), "host_memory_retained": _HOST.get("retained", False)}
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         for line in out.splitlines():

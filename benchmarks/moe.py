@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, measure  # noqa: E402
+from common import add_host_allocator_flag, apply_host_allocator, environment, measure  # noqa: E402
 
 
 def timed_rounds(fns: dict, rounds: int, per_round: int) -> dict:
@@ -283,7 +283,9 @@ def main() -> None:
     p.add_argument("--thresholds", default="0,0.05,0.1",
                    help="sub-models: keep the experts whose share of the task's choices is above each value")
     p.add_argument("--json", default=None)
+    add_host_allocator_flag(p)
     args = p.parse_args()
+    apply_host_allocator(args.host_allocator)
     if args.quick:
         args.rounds, args.per_round = 2, 1
     env = {**environment(), "devices": str(jax.devices()), "command": " ".join(sys.argv)}

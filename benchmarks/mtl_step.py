@@ -304,7 +304,9 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch/TorchJD steps")
     p.add_argument("--no-autogram", action="store_true", help="skip TorchJD's autogram (Gramian engine) step")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
+    common.add_host_allocator_flag(p)
     args = p.parse_args(argv)
+    common.apply_host_allocator(args.host_allocator)
 
     q = args.quick
     tasks = [int(s) for s in (args.tasks or ("2,3" if q else "2,3,10")).split(",")]

@@ -38,7 +38,11 @@ def main(argv=None):
     ap.add_argument("--per-round", type=int, default=2)
     ap.add_argument("--cpu-devices", type=int, default=1)
     ap.add_argument("--json", default="")
+    from common import add_host_allocator_flag, apply_host_allocator
+
+    add_host_allocator_flag(ap)
     args = ap.parse_args(argv)
+    apply_host_allocator(args.host_allocator)
     dtypes = [d for d in args.dtypes.split(",") if d]
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or "float32" not in dtypes:

@@ -37,11 +37,15 @@ listed with their group and name stack.
   python benchmarks/profile_step.py mtl --method upgrad --level param --tasks 10
   python benchmarks/profile_step.py vit --cpu-devices 2               # data parallel over 2 CPU devices (vit)
   python benchmarks/profile_step.py vit --case Ti:32x32x3:p4 --steps 3 --peer   # and PyTorch's step, side by side
+  python benchmarks/profile_step.py mtl --method equal --tasks 3 --steps 20 --peer  # and torch's plain step
 
-``--peer`` (vit, needs ``.venv-bench``'s torch) also profiles the PyTorch eager step of
-``benchmarks/torch_vit_step.py`` on the same case and batch (torch's default threads, random
-parameters: the arithmetic is the same as mtljax's, as ``train_step.py`` checks) with
-``torch.profiler`` (``--dtype bfloat16``: under ``torch.autocast``) and puts its ops' self times in the
+``--peer`` (needs ``.venv-bench``'s torch) also profiles the peer's step with ``torch.profiler``
+(torch's default threads): for ``vit`` the PyTorch eager step of ``benchmarks/torch_vit_step.py`` on
+the same case and batch (random parameters: the arithmetic is the same as mtljax's, as
+``train_step.py`` checks; ``--dtype bfloat16``: under ``torch.autocast``); for ``mtl`` the step of
+``benchmarks/torchjd_step.py`` that ``mtl_step.py`` compares with — the plain ``sum(losses).backward()``
+for ``--method equal``, TorchJD's UPGrad for ``--method upgrad`` (``mtl_backward`` + ``jac_to_grad`` at
+level ``param``, its autogram engine at the other levels). It puts the peer's ops' self times in the
 same groups: ``mm``/``addmm``/``bmm`` →
 matmuls; the fused ``scaled_dot_product_*`` kernels → attention; ``copy_``/``cat``/``clone``/
 ``contiguous`` → copies; everything run inside ``Optimizer.step`` → optimizer; ``zero_grad`` and the
@@ -68,6 +72,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # vit_case, mtl_step
+from common import add_host_allocator_flag, apply_host_allocator  # noqa: E402
 
 GROUPS = ("matmuls", "attention", "normalisation and elementwise", "copies and transposes",
           "multi-task method", "optimizer", "collectives", "guard and other")
@@ -267,11 +272,10 @@ def torch_group(name: str, ancestors: list[str]) -> str:
     return "guard and other"
 
 
-def torch_breakdown(case_spec: str, batch: int, *, bf16: bool, steps: int, warmup: int, top: int) -> dict:
-    """Self time per group of PyTorch's eager step on the same case (``torch.profiler``); ``bf16``:
-    under ``torch.autocast('cpu', bfloat16)``, the counterpart of ``--dtype bfloat16``."""
+def torch_vit_peer(case_spec: str, batch: int, *, bf16: bool):
+    """PyTorch's eager step of the vit case (``benchmarks/torch_vit_step.py``); ``bf16``: under
+    ``torch.autocast('cpu', bfloat16)``, the counterpart of ``--dtype bfloat16``."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     import torch_vit_step as torch_vit
     from vit_case import Case, numpy_batch
@@ -281,7 +285,30 @@ def torch_breakdown(case_spec: str, batch: int, *, bf16: bool, steps: int, warmu
     torch.manual_seed(0)
     model = torch_vit.build(case.dims(), case.shape, case.patch, classes)
     x, ys = numpy_batch(case, batch, classes)
-    step = torch_vit.make_step(model, x, ys, bf16=bf16)
+    return "PyTorch eager", torch_vit.make_step(model, x, ys, bf16=bf16)
+
+
+def torch_mtl_peer(method: str, level: str, tasks: int, batch: int):
+    """The PyTorch / TorchJD step of ``benchmarks/mtl_step.py`` that the mtl step is compared with:
+    the plain ``sum(losses).backward()`` for equal weighting, TorchJD's UPGrad (``mtl_backward`` +
+    ``jac_to_grad``) at level ``param``, its autogram engine at levels ``autogram`` and ``rep``."""
+    import torchjd_step
+
+    if method == "equal":
+        name = "torch_sum"
+    elif method == "upgrad":
+        name = "torchjd_upgrad" if level == "param" else "torchjd_autogram_upgrad"
+    else:
+        raise SystemExit(f"--peer: mtl has a peer for --method equal or upgrad (TorchJD), not {method!r}")
+    (step,) = torchjd_step.make_steps(tasks, batch=batch, in_dim=64, hidden=(512, 512, 512), names=(name,)).values()
+    return name, step
+
+
+def torch_breakdown(step, *, steps: int, warmup: int, top: int) -> dict:
+    """Self time per group of a PyTorch eager step (``torch.profiler``, torch's default threads)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
     walls = unprofiled_walls(step, steps, warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
@@ -307,7 +334,7 @@ def torch_breakdown(case_spec: str, batch: int, *, bf16: bool, steps: int, warmu
 
 
 def side_by_side(res: dict, peer: dict) -> str:
-    lines = ["### mtljax (XLA) and PyTorch eager, same case, by group", "",
+    lines = [f"### mtljax (XLA) and PyTorch eager ({peer['name']}), same case, by group", "",
              f"step wall time: mtljax {res['wall_ms']:.1f} ms, torch {peer['wall_ms']:.1f} ms "
              f"({peer['threads']} threads, torch {peer['torch']}); mtljax ÷ torch speed "
              f"{peer['wall_ms'] / res['wall_ms']:.2f}", "",
@@ -355,12 +382,14 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", default="")
-    ap.add_argument("--peer", action="store_true", help="vit: also profile PyTorch's eager step (same groups)")
+    add_host_allocator_flag(ap)
+    ap.add_argument("--peer", action="store_true",
+                    help="also profile the PyTorch eager step (vit) or the PyTorch/TorchJD step (mtl) of the same case")
     args = ap.parse_args(argv)
     if args.cpu_devices < 1:
         ap.error("--cpu-devices must be >= 1")
-    if args.peer and args.model != "vit":
-        ap.error("--peer: only the vit step has a PyTorch peer here (mtl: benchmarks/mtl_step.py times TorchJD)")
+    if args.peer and args.model == "mtl" and args.method not in ("equal", "upgrad"):
+        ap.error(f"--peer: the mtl step has a PyTorch/TorchJD peer for --method equal or upgrad, not {args.method!r}")
     if args.peer and args.dtype == "float16":
         ap.error("--peer: the PyTorch peer runs float32 or bfloat16 (autocast), not float16")
     if args.peer:
@@ -368,6 +397,7 @@ def main(argv=None):
             import torch  # noqa: F401
         except ImportError:
             ap.error("--peer needs torch: run with .venv-bench/bin/python (benchmarks/requirements.txt)")
+    apply_host_allocator(args.host_allocator)
     if args.cpu_devices > 1:  # before JAX initialises its backend
         import jax
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
@@ -377,8 +407,11 @@ def main(argv=None):
     print(report(title, res))
     peer = None
     if args.peer:
-        peer = torch_breakdown(args.case, args.batch or 64, bf16=args.dtype == "bfloat16", steps=args.steps,
-                               warmup=args.warmup, top=args.top)
+        if args.model == "vit":
+            name, step = torch_vit_peer(args.case, args.batch or 64, bf16=args.dtype == "bfloat16")
+        else:
+            name, step = torch_mtl_peer(args.method, args.level, args.tasks, args.batch or 256)
+        peer = {"name": name, **torch_breakdown(step, steps=args.steps, warmup=args.warmup, top=args.top)}
         print()
         print(side_by_side(res, peer))
     if args.json:

@@ -28,7 +28,8 @@ import flax.linen as nn
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import environment, fmt_ratio, measure, median_time, speed_ratio  # noqa: E402
+from common import (add_host_allocator_flag, apply_host_allocator, environment, fmt_ratio, measure,  # noqa: E402
+                    median_time, speed_ratio)
 from vit_case import Case, mtljax_contender  # noqa: E402
 
 import mtljax.models.layers as layers  # noqa: E402
@@ -65,7 +66,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--per-round", type=int, default=3)
+    add_host_allocator_flag(ap)
     args = ap.parse_args(argv)
+    apply_host_allocator(args.host_allocator)
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:

@@ -67,7 +67,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import Contender, environment, fmt_ratio, measure, median_time, speed_ratio  # noqa: E402
+from common import (Contender, add_host_allocator_flag, apply_host_allocator, environment, fmt_ratio,  # noqa: E402
+                    measure, median_time, speed_ratio)
 from matmul_peak import peak_rate, torch_default_threads, torch_matmul, xla_matmul  # noqa: E402
 from vit_case import DEFAULT_CASES, Case, analytic_flops, make_tasks, mtljax_contender, numpy_batch  # noqa: E402
 import xla_flags  # noqa: E402
@@ -302,6 +303,7 @@ def build_parser():
     p.add_argument("--no-sweep", action="store_true", help="skip the XLA flag sweep (xla_flags.py)")
     xla_flags.add_case_args(p)  # --batch --classes --peak-n --peak-max-s --pause
     xla_flags.add_sweep_args(p)  # --flags --flag-case --flag-dtypes --flag-reps --worker-calls
+    add_host_allocator_flag(p)
     p.add_argument("--json", default=None, help="write every number here (default for full runs: "
                                                 "benchmarks/results/train_step.json)")
     return p
@@ -310,6 +312,7 @@ def build_parser():
 def main(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
+    apply_host_allocator(args.host_allocator)
     multi = args.cpu_devices if args.cpu_devices > 1 else 0
     if multi:  # before anything initialises JAX's backends
         jax.config.update("jax_num_cpu_devices", multi)
