@@ -9,12 +9,14 @@ zero-fills each 4 KiB page on its first write. Measured on the 2-core CPU of BEN
 step took 59,000 page faults and 0.10–0.15 s of kernel time per step at 16 tokens, 260,000 and 0.5 s at
 64 tokens, with the matrix products in between running at one core's speed.
 
-:func:`retain_freed_memory` sets glibc's ``mallopt`` so that the memory stays with the process: one
-arena (``M_ARENA_MAX=1``, so every thread allocates from the heap that can grow without ``mmap``), no
-``mmap`` for large blocks (``M_MMAP_MAX=0``) and no trimming of the heap's top below 2 GiB
-(``M_TRIM_THRESHOLD``). The next step's buffer then reuses the pages of the last one: no faults, the
-same results (only where the bytes live changes). The cost: the process keeps its peak heap until it
-exits, as a caching allocator does, and all threads share one arena's lock.
+:func:`retain_freed_memory` sets glibc's ``mallopt`` so that the memory stays with the process:
+one arena (``M_ARENA_MAX=1``, so every thread allocates from the heap that can grow without ``mmap``),
+no ``mmap`` for large blocks (``M_MMAP_MAX=0``) and no trimming of the heap's top
+(``M_TRIM_THRESHOLD=-1``, which glibc reads as the largest size; with 2³¹−1, the largest ``int``, a
+buffer above 2 GiB was still handed back and faulted in again every time). The next step's buffer
+then reuses the last one's pages: no faults, the same results (only where the bytes live changes).
+The cost: the process keeps its peak heap until it exits, as a caching allocator does, and all
+threads share one arena's lock.
 
 It must run before JAX starts its thread pools (threads that already allocated keep their arena), so
 :class:`mtljax.trainer.experiment.Experiment` applies ``config.dist.host_allocator`` before anything
@@ -22,7 +24,7 @@ touches a device: ``'auto'`` (the default) keeps memory when the run is on the C
 starts with ``cpu``, or no GPU/TPU plugin of JAX is installed), ``'retain'`` always, ``'system'``
 never. Outside glibc (macOS, musl) it does nothing. Code that runs steps without the trainer calls
 :func:`retain_freed_memory` first thing, or starts Python with the same settings in the environment:
-``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647``.
+``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from mtljax.config import ConfigError
 
 CHOICES = ("auto", "retain", "system")
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
-_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
+_TRIM_THRESHOLD = -1  # mallopt takes an int; glibc stores it as a size_t: the largest size, never trim
 _ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
 _applied = False
 
