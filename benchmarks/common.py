@@ -107,12 +107,13 @@ def fmt_ratio(r) -> str:
     return f"{r[0]:.2f} ({r[1]:.2f}–{r[2]:.2f})"
 
 
-def add_host_allocator_flag(parser) -> None:
-    """``--host-allocator``: what ``config.dist.host_allocator`` does for ``mtljax train`` on the CPU
-    (``mtljax.parallel.host``), for the whole benchmark process (the PyTorch peer's allocations too)."""
-    parser.add_argument("--host-allocator", default="retain", choices=("retain", "system"),
-                        help="retain: keep freed host memory for the next step, as `mtljax train` does on "
-                             "the CPU (default); system: glibc's defaults (a fresh mmap per step buffer)")
+def add_host_allocator_flag(parser, default: str | None = "retain") -> None:
+    """``--host-allocator``: ``config.dist.host_allocator`` (``mtljax.parallel.host``) for the whole
+    benchmark process, the PyTorch peer's allocations too. ``default``: what the configs of the
+    benchmarked model use (``retain`` for the ViTs and MoE layers, ``system`` for the MLP)."""
+    parser.add_argument("--host-allocator", default=default, choices=("retain", "system"),
+                        help="retain: keep freed host memory for the next step (no page faults on a step "
+                             "buffer above 32 MiB); system: glibc's defaults" + (f" (default {default})" if default else ""))
 
 
 def apply_host_allocator(choice: str) -> bool:

@@ -304,7 +304,7 @@ def main(argv=None):
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch/TorchJD steps")
     p.add_argument("--no-autogram", action="store_true", help="skip TorchJD's autogram (Gramian engine) step")
     p.add_argument("--json", default=None, help="also write every number to this JSON file")
-    common.add_host_allocator_flag(p)
+    common.add_host_allocator_flag(p, default="system")  # the MLP's steps: as configs/multitab.py runs
     args = p.parse_args(argv)
     common.apply_host_allocator(args.host_allocator)
 

@@ -382,7 +382,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--json", default="")
-    add_host_allocator_flag(ap)
+    add_host_allocator_flag(ap, default=None)  # vit: retain, mtl: system (as their configs run)
     ap.add_argument("--peer", action="store_true",
                     help="also profile the PyTorch eager step (vit) or the PyTorch/TorchJD step (mtl) of the same case")
     args = ap.parse_args(argv)
@@ -397,7 +397,7 @@ def main(argv=None):
             import torch  # noqa: F401
         except ImportError:
             ap.error("--peer needs torch: run with .venv-bench/bin/python (benchmarks/requirements.txt)")
-    apply_host_allocator(args.host_allocator)
+    apply_host_allocator(args.host_allocator or ("retain" if args.model == "vit" else "system"))
     if args.cpu_devices > 1:  # before JAX initialises its backend
         import jax
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)

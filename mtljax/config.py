@@ -265,9 +265,9 @@ def base_config() -> mlc.ConfigDict:
         cpu_devices=0,  # (simulated) CPU devices per process; 0 = JAX's default
         heartbeat_timeout=20,  # s without a heartbeat before a process counts as lost (then all exit, rc 1)
         init_timeout=300,  # s to wait for every process to join
-        # host memory (mtljax.parallel.host): 'auto' = keep freed memory for the next step when JAX runs on
-        # the CPU (no page faults on each step's fresh buffers) | 'retain' | 'system' (glibc's defaults)
-        host_allocator="auto",
+        # host memory (mtljax.parallel.host): 'system' = glibc's defaults | 'retain' = keep freed memory for
+        # the next step (no page faults on a large step buffer; slower for small steps: see the module)
+        host_allocator="system",
     ))
 
     c.baselines = mlc.ConfigDict()

@@ -3,8 +3,9 @@
 XLA:CPU allocates one temporary buffer per execution of a compiled step (the activations, the
 gradients: 234 MiB for the ViT-Ti step of ``benchmarks/train_step.py`` at 16 tokens, about 1 GiB at
 64 tokens) and frees it when the step ends. glibc's ``malloc`` serves a request that large from a
-fresh ``mmap`` and returns it with ``munmap`` on ``free`` (always above 32 MiB, and always in the
-per-thread arenas the executing threads use), so every step starts on untouched pages: the kernel
+fresh ``mmap`` and returns it with ``munmap`` on ``free`` (above 32 MiB, its largest threshold,
+always; in the per-thread arenas of XLA's executing threads even with ``M_MMAP_MAX=0``), so every
+step starts on untouched pages: the kernel
 zero-fills each 4 KiB page on its first write. Measured on the 2-core CPU of BENCHMARKS.md, the ViT-Ti
 step took 59,000 page faults and 0.10–0.15 s of kernel time per step at 16 tokens, 260,000 and 0.5 s at
 64 tokens, with the matrix products in between running at one core's speed.
@@ -18,28 +19,33 @@ then reuses the last one's pages: no faults, the same results (only where the by
 The cost: the process keeps its peak heap until it exits, as a caching allocator does, and all
 threads share one arena's lock.
 
-It must run before JAX starts its thread pools (threads that already allocated keep their arena), so
-:class:`mtljax.trainer.experiment.Experiment` applies ``config.dist.host_allocator`` before anything
-touches a device: ``'auto'`` (the default) keeps memory when the run is on the CPU (``JAX_PLATFORMS``
-starts with ``cpu``, or no GPU/TPU plugin of JAX is installed), ``'retain'`` always, ``'system'``
-never. Outside glibc (macOS, musl) it does nothing. Code that runs steps without the trainer calls
-:func:`retain_freed_memory` first thing, or starts Python with the same settings in the environment:
+**When it pays.** Only steps whose buffer is above glibc's largest ``mmap`` threshold (32 MiB) fault
+every step; smaller ones already reuse the heap. For those, the one arena costs: its lock is shared by
+XLA's executor threads. Measured (BENCHMARKS.md, "Host memory kept between steps"): the quickstart's
+ViT run 76 → 63–71 s, ViT steps 1.13–1.19× faster, the MoE layer at D = 64 1.6× faster, UPGrad at
+parameter level with 10 tasks 1.18× faster; but the MultiTab MLP run (7 tasks, 512-wide) 13.3 →
+17.5 s, and its 3-task steps 7–25 % slower. So it is a choice per config, not a default:
+``config.dist.host_allocator='retain'`` (``configs/default.py`` sets it), ``'system'`` (the default)
+leaves glibc as it is.
+
+It must run before JAX starts its thread pools (threads that already allocated keep their arena, and
+a late call changes nothing: measured), so :class:`mtljax.trainer.experiment.Experiment` applies the
+setting before anything touches a device. Outside glibc (macOS, musl) it does nothing. Code that runs
+steps without the trainer calls :func:`retain_freed_memory` first thing, or starts Python with the
+same settings in the environment:
 ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
-import os
 import sys
 
 from mtljax.config import ConfigError
 
-CHOICES = ("auto", "retain", "system")
+CHOICES = ("retain", "system")
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
 _TRIM_THRESHOLD = -1  # mallopt takes an int; glibc stores it as a size_t: the largest size, never trim
-_ACCELERATOR_PLUGINS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
 _applied = False
 
 
@@ -64,22 +70,9 @@ def retain_freed_memory() -> bool:
     return ok
 
 
-def runs_on_cpu(environ=None) -> bool:
-    """Whether JAX will run on the CPU, decided without starting it: ``JAX_PLATFORMS`` names ``cpu``
-    first, or no GPU/TPU plugin of JAX is installed."""
-    environ = os.environ if environ is None else environ
-    platforms = environ.get("JAX_PLATFORMS", "").strip()
-    if platforms:
-        return platforms.split(",")[0].strip().lower() == "cpu"
-    names = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
-    return not any(n.startswith(p) for n in names for p in _ACCELERATOR_PLUGINS)
-
-
 def configure(setting) -> bool:
-    """Apply ``config.dist.host_allocator`` (``'auto'`` | ``'retain'`` | ``'system'``); True when freed
-    memory is now retained."""
+    """Apply ``config.dist.host_allocator`` (``'retain'`` | ``'system'``); True when freed memory is
+    now retained."""
     if setting not in CHOICES:
         raise ConfigError(f"must be one of {', '.join(map(repr, CHOICES))}, got {setting!r}", "dist.host_allocator")
-    if setting == "system" or (setting == "auto" and not runs_on_cpu()):
-        return False
-    return retain_freed_memory()
+    return setting == "retain" and retain_freed_memory()

@@ -51,12 +51,8 @@ def test_retained_memory_is_not_faulted_in_again():
     assert all(f < 0.05 * pages for f in retain["faults"][1:]), retain
 
 
-def test_settings_and_platform():
+def test_settings():
     with pytest.raises(ConfigError) as err:
         host.configure("retian")
-    assert str(err.value).startswith("config.dist.host_allocator: must be one of 'auto', 'retain', 'system'")
+    assert str(err.value) == "config.dist.host_allocator: must be one of 'retain', 'system', got 'retian'"
     assert host.configure("system") is False
-    assert host.runs_on_cpu({"JAX_PLATFORMS": "cpu"})
-    assert host.runs_on_cpu({"JAX_PLATFORMS": " CPU,cuda"})
-    assert not host.runs_on_cpu({"JAX_PLATFORMS": "cuda,cpu"})
-    assert not host.runs_on_cpu({"JAX_PLATFORMS": "tpu"})
