@@ -4,11 +4,11 @@ XLA:CPU allocates one temporary buffer per execution of a compiled step (the act
 gradients: 234 MiB for the ViT-Ti step of ``benchmarks/train_step.py`` at 16 tokens, about 1 GiB at
 64 tokens) and frees it when the step ends. glibc's ``malloc`` serves a request that large from a
 fresh ``mmap`` and returns it with ``munmap`` on ``free`` (above 32 MiB, its largest threshold,
-always; in the per-thread arenas of XLA's executing threads even with ``M_MMAP_MAX=0``), so every
-step starts on untouched pages: the kernel
-zero-fills each 4 KiB page on its first write. Measured on the 2-core CPU of BENCHMARKS.md, the ViT-Ti
-step took 59,000 page faults and 0.10–0.15 s of kernel time per step at 16 tokens, 260,000 and 0.5 s at
-64 tokens, with the matrix products in between running at one core's speed.
+always; in the per-thread arenas of XLA's executing threads even with ``M_MMAP_MAX=0``), so every step
+starts on untouched pages: the kernel zero-fills each 4 KiB page on its first write. Measured on the
+2-core CPU of BENCHMARKS.md, the ViT-Ti step took 59,000 page faults and 0.10–0.15 s of kernel time per
+step at 16 tokens, 260,000 and 0.5 s at 64 tokens, with the matrix products in between running at one
+core's speed.
 
 :func:`retain_freed_memory` sets glibc's ``mallopt`` so that the memory stays with the process:
 one arena (``M_ARENA_MAX=1``, so every thread allocates from the heap that can grow without ``mmap``),
