@@ -10,30 +10,31 @@ starts on untouched pages: the kernel zero-fills each 4 KiB page on its first wr
 step at 16 tokens, 260,000 and 0.5 s at 64 tokens, with the matrix products in between running at one
 core's speed.
 
-:func:`retain_freed_memory` sets glibc's ``mallopt`` so that the memory stays with the process:
-one arena (``M_ARENA_MAX=1``, so every thread allocates from the heap that can grow without ``mmap``),
+:func:`retain_freed_memory` makes the memory stay with the process. It sets glibc's ``mallopt`` to
 no ``mmap`` for large blocks (``M_MMAP_MAX=0``) and no trimming of the heap's top
 (``M_TRIM_THRESHOLD=-1``, which glibc reads as the largest size; with 2³¹−1, the largest ``int``, a
-buffer above 2 GiB was still handed back and faulted in again every time). The next step's buffer
-then reuses the last one's pages: no faults, the same results (only where the bytes live changes).
-The cost: the process keeps its peak heap until it exits, as a caching allocator does, and all
-threads share one arena's lock.
+buffer above 2 GiB was still handed back and faulted in again every time), and it turns JAX's
+asynchronous CPU dispatch off (``jax_cpu_enable_async_dispatch``), so that a step runs in the thread
+that calls it and its buffer comes from that thread's heap, which grows with ``brk``: the per-thread
+arenas of JAX's worker threads cannot hold a block above 64 MiB and ``mmap`` it whatever the settings.
+The next step's buffer then reuses the last one's pages: no faults, the same results (only where the
+bytes live, and which thread runs the step, change). The cost: the process keeps its peak heap until it
+exits, as a caching allocator does, and a step no longer overlaps the Python code that follows its call.
+(Routing every thread to the main arena instead, ``M_ARENA_MAX=1``, also removed the faults, but its
+shared lock made the ViT-Ti steps 4–9 % slower than this.)
 
 **When it pays.** Only steps whose buffer is above glibc's largest ``mmap`` threshold (32 MiB) fault
-every step; smaller ones already reuse the heap. For those, the one arena costs: its lock is shared by
-XLA's executor threads. Measured (BENCHMARKS.md, "Host memory kept between steps"): the quickstart's
-ViT run 76 → 63–71 s, ViT steps 1.13–1.19× faster, the MoE layer at D = 64 1.6× faster, UPGrad at
-parameter level with 10 tasks 1.18× faster; but the MultiTab MLP run (7 tasks, 512-wide) 13.3 →
-17.5 s, and its 3-task steps 7–25 % slower. So it is a choice per config, not a default:
+every step; smaller ones already reuse the heap, and for them synchronous dispatch only costs
+(BENCHMARKS.md, "Host memory kept between steps", has the figures: large ViT and MoE steps and the
+quickstart gain 10–40 %, small MLP steps lose 10–40 %). So it is a choice per config, not a default:
 ``config.dist.host_allocator='retain'`` (``configs/default.py`` sets it), ``'system'`` (the default)
 leaves glibc as it is.
 
-It must run before JAX starts its thread pools (threads that already allocated keep their arena, and
-a late call changes nothing: measured), so :class:`mtljax.trainer.experiment.Experiment` applies the
-setting before anything touches a device. Outside glibc (macOS, musl) it does nothing. Code that runs
-steps without the trainer calls :func:`retain_freed_memory` first thing, or starts Python with the
-same settings in the environment:
-``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776``.
+Call it before JAX runs anything: :class:`mtljax.trainer.experiment.Experiment` applies the setting
+before anything touches a device. Outside glibc (macOS, musl) it does nothing. Code that runs steps
+without the trainer calls :func:`retain_freed_memory` first thing, or starts Python with the same
+settings in the environment: ``JAX_CPU_ENABLE_ASYNC_DISPATCH=false
+GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776``.
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ from __future__ import annotations
 import ctypes
 import sys
 
+import jax
+
 from mtljax.config import ConfigError
 
 CHOICES = ("retain", "system")
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's malloc.h
 _TRIM_THRESHOLD = -1  # mallopt takes an int; glibc stores it as a size_t: the largest size, never trim
 _applied = False
 
@@ -64,8 +67,9 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    ok = all(mallopt(param, value) == 1 for param, value in (
-        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
+    ok = all(mallopt(param, value) == 1 for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
+    if ok:  # run each step in the calling thread, whose heap keeps the step buffer (see the module docstring)
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
     _applied = ok
     return ok
 
