@@ -40,6 +40,6 @@ def get_config(arg=None):
     c = base_config()
     c.baselines.file = BASELINES
     # keep freed host memory between steps (mtljax.parallel.host): this ViT's step buffer is above glibc's
-    # 32 MiB mmap threshold, so with glibc's defaults every CPU step faulted it in again (76 s -> 63-71 s)
+    # 32 MiB mmap threshold, so with glibc's defaults every CPU step faulted it in again (76 s -> 53-61 s)
     c.dist.host_allocator = "retain"
     return c
