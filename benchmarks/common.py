@@ -117,7 +117,7 @@ def add_host_allocator_flag(parser, default: str | None = "retain") -> None:
 
 
 def apply_host_allocator(choice: str) -> bool:
-    """Apply ``--host-allocator``; call before JAX starts (its thread pools keep their malloc arena)."""
+    """Apply ``--host-allocator``; call before JAX runs anything (``mtljax.parallel.host``)."""
     from mtljax.parallel.host import configure
 
     _HOST["allocator"] = choice

@@ -266,7 +266,8 @@ def base_config() -> mlc.ConfigDict:
         heartbeat_timeout=20,  # s without a heartbeat before a process counts as lost (then all exit, rc 1)
         init_timeout=300,  # s to wait for every process to join
         # host memory (mtljax.parallel.host): 'system' = glibc's defaults | 'retain' = keep freed memory for
-        # the next step (no page faults on a large step buffer; slower for small steps: see the module)
+        # the next step and run steps in the calling thread (no page faults on a step buffer above 32 MiB;
+        # a run of small steps loses its loop's overlap with the step: see the module)
         host_allocator="system",
     ))
 

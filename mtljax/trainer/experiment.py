@@ -51,7 +51,7 @@ class Experiment:
 
     def __init__(self, config, *, devices=None):
         if config.get("dist") is not None:
-            host.configure(config.dist.get("host_allocator", "system"))  # before JAX starts its threads
+            host.configure(config.dist.get("host_allocator", "system"))  # before JAX runs anything
             distributed.initialize(config.dist)
         config = continual.resolve(config)  # "+task" entries of config.data.tasks: a copy with the full list
         self.config = config
