@@ -194,8 +194,8 @@ class Experiment:
 
     def to_global(self, local_batch):
         """A batch of this process's rows as global arrays sharded over the mesh's batch axes."""
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x)),
-                            local_batch)
+        put = lambda x: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(x))  # noqa: E731
+        return host.settle(jax.tree.map(put, local_batch))  # waited for when host memory is retained
 
     def train_batches(self, prefetch: int = 0) -> Iterator:
         """Global training batches, ready for the jitted step."""

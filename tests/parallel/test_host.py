@@ -10,24 +10,34 @@ import pytest
 from mtljax.config import ConfigError
 from mtljax.parallel import host
 
-# A jitted function whose 64 MiB output is a fresh buffer every call, called twelve times; the minor page
-# faults of each call are what the kernel counted for the process (its pages: 16,384).
+# A jitted function whose 64 MiB output is a fresh buffer every call, called twelve times on one input and
+# twelve times on a fresh copy of its input; the minor page faults of each call are what the kernel
+# counted for the process (its pages: 16,384).
 _PROBE = r"""
 import json, resource, sys
 from mtljax.parallel import host
 applied = host.configure(sys.argv[1])
-import jax, jax.numpy as jnp
+import jax, jax.numpy as jnp, numpy as np
 x = jnp.ones((4096, 4096), jnp.float32)
 f = jax.jit(lambda x: jnp.tanh(x) * 2.0 + 1.0)
 f(x).block_until_ready()
-faults = []
+faults, fresh = [], []
 for _ in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y = f(x)
     y.block_until_ready()
     del y
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"applied": applied, "faults": faults, "async": jax.config.values["jax_cpu_enable_async_dispatch"]}))
+src = np.ones((4096, 4096), np.float32)
+for _ in range(12):  # a fresh input each call, as the trainer's batches (waited for by host.settle)
+    z = host.settle(jax.device_put(src))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    y = f(z)
+    y.block_until_ready()
+    del y, z
+    fresh.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": faults, "fresh": fresh,
+                  "async": jax.config.values["jax_cpu_enable_async_dispatch"]}))
 """
 
 
@@ -49,12 +59,24 @@ def test_retained_memory_is_not_faulted_in_again():
     # are in flight at once depends on when the runtime gets round to freeing the last output (under load
     # a later call may find the one before still held), so count the calls that grew the heap: a few at
     # most, where the system allocator faults in every call's pages.
-    grew = [f >= 0.5 * pages for f in retain["faults"]]
-    assert sum(grew) <= len(grew) // 2, retain
-    assert sum(retain["faults"]) <= 0.5 * sum(system["faults"]), (retain, system)
+    for calls in ("faults", "fresh"):
+        grew = [f >= 0.5 * pages for f in retain[calls]]
+        assert sum(grew) <= len(grew) // 2, retain
+        assert sum(retain[calls]) <= 0.5 * sum(system[calls]), (retain, system)
+    assert all(f >= 0.9 * pages for f in system["fresh"]), system
 
 def test_settings():
     with pytest.raises(ConfigError) as err:
         host.configure("retian")
     assert str(err.value) == "config.dist.host_allocator: must be one of 'retain', 'system', got 'retian'"
     assert host.configure("system") is False
+
+
+def test_settle_waits_only_when_memory_is_retained(monkeypatch):
+    import jax
+
+    x = {"a": jax.numpy.ones(3)}
+    monkeypatch.setattr(host, "_applied", False)
+    assert host.settle(x) is x
+    monkeypatch.setattr(host, "_applied", True)
+    assert host.settle(x) is x and x["a"].is_ready()
