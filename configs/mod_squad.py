@@ -30,4 +30,6 @@ def get_config(arg="digits"):
                        capacity_factor=2.0, group_size=4, importance_weight=0.0, load_weight=0.0, mi_weight=0.005,
                        attn_experts=8, attn_top_k=4, attn_head_dim=32, attn_every=1)
     c.workdir = f"runs/mod_squad_{arg or 'digits'}"
+    # keep the step buffer between CPU steps (mtljax.parallel.host; 200 steps 47.4-50.3 -> 34.9-38.5 s)
+    c.dist.host_allocator = "retain"
     return c

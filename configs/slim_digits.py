@@ -43,4 +43,6 @@ def get_config(arg=None):
     c.model.slim.cikd_start = 300  # trained from scratch: the full network learns first (mtljax.models.slim.sandwich)
     c.model.slim.cikd_ramp = 200
     c.train.steps = 1000
+    # keep the step buffer between CPU steps (mtljax.parallel.host; 200 steps 33.4-35.2 -> 28.8-30.3 s)
+    c.dist.host_allocator = "retain"
     return c

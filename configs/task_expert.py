@@ -24,4 +24,6 @@ def get_config(arg="digits"):
     c.model.name = "task_expert"
     c.model.task_expert.update(num_experts=4, expert_dim=64, every=2)
     c.workdir = f"runs/task_expert_{arg or 'digits'}"
+    # keep the step buffer between CPU steps (mtljax.parallel.host; 200 steps 26.8-32.3 -> 23.1-23.7 s)
+    c.dist.host_allocator = "retain"
     return c
