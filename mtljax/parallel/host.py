@@ -20,8 +20,8 @@ arenas of JAX's worker threads cannot hold a block above 64 MiB and ``mmap`` it 
 The trainer also waits for each batch it puts on the device (:func:`settle`): a step whose input is
 still being copied is deferred to a worker thread all the same. The next step's buffer then reuses the
 last one's pages: no faults, the same results (only where the bytes live, and which thread runs the
-step, change). The cost: the process keeps its peak heap until it
-exits, as a caching allocator does, and a step no longer overlaps the Python code that follows its call.
+step, change). The cost: the process keeps its peak heap until it exits, as a caching allocator does,
+and a step no longer overlaps the Python code that follows its call.
 (Routing every thread to the main arena instead, ``M_ARENA_MAX=1``, also removed the faults, but its
 shared lock made the ViT-Ti steps 4–9 % slower than this.)
 

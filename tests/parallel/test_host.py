@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from mtljax.config import ConfigError
@@ -65,6 +66,7 @@ def test_retained_memory_is_not_faulted_in_again():
         assert sum(retain[calls]) <= 0.5 * sum(system[calls]), (retain, system)
     assert all(f >= 0.9 * pages for f in system["fresh"]), system
 
+
 def test_settings():
     with pytest.raises(ConfigError) as err:
         host.configure("retian")
@@ -73,8 +75,6 @@ def test_settings():
 
 
 def test_settle_waits_only_when_memory_is_retained(monkeypatch):
-    import jax
-
     x = {"a": jax.numpy.ones(3)}
     monkeypatch.setattr(host, "_applied", False)
     assert host.settle(x) is x
