@@ -32,9 +32,10 @@ threads can overlap, and each is charged its whole duration, so groups can sum t
 time; an op slowed by a neighbour looks slower than it is) with its share of the total op time, and
 the wall time attributed to it (``wall ms``: every instant during which ops run is split equally among
 the ops running then, one per thread, so the groups sum to the time during which some op was running).
-The rest of the profiled wall time has no op event open on any thread: XLA's dispatch between thunks
-and whatever else the runtime waits for (on ViT-Ti at 16 tokens, 29–32 ms of a 250–259-ms step: ~1,240
-gaps per step, median 0.7 µs, with 21 of more than 0.5 ms holding 26 ms; see BENCHMARKS.md).
+The rest of the profiled wall time has no op event open on any thread: XLA's dispatch between thunks,
+and Eigen's dots, whose thunk events close before their work on the pool threads does (on ViT-Ti at 16
+tokens, 29–32 ms of a 250–259-ms step; its Eigen dots carry 7.3 GFLOP, ~48 ms of work, under 13.8 ms of
+events; see BENCHMARKS.md). So a group's wall time can undercount its Eigen dots.
 The wall time of an unprofiled step (median of ``--steps`` calls) is printed too. The ``--top`` ops are
 listed with their group and name stack.
 
