@@ -12,7 +12,7 @@ For a dense layer ``y = x W`` (``x``: ``[N, K]``, every batch and token position
 Each is one jitted ``dot_general`` (XLA) or one ``torch.mm`` on transposed views (PyTorch, default
 threads), timed in interleaved rounds (``common.measure``); the rate is ``2·N·K·M`` over the median.
 ``TN-copy``'s column says whether it equals ``TN`` bit for bit (``=``) or its largest difference
-relative to the largest entry. This is where BENCHMARKS.md's "weight-gradient dots" figures come from.
+relative to the largest entry. BENCHMARKS.md's table "The kernel gradient is the slow product" is its output.
 
   .venv-bench/bin/python benchmarks/dot_forms.py                       # the MLP and ViT-Ti/S shapes
   .venv-bench/bin/python benchmarks/dot_forms.py --shapes 256x512x512 --rounds 8
@@ -50,7 +50,8 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     return out
 
 
-def xla_forms(n: int, k: int, m: int, rng) -> dict:
+def xla_forms(n: int, k: int, m: int, rng):
+    """``({form: (compiled, args)}, (x, w, gy))``: the four compiled products and their operands."""
     x = jnp.asarray(rng.standard_normal((n, k), np.float32))
     w = jnp.asarray(rng.standard_normal((k, m), np.float32))
     gy = jnp.asarray(rng.standard_normal((n, m), np.float32))
@@ -103,7 +104,8 @@ def main(argv=None):
                                 lambda c=compiled, a=a: jax.block_until_ready(c(*a)), flops))
         if torch is not None:
             tx, tw, tg = (torch.from_numpy(np.array(v)) for v in (x, w, gy))
-            for form, f in (("NN", lambda: tx @ tw), ("NT", lambda: tg @ tw.T), ("TN", lambda: tx.T @ tg)):
+            for form, f in (("NN", lambda tx=tx, tw=tw: tx @ tw), ("NT", lambda tg=tg, tw=tw: tg @ tw.T),
+                            ("TN", lambda tx=tx, tg=tg: tx.T @ tg)):
                 cs.append(Contender(f"torch/{form}", "torch", "float32", f, flops))
         measure(cs, rounds=args.rounds, per_round=args.per_round, log=lambda *a, **k: None)
         ms = {c.name: 1e3 * median_time(c) for c in cs}

@@ -267,9 +267,9 @@ def breakdown(compiled, run, *, steps: int, warmup: int, top: int) -> dict:
 
 def report(title: str, res: dict) -> str:
     lines = [f"### {title}", "",
-             f"step wall time {res['wall_ms']:.1f} ms (unprofiled median), {res['profiled_wall_ms']:.1f} ms profiled; "
-             f"op time {res['op_ms']:.1f} thread-ms over {res['num_ops']} ops; some op event open for "
-             f"{res['busy_ms']:.1f} ms, none for {res['profiled_wall_ms'] - res['busy_ms']:.1f} ms", "",
+             (f"step wall time {res['wall_ms']:.1f} ms (unprofiled median), {res['profiled_wall_ms']:.1f} ms "
+              f"profiled; op time {res['op_ms']:.1f} thread-ms over {res['num_ops']} ops; some op event open for "
+              f"{res['busy_ms']:.1f} ms, none for {res['profiled_wall_ms'] - res['busy_ms']:.1f} ms"), "",
              "| group | thread ms / step | share of op time | wall ms / step (overlaps split) |", "|---|---:|---:|---:|"]
     for g, v in res["groups"].items():
         lines.append(f"| {g} | {v['ms']:.1f} | {100 * v['share']:.1f} % | {v['wall_ms']:.1f} |")
@@ -379,9 +379,9 @@ def torch_breakdown(step, *, steps: int, warmup: int, top: int) -> dict:
 
 def side_by_side(res: dict, peer: dict) -> str:
     lines = [f"### mtljax (XLA) and PyTorch eager ({peer['name']}), same case, by group", "",
-             f"step wall time: mtljax {res['wall_ms']:.1f} ms, torch {peer['wall_ms']:.1f} ms "
-             f"({peer['threads']} threads, torch {peer['torch']}); mtljax ÷ torch speed "
-             f"{peer['wall_ms'] / res['wall_ms']:.2f}", "",
+             (f"step wall time: mtljax {res['wall_ms']:.1f} ms, torch {peer['wall_ms']:.1f} ms "
+              f"({peer['threads']} threads, torch {peer['torch']}); mtljax ÷ torch speed "
+              f"{peer['wall_ms'] / res['wall_ms']:.2f}"), "",
              "| group | mtljax thread ms / step | mtljax wall ms / step | torch ms / step | mtljax wall − torch |",
              "|---|---:|---:|---:|---:|"]
     for g in GROUPS:
