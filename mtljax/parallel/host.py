@@ -37,8 +37,8 @@ runs 14–32 % less time), ``'system'`` (the default) leaves glibc as it is.
 Call it before JAX runs anything: :class:`mtljax.trainer.experiment.Experiment` applies the setting
 before anything touches a device. Outside glibc (macOS, musl) it does nothing. Code that runs steps
 without the trainer calls :func:`retain_freed_memory` first thing (and passes each batch it puts on
-the device through :func:`settle`), or starts Python with the same settings in the environment: ``JAX_CPU_ENABLE_ASYNC_DISPATCH=false
-GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776``.
+the device through :func:`settle`), or starts Python with the same settings in the environment:
+``JAX_CPU_ENABLE_ASYNC_DISPATCH=false GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1099511627776``.
 """
 
 from __future__ import annotations
